@@ -1,0 +1,61 @@
+# leanhpo: `make all` runs the default study, `make test` runs the tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The stamp changes whenever the lock or the project metadata changes, so a second
+# `make install` with nothing new is a no-op.
+STAMP := $(VENV)/.leanhpo-installed
+CORES ?= 1
+CONTAINER ?= $(shell command -v docker || command -v podman)
+IMAGE ?= leanhpo:cpu
+# pip warns once per package about mirror folders that do not exist on this machine.
+PIPFILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install all resume test lint clean build shell train-container
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv from requirements.lock (idempotent)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(PIPFILTER)
+	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | $(PIPFILTER)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
+	@touch $(STAMP)
+
+all: install ## Run (or continue) the default study from config.yaml
+	$(BIN)/snakemake --cores $(CORES)
+
+resume: install ## Continue after a crash or kill -9 (no manual unlock needed)
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+
+test: install ## Run the test suite with coverage
+	$(BIN)/pytest
+
+lint: install ## ruff (lint + format), mypy, snakemake --lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
+
+clean: ## Remove the study outputs and Snakemake state (keeps .venv)
+	rm -rf experiments .snakemake mlruns report.html .pytest_cache .coverage
+
+build: ## Build the CPU container image
+	$(CONTAINER) build -t $(IMAGE) .
+
+shell: build ## Open a shell in the container
+	$(CONTAINER) run --rm -it -v $(CURDIR)/experiments:/app/experiments $(IMAGE) bash
+
+train-container: build ## Run the study inside the container
+	$(CONTAINER) run --rm -v $(CURDIR)/experiments:/app/experiments $(IMAGE) snakemake --cores $(CORES) --rerun-incomplete

@@ -1,0 +1,22 @@
+# leanhpo: an HPO study of a multi-task DSM-5 symptom model, resumable after any crash.
+# Run: snakemake --cores 1   |   after a crash or kill -9: snakemake --cores 1 --rerun-incomplete
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/hpo.smk"
+include: "rules/retention.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        study_report=f"{STUDY}/study_report.json",
+        plots=f"{STUDY}/plots/optimization_history.png",

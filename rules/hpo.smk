@@ -1,0 +1,38 @@
+rule create_study:
+    output:
+        study=f"{STUDY}/study.json",
+    log:
+        f"{LOGS}/create_study.log",
+    params:
+        config=canonical(
+            {k: config[k] for k in ("study", "tracking", "retention")}
+        ),
+    conda:
+        "../envs/leanhpo.yaml"
+    script:
+        "../scripts/create_study.py"
+
+
+rule run_trial:
+    input:
+        # ancient(): study.json is rewritten when n_trials or retention change, which must not
+        # make finished trials look outdated.
+        study=ancient(f"{STUDY}/study.json"),
+        train=f"{DATA}/train.jsonl",
+        validation=f"{DATA}/validation.jsonl",
+        data_report=f"{DATA}/data_report.json",
+        previous=previous_trial_report,
+    output:
+        # Only the finished job's report is declared: checkpoints and state are resumable and
+        # Snakemake would delete declared outputs of an incomplete job before rerunning it.
+        report=f"{STUDY}/trial_{{slot}}/report.json",
+    log:
+        f"{STUDY}/trial_{{slot}}/logs/stdout.log",
+    wildcard_constraints:
+        slot=r"\d{4}",
+    params:
+        config=trial_params(),
+    conda:
+        "../envs/leanhpo.yaml"
+    script:
+        "../scripts/run_trial.py"

@@ -1,0 +1,14 @@
+rule prune_study:
+    input:
+        study=ancient(f"{STUDY}/study.json"),
+        reports=TRIAL_REPORTS,
+    output:
+        retention=f"{STUDY}/retention.json",
+    log:
+        f"{LOGS}/prune_study.log",
+    params:
+        retention=canonical(config["retention"]),
+    conda:
+        "../envs/leanhpo.yaml"
+    script:
+        "../scripts/prune_study.py"

@@ -1,0 +1,14 @@
+"""Adapter: rule evaluate_study -> leanhpo.study.evaluate.evaluate_study."""
+
+from pathlib import Path
+
+from leanhpo.study.evaluate import evaluate_study
+from leanhpo.workflow import output_to
+
+with output_to(snakemake.log[0]):
+    evaluate_study(
+        study_file=Path(snakemake.input.study),
+        data_dir=Path(snakemake.input.test).parent,
+        report_paths=[Path(p) for p in snakemake.input.reports],
+        output=Path(snakemake.output.report),
+    )

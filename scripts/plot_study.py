@@ -1,0 +1,14 @@
+"""Adapter: rule plot_study -> leanhpo.plots.plot_study."""
+
+from pathlib import Path
+
+from leanhpo.plots import plot_study
+from leanhpo.workflow import output_to
+
+with output_to(snakemake.log[0]):
+    plot_study(
+        report_paths=[Path(p) for p in snakemake.input.reports],
+        study_report=Path(snakemake.input.study_report),
+        history_png=Path(snakemake.output.history),
+        curves_png=Path(snakemake.output.curves),
+    )

@@ -1,0 +1,9 @@
+"""Adapter: rule prepare_dataset -> leanhpo.data.prepare_dataset."""
+
+from pathlib import Path
+
+from leanhpo.data import prepare_dataset
+from leanhpo.workflow import output_to
+
+with output_to(snakemake.log[0]):
+    prepare_dataset(snakemake.params.data, Path(snakemake.output.report).parent)

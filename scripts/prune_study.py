@@ -1,0 +1,11 @@
+"""Adapter: rule prune_study -> leanhpo.study.prune.prune_study."""
+
+from pathlib import Path
+
+from leanhpo.study.prune import prune_study
+from leanhpo.workflow import output_to
+
+with output_to(snakemake.log[0]):
+    prune_study(
+        Path(snakemake.input.study), Path(snakemake.output.retention), snakemake.params.retention
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from leanhpo.cli import main
+
+sys.exit(main())

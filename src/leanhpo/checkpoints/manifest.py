@@ -1,0 +1,188 @@
+"""The byte-level format of one checkpoint folder: hashed writes and verified reads.
+
+Every file is hashed while it is written (never by a second read) and listed with its
+size and SHA-256 in MANIFEST.json, which is written last. Readers trust nothing: the
+manifest is validated before its file names are used, and every byte is checked against
+it before a parser sees it. Parsing uses safetensors and json only, never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+CHECKPOINT_FORMAT = "leanhpo-checkpoint/1"
+MANIFEST_NAME = "MANIFEST.json"
+META_NAME = "meta.json"
+TENSOR_SUFFIX = ".safetensors"
+# Large enough for full disk throughput, small enough to hash while the data is in cache.
+CHUNK_BYTES = 8 * 1024 * 1024
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CorruptCheckpointError(Exception):
+    """A checkpoint folder that fails verification; ``reason`` says which check failed."""
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        super().__init__(epoch, reason)
+        self.epoch = epoch
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"checkpoint {epoch_id(self.epoch)} is corrupt: {self.reason}"
+
+
+def epoch_id(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    """JSON text; NaN is allowed because a metrics snapshot may legitimately hold one."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    return json.dumps(meta, indent=2).encode("utf-8")
+
+
+def write_contents(
+    tmp: Path, epoch: int, groups: dict[str, dict[str, torch.Tensor]], meta_bytes: bytes
+) -> tuple[bytes, int]:
+    """Write all files into ``tmp``, MANIFEST.json last; return (manifest bytes, total)."""
+    files: dict[str, dict[str, Any]] = {}
+    for group, tensors in groups.items():
+        prepared = {key: value.detach().contiguous() for key, value in tensors.items()}
+        data = safetensors.torch.save(prepared)
+        files[group + TENSOR_SUFFIX] = write_hashed(tmp / (group + TENSOR_SUFFIX), data)
+        del data  # the serialised copy can be as large as the model
+    files[META_NAME] = write_hashed(tmp / META_NAME, meta_bytes)
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "files": files,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    raw = json.dumps(manifest, indent=2).encode("utf-8")
+    write_hashed(tmp / MANIFEST_NAME, raw)
+    return raw, sum(entry["bytes"] for entry in files.values()) + len(raw)
+
+
+def write_hashed(path: Path, data: bytes) -> dict[str, Any]:
+    """Write in chunks, hashing each chunk as it goes out, then fsync the file."""
+    digest = hashlib.sha256()
+    view = memoryview(data)
+    with open(path, "xb") as handle:
+        for start in range(0, len(view), CHUNK_BYTES):
+            chunk = view[start : start + CHUNK_BYTES]
+            digest.update(chunk)
+            handle.write(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"sha256": digest.hexdigest(), "bytes": len(data)}
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a folder's entries, i.e. a rename or a new file name in it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder: Path, epoch: int) -> tuple[dict[str, dict[str, Any]], bytes]:
+    try:
+        raw = (folder / MANIFEST_NAME).read_bytes()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise CorruptCheckpointError(epoch, f"{MANIFEST_NAME} is missing") from exc
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptCheckpointError(epoch, f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    _check_manifest(manifest, epoch)
+    return manifest["files"], raw
+
+
+def _check_manifest(manifest: Any, epoch: int) -> None:
+    """Reject a manifest we did not write; names must be plain files inside the folder."""
+
+    def fail(reason: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(epoch, f"{MANIFEST_NAME} {reason}")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise fail(f"is not in format {CHECKPOINT_FORMAT}")
+    if manifest.get("epoch") != epoch:
+        raise fail(f"names epoch {manifest.get('epoch')!r}, the folder epoch {epoch}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise fail("lists no files")
+    for name, entry in files.items():
+        if name in {"", ".", "..", MANIFEST_NAME} or Path(name).name != name:
+            raise fail(f"lists an invalid file name {name!r}")
+        if not isinstance(entry, dict) or not SHA256_PATTERN.match(str(entry.get("sha256"))):
+            raise fail(f"has no valid sha256 for {name}")
+        size = entry.get("bytes")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise fail(f"has no valid size for {name}")
+
+
+def read_checked(path: Path, name: str, entry: dict[str, Any], epoch: int) -> bytes:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise CorruptCheckpointError(epoch, f"{name} is listed but missing") from exc
+    _check_size(len(data), name, entry, epoch)
+    _check_sha(hashlib.sha256(data).hexdigest(), name, entry, epoch)
+    return data
+
+
+def stream_check(path: Path, name: str, entry: dict[str, Any], epoch: int) -> None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            _check_size(os.fstat(handle.fileno()).st_size, name, entry, epoch)
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise CorruptCheckpointError(epoch, f"{name} is listed but missing") from exc
+    _check_sha(digest.hexdigest(), name, entry, epoch)
+
+
+def _check_size(size: int, name: str, entry: dict[str, Any], epoch: int) -> None:
+    if size != entry["bytes"]:
+        reason = f"{name} has {size} bytes, the manifest says {entry['bytes']}"
+        raise CorruptCheckpointError(epoch, reason)
+
+
+def _check_sha(sha: str, name: str, entry: dict[str, Any], epoch: int) -> None:
+    if sha != entry["sha256"]:
+        raise CorruptCheckpointError(epoch, f"{name} does not match its SHA-256 in the manifest")
+
+
+def parse_meta(data: bytes, epoch: int) -> dict[str, Any]:
+    try:
+        meta = json.loads(data)
+    except ValueError as exc:
+        raise CorruptCheckpointError(epoch, f"{META_NAME} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(epoch, f"{META_NAME} is not a JSON object")
+    return meta
+
+
+def parse_tensors(
+    data: bytes, name: str, epoch: int, map_location: str | torch.device
+) -> dict[str, torch.Tensor]:
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # the Rust parser raises its own error types
+        reason = f"{name} is not a valid safetensors file: {exc}"
+        raise CorruptCheckpointError(epoch, reason) from exc
+    if torch.device(map_location).type == "cpu":
+        return tensors
+    return {key: value.to(map_location) for key, value in tensors.items()}

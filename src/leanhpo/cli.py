@@ -1,0 +1,124 @@
+"""`python -m leanhpo ...`: every step of the workflow without Snakemake.
+
+The Snakemake rules call the same functions; this entry point exists so a user can run or
+debug one step (one trial, a prune, an evaluation) by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from leanhpo import paths
+from leanhpo.config import ConfigError, load_config_file
+
+EXIT_BAD_INPUT = 2
+
+
+def _study_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in ("study", "tracking", "retention")}
+
+
+def _cmd_validate(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    return {"valid": True, "study": config["study"]["name"]}
+
+
+def _cmd_prepare(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.data import prepare_dataset
+
+    return prepare_dataset(config["data"], paths.data_dir(config["study"]["name"]))
+
+
+def _cmd_create(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.create import create_study
+
+    return create_study(
+        _study_config(config), paths.study_dir(config["study"]["name"]) / "study.json"
+    )
+
+
+def _cmd_trial(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.trial.job import run_trial_job
+
+    name = config["study"]["name"]
+    return run_trial_job(
+        args.slot,
+        config,
+        paths.study_dir(name) / "study.json",
+        paths.data_dir(name),
+        paths.trial_report(name, args.slot),
+    )
+
+
+def _cmd_prune(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.prune import prune_study
+
+    folder = paths.study_dir(config["study"]["name"])
+    return prune_study(folder / "study.json", folder / "retention.json", config["retention"])
+
+
+def _cmd_evaluate(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.evaluate import evaluate_study
+
+    name = config["study"]["name"]
+    folder = paths.study_dir(name)
+    reports = sorted(folder.glob("trial_[0-9][0-9][0-9][0-9]/report.json"))
+    return evaluate_study(
+        folder / "study.json", paths.data_dir(name), reports, folder / "study_report.json"
+    )
+
+
+COMMANDS = {
+    "validate-config": (_cmd_validate, "check config.yaml (and overlays) and exit"),
+    "prepare-data": (_cmd_prepare, "write the prepared splits and data_report.json"),
+    "create-study": (_cmd_create, "create or load the Optuna study and write study.json"),
+    "run-trial": (_cmd_trial, "run (or resume) one trial slot"),
+    "prune-study": (_cmd_prune, "enforce study-wide retention and write retention.json"),
+    "evaluate": (_cmd_evaluate, "evaluate the best trial on the test split"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leanhpo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument(
+            "--config",
+            action="append",
+            type=Path,
+            default=None,
+            help="config file; repeat to overlay (later files win), default config.yaml",
+        )
+        if name == "run-trial":
+            cmd.add_argument("--slot", type=int, required=True, help="trial slot number (0-based)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler, _ = COMMANDS[args.command]
+    try:
+        config = load_config_file(*(args.config or [Path("config.yaml")]))
+        result = handler(config, args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"leanhpo: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        from leanhpo.data import DataError
+        from leanhpo.trial.job import EXIT_LOCKED, TrialLockedError
+
+        if isinstance(error, DataError):
+            print(f"leanhpo: bad data: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if isinstance(error, TrialLockedError):
+            print(f"leanhpo: {error}", file=sys.stderr)
+            return EXIT_LOCKED
+        raise
+    if args.command == "validate-config":
+        print(json.dumps(result))
+    return 0

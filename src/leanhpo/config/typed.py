@@ -1,0 +1,114 @@
+"""Typed, frozen views of a validated config, built once and passed down.
+
+The dict form (`Config.to_dict()`) is what is logged to MLflow and stored in every checkpoint;
+the dataclasses are what code reads, so a typo in a key is a mypy error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from leanhpo.config.validate import parse_size, validate_config
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    n_trials: int
+    seed: int
+    storage: str
+    metric: str
+    parallel: bool
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    path: str | None
+    id: str
+    revision: str
+    sample_posts: int
+    split: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    revision: str
+    max_length: int
+    input_format: str
+    pooling: str
+    criteria_head: str
+    evidence_head: str
+    dropout: float
+    max_answer_tokens: int
+    null_threshold: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    loss: str
+    class_weights: list[float] | None
+    lambda_criteria: float
+    lambda_evidence: float
+    device: str
+    amp: bool
+    checkpointing: bool
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    keep_last_n: int
+    keep_best_k: int
+    keep_best_k_max: int
+    max_total_size: str
+    min_free_disk_percent: float
+    keep_best_trials: int
+
+    @property
+    def max_total_bytes(self) -> int:
+        return parse_size(self.max_total_size)
+
+
+@dataclass(frozen=True)
+class Config:
+    study: StudyConfig
+    tracking: TrackingConfig
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    retention: RetentionConfig
+    search_space: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+        """Validate `raw` (filling defaults) and build the typed view."""
+        data = validate_config(raw)
+        return cls(
+            study=StudyConfig(**data["study"]),
+            tracking=TrackingConfig(**data["tracking"]),
+            data=DataConfig(**data["data"]),
+            model=ModelConfig(**data["model"]),
+            train=TrainConfig(**data["train"]),
+            retention=RetentionConfig(**data["retention"]),
+            search_space=data["search_space"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

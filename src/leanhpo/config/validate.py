@@ -1,0 +1,163 @@
+"""Config validation: JSON Schema with defaults, then the checks a schema cannot express.
+
+Every error names the config key and says how to fix it, because the user meets these errors
+before anything has run and the key path is the only pointer they get.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from leanhpo.metric_names import MAXIMISABLE_METRICS
+
+SCHEMA_PATH = Path(str(resources.files("leanhpo.config").joinpath("schema.yaml")))
+SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+SIZE_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)\s*$", re.IGNORECASE)
+SPLIT_TOLERANCE = 1e-6
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the fix."""
+
+
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open() as handle:
+        schema: dict[str, Any] = yaml.safe_load(handle)
+    return schema
+
+
+def _with_defaults(validator_class: Any) -> Any:
+    """Extend a validator so that it fills in `default` values while it walks the config."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def key_path(parts: Any) -> str:
+    return ".".join(str(part) for part in parts) or "<top level>"
+
+
+def _schema_error_message(error: jsonschema.ValidationError) -> str:
+    path = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = (
+            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        )
+        where = path if error.absolute_path else "the top level"
+        hint = f" (allowed keys: {', '.join(allowed)})" if allowed else ""
+        return f"config key '{where}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "enum":
+        return f"config key '{path}': {error.instance!r} is not one of {error.validator_value}"
+    return f"config key '{path}': {error.message}"
+
+
+def parse_size(text: str) -> int:
+    """Parse '10GB', '500MB' or '1.5GiB' into bytes (decimal units, and binary with 'i')."""
+    match = SIZE_PATTERN.match(str(text))
+    if not match:
+        raise ConfigError(f"cannot parse size {text!r}; write it like 10GB, 500MB or 2GiB")
+    number, unit = match.groups()
+    return int(float(number) * SIZE_UNITS[unit.upper()])
+
+
+def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Return a validated deep copy of `raw` with every default filled in.
+
+    Raises ConfigError listing every problem at once, each with its key path.
+    """
+    config = copy.deepcopy(raw) if raw else {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping of keys, found {type(config).__name__}")
+    validator = _DefaultingValidator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(map(_schema_error_message, errors)))
+    problems = list(_semantic_problems(config))
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
+    from leanhpo.config.search_space import search_space_problems
+
+    study, data, retention = config["study"], config["data"], config["retention"]
+    if study["metric"] not in MAXIMISABLE_METRICS:
+        yield (
+            f"config key 'study.metric': unknown metric {study['metric']!r}; valid names: "
+            + ", ".join(MAXIMISABLE_METRICS)
+        )
+    split = data["split"]
+    total = split["train"] + split["validation"] + split["test"]
+    if abs(total - 1.0) > SPLIT_TOLERANCE:
+        yield (
+            f"config key 'data.split': train + validation + test must be 1.0, found {total:g}; "
+            "adjust the three ratios"
+        )
+    if data["source"] == "local" and not data["path"]:
+        yield (
+            "config key 'data.path': data.source is 'local' but no folder is given; set data.path "
+            "to the folder holding redsm5_posts.csv and redsm5_annotations.csv"
+        )
+    if retention["keep_best_k_max"] < retention["keep_best_k"]:
+        yield (
+            f"config key 'retention.keep_best_k_max': {retention['keep_best_k_max']} is smaller "
+            f"than retention.keep_best_k ({retention['keep_best_k']}); raise it or lower keep_best_k"
+        )
+    try:
+        if parse_size(retention["max_total_size"]) <= 0:
+            yield "config key 'retention.max_total_size': must be larger than 0"
+    except ConfigError as error:
+        yield f"config key 'retention.max_total_size': {error}"
+    yield from search_space_problems(config)
+
+
+def load_config_file(*paths: Path | str) -> dict[str, Any]:
+    """Merge YAML files like `snakemake --configfile` does (nested keys override), then validate."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        with Path(path).open() as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys")
+        merged = deep_merge(merged, loaded)
+    return validate_config(merged)
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result

@@ -1,0 +1,102 @@
+"""Turn a configured source into the prepared splits that every trial reads.
+
+Runs once per study (the `prepare_dataset` rule). The fingerprint it records identifies the
+exact prepared data, so two trials, or two machines, can prove they trained on the same posts.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from leanhpo.data.errors import DataError
+from leanhpo.data.redsm5 import load_redsm5
+from leanhpo.data.sources import materialize_source
+from leanhpo.data.splits import SPLIT_NAMES, split_posts
+from leanhpo.data.symptoms import SYMPTOMS
+from leanhpo.fsutil import atomic_write_text, sha256_file
+
+RAW_FOLDER = "raw"
+REPORT_FILE = "data_report.json"
+SPLIT_FILE_SUFFIX = ".jsonl"
+
+
+def prepare_dataset(data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Materialise, clean, split and write the data; return (and write) the data report.
+
+    The report is written last, so its presence means the splits beside it are complete.
+    """
+    out_dir = Path(out_dir)
+    source = materialize_source(data_cfg, out_dir / RAW_FOLDER)
+    posts, cleaning = load_redsm5(source["posts_csv"], source["annotations_csv"])
+    split_cfg = data_cfg.get("split") or {}
+    seed: Any = split_cfg.get("seed")  # checked by split_posts
+    splits = split_posts(posts, split_cfg, seed=seed)
+    fingerprint = hashlib.sha256()
+    for name in SPLIT_NAMES:
+        payload = _jsonl(splits[name]).encode("utf-8")
+        # Name and length go into the hash too, so moving a post from the end of one split to
+        # the start of the next changes the fingerprint even though the bytes concatenate alike.
+        fingerprint.update(f"{name}\n{len(payload)}\n".encode())
+        fingerprint.update(payload)
+        atomic_write_text(out_dir / f"{name}{SPLIT_FILE_SUFFIX}", payload.decode("utf-8"))
+    report = {
+        "source": source["source"],
+        "dataset_id": source["dataset_id"],
+        "revision": source["revision"],
+        "resolved_revision": source["resolved_revision"],
+        "fingerprint": fingerprint.hexdigest(),
+        "raw_sha256": {
+            Path(source[key]).name: sha256_file(Path(source[key]))
+            for key in ("posts_csv", "annotations_csv")
+        },
+        "n_posts": len(posts),
+        "splits": {name: _split_stats(splits[name]) for name in SPLIT_NAMES},
+        "cleaning": cleaning,
+        "split_ratios": {name: float(split_cfg[name]) for name in SPLIT_NAMES},
+        "split_seed": seed,
+    }
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    atomic_write_text(out_dir / REPORT_FILE, text)
+    return report
+
+
+def load_split(out_dir: Path, split: str) -> list[dict]:
+    """Read one prepared split back, one post per line."""
+    if split not in SPLIT_NAMES:
+        raise DataError(
+            f"Tried to load the split {split!r}; valid splits are {list(SPLIT_NAMES)}. "
+            "Fix: ask for one of those."
+        )
+    path = Path(out_dir) / f"{split}{SPLIT_FILE_SUFFIX}"
+    if not path.is_file():
+        raise DataError(
+            f"Tried to read the prepared split {path}, but it does not exist. Fix: run the "
+            "prepare_dataset step first (`snakemake --cores 1` runs it), or check the folder."
+        )
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _jsonl(posts: list[dict]) -> str:
+    """Canonical JSON lines: sorted keys, fixed separators, so equal data gives equal bytes."""
+    return "".join(json.dumps(post, sort_keys=True, ensure_ascii=False) + "\n" for post in posts)
+
+
+def _split_stats(posts: list[dict]) -> dict[str, Any]:
+    """Per-split counts, so a skewed or empty symptom in a split shows up in the report."""
+    positives = dict.fromkeys(SYMPTOMS, 0)
+    spans = dict.fromkeys(SYMPTOMS, 0)
+    without = 0
+    for post in posts:
+        if not any(post["labels"]):
+            without += 1
+        for index, symptom in enumerate(SYMPTOMS):
+            positives[symptom] += post["labels"][index]
+            spans[symptom] += len(post["evidence"][index])
+    return {
+        "posts": len(posts),
+        "positive_posts_per_symptom": positives,
+        "evidence_spans_per_symptom": spans,
+        "posts_without_symptom": without,
+    }

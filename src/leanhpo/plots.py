@@ -1,0 +1,48 @@
+"""Plots for `snakemake --report`: the optimisation history and per-trial learning curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leanhpo.fsutil import read_json
+
+
+def plot_study(
+    report_paths: list[Path], study_report: Path, history_png: Path, curves_png: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    reports = sorted((read_json(p) for p in report_paths), key=lambda r: r["slot"])
+    metric = read_json(study_report)["optimization_metric"]
+    history_png.parent.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    slots = [r["slot"] for r in reports if r["best_validation_score"] is not None]
+    scores = [r["best_validation_score"] for r in reports if r["best_validation_score"] is not None]
+    ax.plot(slots, scores, "o", label="trial best")
+    running = [max(scores[: i + 1]) for i in range(len(scores))]
+    ax.step(slots, running, where="post", label="best so far")
+    baselines = [r["baseline"]["optimization_metric_value"] for r in reports]
+    baseline = max((b for b in baselines if b is not None), default=None)
+    if baseline is not None:
+        ax.axhline(baseline, linestyle="--", color="grey", label="trivial baseline")
+    ax.set(xlabel="trial slot", ylabel=metric, title="Optimisation history")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(history_png, dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for report in reports:
+        epochs = [h["epoch"] for h in report["history"]]
+        values = [h["metrics"].get(metric) for h in report["history"]]
+        ax.plot(epochs, values, marker=".", label=f"slot {report['slot']}")
+    ax.set(xlabel="epoch", ylabel=metric, title="Learning curves")
+    if len(reports) <= 12:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(curves_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""The create_study step: the Optuna study, the MLflow parent run, and study.json.
+
+study.json also carries the study-level settings that trial jobs read but that must not make
+finished trials rerun when they change (n_trials, retention, parallel); see rules/hpo.smk.
+Idempotent: rerunning it finds the same study and parent run and rewrites study.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leanhpo import __version__
+from leanhpo.config import validate_config
+from leanhpo.fsutil import atomic_write_json
+from leanhpo.logs import event, mask_secrets, setup_logging
+from leanhpo.study.setup import CREATED_AT_ATTR, STUDY_UUID_ATTR, create_or_load_study
+from leanhpo.tracking import Tracker
+
+STUDY_ROLE_TAG = "leanhpo.role"
+STUDY_UUID_TAG = "leanhpo.study_uuid"
+
+
+def artifact_root(study_dir: Path) -> Path:
+    """MLflow artifacts of a database store live beside the studies, in experiments/mlartifacts."""
+    return study_dir.parent / "mlartifacts"
+
+
+def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
+    config = validate_config(config)
+    log = setup_logging()
+    study_cfg, tracking = config["study"], config["tracking"]
+    study = create_or_load_study(
+        study_cfg["name"], study_cfg["storage"], study_cfg["seed"], study_cfg["n_trials"]
+    )
+    study_uuid = study.user_attrs[STUDY_UUID_ATTR]
+    tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root(study_json.parent))
+    parent = tracker.find_or_create_run(
+        {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"}, name=f"study-{study_cfg['name']}"
+    )
+    tracker.log_params_once(parent, {"study": study_cfg, "retention": config["retention"]})
+    tracker.set_tags(
+        parent, {"leanhpo.study_name": study_cfg["name"], "leanhpo.code_version": __version__}
+    )
+    info = {
+        "study_id": study_uuid,
+        "name": study_cfg["name"],
+        "storage": mask_secrets(study_cfg["storage"]),
+        "created_at": study.user_attrs[CREATED_AT_ATTR],
+        "optimization_metric": study_cfg["metric"],
+        "direction": "maximize",
+        "seed": study_cfg["seed"],
+        "n_trials": study_cfg["n_trials"],
+        "parallel": study_cfg["parallel"],
+        "retention": config["retention"],
+        "mlflow": {
+            "tracking_uri": mask_secrets(tracking["uri"]),
+            "experiment_id": tracker.experiment_id,
+            "parent_run_id": parent,
+        },
+        "code_version": __version__,
+    }
+    atomic_write_json(study_json, info)
+    event(
+        log,
+        f"study {study_cfg['name']!r} ready",
+        study_id=study_uuid,
+        n_trials=study_cfg["n_trials"],
+    )
+    return info

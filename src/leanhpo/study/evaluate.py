@@ -1,0 +1,200 @@
+"""The evaluate_study step: one test-set evaluation of the best trial, the study report.
+
+This is the only code that reads the test split. The best trial's best checkpoints (all of
+them when co-best) are verified, rebuilt from the config stored inside them and evaluated once.
+When the study ran with checkpointing off, the best trial is retrained in memory up to its best
+epoch instead; training is deterministic, so that gives the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from leanhpo import __version__
+from leanhpo.checkpoints import CheckpointStore
+from leanhpo.config import Config
+from leanhpo.data import load_split
+from leanhpo.fsutil import read_json
+from leanhpo.logs import event, setup_logging
+from leanhpo.metric_names import SYMPTOMS
+from leanhpo.models import compatibility_metadata
+from leanhpo.reports import STUDY_SCHEMA, write_report
+from leanhpo.study.setup import open_study, trial_counts
+from leanhpo.tracking import Tracker
+from leanhpo.training.loop import evaluate
+from leanhpo.training.setup import Network, build_network, class_weights, encode
+from leanhpo.trial import state as ckpt_state
+from leanhpo.trial.runner import replay_training
+
+PER_CRITERION = ("f1", "precision", "recall", "support", "pr_auc")
+CRITERIA_SUMMARY = (
+    "accuracy",
+    "f1_macro",
+    "f1_micro",
+    "precision_macro",
+    "recall_macro",
+    "precision_micro",
+    "recall_micro",
+    "pr_auc_macro",
+    "exact_match_ratio",
+)
+EVIDENCE_KEYS = (
+    "exact_match",
+    "f1",
+    "char_f1",
+    "null_span_accuracy",
+    "n_positive_pairs",
+    "n_null_pairs",
+    "n_excluded",
+)
+
+
+def pick_best(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    scored = [
+        r for r in reports if r["status"] == "completed" and r["best_validation_score"] is not None
+    ]
+    if not scored:
+        raise RuntimeError(
+            "no trial of the study completed with a score, so there is no model to evaluate; "
+            "read the failure reasons in experiments/<study>/trial_*/report.json"
+        )
+    return sorted(scored, key=lambda r: (-r["best_validation_score"], r["slot"]))[0]
+
+
+def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
+    """Flat evaluation metrics -> the study report's test_metrics layout (SPEC 7)."""
+    criteria: dict[str, Any] = {k: flat.get(f"criteria_{k}") for k in CRITERIA_SUMMARY}
+    criteria["per_criterion"] = {
+        symptom: {k: flat.get(f"criteria_{k}_{symptom}") for k in PER_CRITERION}
+        for symptom in SYMPTOMS
+    }
+    evidence = {k: flat.get(f"evidence_{k}") for k in EVIDENCE_KEYS}
+    losses = {k: flat.get(k) for k in ("loss", "criteria_loss", "evidence_loss")}
+    return {"criteria_matching": criteria, "evidence_binding": evidence, "losses": losses}
+
+
+def _networks(
+    best: dict[str, Any], study_dir: Path, data_dir: Path, log: logging.Logger
+) -> list[tuple[dict[str, Any], Network, Config]]:
+    """(checkpoint entry, restored network, config) for each co-best retained checkpoint."""
+    trial_dir = study_dir / f"trial_{best['slot']:04d}"
+    wanted = [c for c in best["checkpoints"] if c["co_best"] and c["retained"]]
+    seed = best["seeds"]["trial"]
+    if not wanted:
+        config = Config.from_dict(best["config"])
+        epoch = min(best["best_epochs"])
+        event(
+            log,
+            f"no checkpoint kept (checkpointing off?): retraining slot {best['slot']} to epoch {epoch}",
+        )
+        network = replay_training(config, seed, load_split(data_dir, "train"), epoch)
+        return [
+            (
+                {"id": f"epoch_{epoch:04d}", "path": "", "epoch": epoch, "sha256": None},
+                network,
+                config,
+            )
+        ]
+    store = CheckpointStore(trial_dir / "checkpoints", log=log)
+    result = []
+    for entry in wanted:
+        loaded = store.load(entry["epoch"])  # verifies every file against the manifest
+        if loaded.info.sha256 != entry["sha256"]:
+            raise RuntimeError(
+                f"checkpoint {loaded.info.path} differs from the one its trial report lists"
+            )
+        config = Config.from_dict(loaded.meta["config"])
+        network = build_network(config, seed)
+        ckpt_state.check_compatible(
+            loaded, network, compatibility_metadata(network.model, config.model.id, __version__)
+        )
+        ckpt_state.restore(loaded, network, optimisation=None)
+        result.append((entry, network, config))
+    return result
+
+
+def evaluate_study(
+    study_file: Path, data_dir: Path, report_paths: list[Path], output: Path
+) -> dict[str, Any]:
+    log = setup_logging()
+    study_info = read_json(study_file)
+    reports = [read_json(p) for p in report_paths]
+    best = pick_best(reports)
+    test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
+    evaluated = []
+    for entry, network, config in _networks(best, study_file.parent, data_dir, log):
+        split = encode(network, config, test_posts)
+        weights = class_weights(config, train_posts, network.device)
+        evaluation = evaluate(
+            network.model,
+            split,
+            config.model,
+            config.train,
+            network.device,
+            network.pad_token_id,
+            weights,
+            "test",
+        )
+        flat = evaluation.metrics("")
+        evaluated.append(
+            {
+                **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},
+                "test_metrics": structure_metrics(flat),
+                "flat": flat,
+            }
+        )
+    primary = min(evaluated, key=lambda e: e["epoch"])
+    config = best["config"]
+    study = open_study(study_info["name"], config["study"]["storage"], study_info["seed"])
+    report = {
+        "schema_version": 1,
+        "study_id": study_info["study_id"],
+        "study_name": study_info["name"],
+        "best_trial": {
+            "uuid": best["trial_uuid"],
+            "number": best["optuna_number"],
+            "slot": best["slot"],
+        },
+        "optimization_metric": study_info["optimization_metric"],
+        "best_validation_score": best["best_validation_score"],
+        "baseline_validation_score": best["baseline"]["optimization_metric_value"],
+        "config": config,
+        "checkpoints": [{k: v for k, v in e.items() if k != "flat"} for e in evaluated],
+        "test_metrics": primary["test_metrics"],
+        "test_split": {"posts": len(test_posts)},
+        "dataset": best["dataset"],
+        "seeds": best["seeds"],
+        "trial_counts": trial_counts(study),
+        "n_trials": study_info["n_trials"],
+        "code_version": __version__,
+        "generated_at": datetime.now(UTC).isoformat(),
+    }
+    write_report(output, report, STUDY_SCHEMA)
+    _track(config, study_info, primary["flat"], best)
+    event(
+        log,
+        f"study report written: {output}",
+        best_slot=best["slot"],
+        test_f1_macro=primary["flat"].get("criteria_f1_macro"),
+    )
+    return report
+
+
+def _track(
+    config: dict[str, Any],
+    study_info: dict[str, Any],
+    flat: dict[str, float | None],
+    best: dict[str, Any],
+) -> None:
+    tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"])
+    parent = study_info["mlflow"]["parent_run_id"]
+    tracker.log_metrics_once(
+        parent, {f"test_{k}": v for k, v in flat.items() if v is not None}, step=0
+    )
+    tracker.set_tags(
+        parent, {"leanhpo.best_slot": best["slot"], "leanhpo.best_trial_uuid": best["trial_uuid"]}
+    )
+    tracker.set_status(parent, "FINISHED")

@@ -1,0 +1,134 @@
+"""Create or continue a study, and map trial slots to Optuna trials.
+
+A slot is the unit Snakemake schedules (`trial_{NNNN}`). Its Optuna trial is created in ONE
+storage transaction together with the slot user attr, so a kill can never leave a trial that no
+slot owns; a rerun finds the slot's trial again by that attr and re-attaches to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from leanhpo.logs import mask_secrets
+
+SLOT_ATTR = "leanhpo.slot"
+TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
+STUDY_UUID_ATTR = "leanhpo.study_uuid"
+CREATED_AT_ATTR = "leanhpo.created_at"
+N_TRIALS_ATTR = "leanhpo.n_trials"
+DIRECTION = optuna.study.StudyDirection.MAXIMIZE
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates the file but not its folder; make the folder for relative and absolute URLs."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def storage_for(url: str) -> optuna.storages.BaseStorage:
+    ensure_sqlite_folder(url)
+    return optuna.storages.RDBStorage(url)
+
+
+def sampler_for(seed: int, slot: int | None = None) -> optuna.samplers.BaseSampler:
+    """Each trial job is a fresh process, so a sampler seeded with the study seed alone would
+    draw the same first values in every job; offsetting by the slot keeps the study
+    reproducible and the trials different."""
+    return optuna.samplers.TPESampler(seed=seed + (slot or 0))
+
+
+def open_study(name: str, storage_url: str, seed: int, slot: int | None = None) -> optuna.Study:
+    try:
+        study = optuna.load_study(
+            study_name=name, storage=storage_for(storage_url), sampler=sampler_for(seed, slot)
+        )
+    except KeyError as error:
+        raise RuntimeError(
+            f"Optuna study {name!r} does not exist in {mask_secrets(storage_url)}; run the create_study "
+            "step first (snakemake runs it for you)"
+        ) from error
+    return study
+
+
+def create_or_load_study(name: str, storage_url: str, seed: int, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_for(storage_url),
+        sampler=sampler_for(seed),
+        direction=DIRECTION,
+        load_if_exists=True,
+    )
+    if study.direction != DIRECTION:
+        raise RuntimeError(
+            f"Optuna study {name!r} in {mask_secrets(storage_url)} is not a maximising study; "
+            "leanhpo always maximises study.metric, so choose another study.name"
+        )
+    attrs = study.user_attrs
+    if STUDY_UUID_ATTR not in attrs:
+        study.set_user_attr(STUDY_UUID_ATTR, str(uuid.uuid4()))
+        study.set_user_attr(CREATED_AT_ATTR, datetime.now(UTC).isoformat())
+    study.set_user_attr(N_TRIALS_ATTR, n_trials)
+    return study
+
+
+def slot_trials(study: optuna.Study, slot: int) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT_ATTR) == slot]
+
+
+def attach_slot(study: optuna.Study, slot: int) -> FrozenTrial:
+    """The slot's Optuna trial: its finished one, else its running one, else a new one."""
+    mine = slot_trials(study, slot)
+    for wanted in (FINISHED, (TrialState.RUNNING, TrialState.WAITING)):
+        matches = [t for t in mine if t.state in wanted]
+        if matches:
+            return matches[-1]
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING,
+        user_attrs={SLOT_ATTR: slot, TRIAL_UUID_ATTR: str(uuid.uuid4())},
+    )
+    study_id = study._storage.get_study_id_from_name(study.study_name)
+    trial_id = study._storage.create_new_trial(study_id, template_trial=template)
+    return study._storage.get_trial(trial_id)
+
+
+STATE_NAMES = {
+    TrialState.COMPLETE: "completed",
+    TrialState.FAIL: "failed",
+    TrialState.PRUNED: "pruned",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts = dict.fromkeys(STATE_NAMES.values(), 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[STATE_NAMES[trial.state]] += 1
+    return counts
+
+
+def progress(study: optuna.Study, slot: int, n_trials: int) -> dict[str, Any]:
+    """Trial i/N, best so far and an ETA from the mean duration of finished trials."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+    complete = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in done
+        if t.datetime_complete and t.datetime_start
+    ]
+    remaining = max(n_trials - len(done), 0)
+    eta = sum(durations) / len(durations) * remaining if durations else None
+    return {
+        "trial": f"{slot + 1}/{n_trials}",
+        "best_so_far": max((t.value for t in complete if t.value is not None), default=None),
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+    }

@@ -1,0 +1,262 @@
+"""One epoch of training and one evaluation pass. No file I/O, no tracking, no Optuna."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from leanhpo.config import ModelConfig, TrainConfig
+from leanhpo.metric_names import SYMPTOMS
+from leanhpo.models import MultiTaskModel, criteria_loss, span_loss
+from leanhpo.training.decode import decode_spans
+from leanhpo.training.features import EncodedSplit, collate
+from leanhpo.training.metrics import (
+    EvidenceExample,
+    criteria_metrics,
+    evidence_metrics,
+)
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+DATA_ORDER_STRIDE = 1_000_003  # keeps per-epoch shuffle seeds of nearby study seeds apart
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged (NaN or inf loss): the trial's own fault, so Optuna is told FAIL."""
+
+
+@dataclass
+class EpochResult:
+    metrics: dict[str, float]
+    steps: int
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_loader(
+    split: EncodedSplit, batch_size: int, pad_token_id: int, shuffle_seed: int | None
+) -> DataLoader[Any]:
+    """A loader with its own generator, so that its order never depends on the global RNG."""
+    generator = torch.Generator().manual_seed(shuffle_seed if shuffle_seed is not None else 0)
+    return DataLoader(
+        split.examples,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        collate_fn=lambda rows: collate(rows, pad_token_id),
+    )
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+    """The data order of an epoch depends only on (seed, epoch), so a resumed run sees the same."""
+    return seed * DATA_ORDER_STRIDE + epoch
+
+
+def make_optimizer(model: MultiTaskModel, train: TrainConfig) -> torch.optim.AdamW:
+    groups: list[dict[str, Any]] = []
+    for params, lr in (
+        (model.encoder.named_parameters(prefix="encoder"), train.learning_rate),
+        (_head_named_parameters(model), train.head_learning_rate),
+    ):
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for name, param in params:
+            (no_decay if name.endswith(NO_DECAY) else decay).append(param)
+        groups.append({"params": decay, "lr": lr, "weight_decay": train.weight_decay})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def _head_named_parameters(model: MultiTaskModel) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    return ((n, p) for n, p in model.named_parameters() if not n.startswith("encoder."))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = math.ceil(total_steps * warmup_ratio)
+    scheduler: torch.optim.lr_scheduler.LambdaLR = get_linear_schedule_with_warmup(
+        optimizer, warmup, total_steps
+    )
+    return scheduler
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _losses(
+    model: MultiTaskModel,
+    batch: dict[str, torch.Tensor],
+    train: TrainConfig,
+    class_weights: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    outputs = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        span_mask=batch["span_mask"],
+        token_type_ids=batch.get("token_type_ids"),
+    )
+    pos_weight = class_weights[batch["symptoms"]] if class_weights is not None else None
+    crit = criteria_loss(outputs["criteria_logits"], batch["labels"], train.loss, pos_weight)
+    evid = span_loss(
+        outputs["start_logits"],
+        outputs["end_logits"],
+        batch["start_positions"],
+        batch["end_positions"],
+    )
+    total = train.lambda_criteria * crit + train.lambda_evidence * evid
+    return outputs, total, crit, evid
+
+
+def train_one_epoch(
+    model: MultiTaskModel,
+    loader: DataLoader[Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: TrainConfig,
+    device: torch.device,
+    class_weights: torch.Tensor | None = None,
+    progress: str = "train",
+    on_step: Callable[[int], None] | None = None,
+) -> EpochResult:
+    model.train()
+    sums = {"train_loss": 0.0, "train_criteria_loss": 0.0, "train_evidence_loss": 0.0}
+    steps = 0
+    for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
+        batch = _to(batch, device)
+        with autocast(device, train.amp):
+            _, total, crit, evid = _losses(model, batch, train, class_weights)
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({total.item()}) at step {steps + 1}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        for key, value in zip(sums, (total, crit, evid), strict=True):
+            sums[key] += float(value.detach())
+        if on_step:
+            on_step(steps)
+    return EpochResult({k: v / max(steps, 1) for k, v in sums.items()}, steps)
+
+
+@dataclass
+class Evaluation:
+    losses: dict[str, float]
+    probabilities: np.ndarray  # [n_posts, 9]
+    labels: np.ndarray  # [n_posts, 9]
+    evidence: list[EvidenceExample]
+
+    def metrics(self, prefix: str) -> dict[str, float | None]:
+        """Flat metrics with `prefix` (e.g. 'val_'); None where a value is undefined."""
+        flat: dict[str, float | None] = {f"{prefix}{k}": v for k, v in self.losses.items()}
+        for key, value in criteria_metrics(self.labels, self.probabilities).items():
+            flat[f"{prefix}criteria_{key}"] = value
+        for key, value in evidence_metrics(self.evidence).items():
+            flat[f"{prefix}evidence_{key}"] = value
+        return flat
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultiTaskModel,
+    split: EncodedSplit,
+    model_cfg: ModelConfig,
+    train: TrainConfig,
+    device: torch.device,
+    pad_token_id: int,
+    class_weights: torch.Tensor | None = None,
+    progress: str = "eval",
+) -> Evaluation:
+    model.eval()
+    n_posts = len(split.posts)
+    probabilities = np.zeros((n_posts, len(SYMPTOMS)), dtype=np.float64)
+    predicted: dict[tuple[int, int], tuple[int, int] | None] = {}
+    sums = {"loss": 0.0, "criteria_loss": 0.0, "evidence_loss": 0.0}
+    batches = 0
+    loader = make_loader(split, train.eval_batch_size, pad_token_id, shuffle_seed=None)
+    cursor = 0
+    for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
+        rows = split.examples[cursor : cursor + len(batch["labels"])]
+        cursor += len(rows)
+        batch = _to(batch, device)
+        with autocast(device, train.amp):
+            outputs, total, crit, evid = _losses(model, batch, train, class_weights)
+        batches += 1
+        for key, value in zip(sums, (total, crit, evid), strict=True):
+            sums[key] += float(value)
+        probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()
+        spans = decode_spans(
+            outputs["start_logits"].cpu(),
+            outputs["end_logits"].cpu(),
+            batch["span_mask"].cpu(),
+            model_cfg.max_answer_tokens,
+            model_cfg.null_threshold,
+        )
+        for row, example in enumerate(rows):
+            for out, symptom in enumerate(example.symptom_indices):
+                probabilities[example.post_index, symptom] = probs[row, out]
+                token_span = spans[row][out]
+                predicted[(example.post_index, symptom)] = (
+                    None
+                    if token_span is None
+                    else (example.offsets[token_span[0]][0], example.offsets[token_span[1]][1])
+                )
+    labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
+    evidence = _evidence_examples(split, predicted)
+    losses = {k: v / max(batches, 1) for k, v in sums.items()}
+    return Evaluation(losses, probabilities, labels, evidence)
+
+
+def _evidence_examples(
+    split: EncodedSplit, predicted: dict[tuple[int, int], tuple[int, int] | None]
+) -> list[EvidenceExample]:
+    excluded = {
+        (ex.post_index, symptom)
+        for ex in split.examples
+        for out, symptom in enumerate(ex.symptom_indices)
+        if ex.labels[out] and ex.start_positions[out] < 0
+    }
+    examples = []
+    for post_index, post in enumerate(split.posts):
+        for symptom in range(len(SYMPTOMS)):
+            gold = (
+                tuple(tuple(span) for span in post["evidence"][symptom])
+                if post["labels"][symptom]
+                else ()
+            )
+            examples.append(
+                EvidenceExample(
+                    text=post["text"],
+                    gold_spans=gold,
+                    pred_span=predicted.get((post_index, symptom)),
+                    excluded=(post_index, symptom) in excluded,
+                )
+            )
+    return examples

@@ -1,0 +1,322 @@
+"""Metrics for the two tasks: criteria matching (multi-label) and evidence binding (spans).
+
+Pure functions on numpy arrays and strings: no torch, no I/O. Every average over an empty set
+is ``None`` (never 0 or NaN), because a 0 would read as a bad model and NaN breaks JSON and
+MLflow; :func:`flatten_for_logging` drops the ``None`` values before logging.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+
+# The lead will import these from the data layer later; the order is the model's output order.
+SYMPTOMS: tuple[str, ...] = (
+    "DEPRESSED_MOOD",
+    "ANHEDONIA",
+    "APPETITE_CHANGE",
+    "SLEEP_ISSUES",
+    "PSYCHOMOTOR",
+    "FATIGUE",
+    "WORTHLESSNESS",
+    "COGNITIVE_ISSUES",
+    "SUICIDAL_THOUGHTS",
+)
+DEFAULT_THRESHOLD = 0.5
+# zero_division=0 is deliberate: a symptom never predicted (or never present) scores 0, and
+# sklearn then raises no UndefinedMetricWarning.
+ZERO_DIVISION = 0.0
+ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+PUNCTUATION = frozenset(string.punctuation)
+
+Span = tuple[int, int]
+MetricValue = float | None
+
+
+# ---------------------------------------------------------------------------- criteria
+
+
+def _check_criteria_inputs(y_true: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> None:
+    if y_true.ndim != 2 or y_true.shape != scores.shape:
+        raise ValueError(
+            f"y_true and scores must both be [N, {len(names)}]; got {y_true.shape} and "
+            f"{scores.shape}"
+        )
+    if y_true.shape[0] == 0 or y_true.shape[1] != len(names):
+        raise ValueError(f"need at least one post and {len(names)} columns; got {y_true.shape}")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 and 1")
+
+
+def _pr_auc(y_true_col: np.ndarray, score_col: np.ndarray) -> MetricValue:
+    # Average precision is undefined without a positive; sklearn would warn and return 0.
+    if not y_true_col.any():
+        return None
+    return float(average_precision_score(y_true_col, score_col))
+
+
+def _mean_defined(values: Iterable[MetricValue]) -> MetricValue:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def criteria_metrics(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    names: Sequence[str] = SYMPTOMS,
+) -> dict[str, MetricValue]:
+    """Criteria-matching metrics of ``scores`` (probabilities, [N, 9]) against ``y_true`` (0/1).
+
+    A symptom is predicted when its score is ``>= threshold``. Keys:
+
+    - ``accuracy``: fraction of the N×9 (post, symptom) decisions that are correct.
+    - ``exact_match_ratio``: fraction of posts whose 9 decisions are all correct.
+    - ``precision_micro`` / ``recall_micro`` / ``f1_micro``: from TP, FP, FN pooled over all
+      N×9 decisions.
+    - ``precision_macro`` / ``recall_macro`` / ``f1_macro``: unweighted mean of the 9
+      per-symptom values (``f1_macro`` is the mean of per-symptom F1s, not the F1 of the means).
+    - per symptom ``<NAME>``: ``precision_<NAME>`` = TP/(TP+FP), ``recall_<NAME>`` = TP/(TP+FN),
+      ``f1_<NAME>`` = 2·P·R/(P+R); each is 0 where its denominator is 0 (sklearn
+      ``zero_division=0``). ``support_<NAME>`` = number of posts with the symptom (float).
+    - ``pr_auc_<NAME>``: average precision of the raw scores (sklearn
+      ``average_precision_score``, threshold-free); ``None`` when the symptom has no positive.
+    - ``pr_auc_macro``: mean of the defined ``pr_auc_<NAME>``; ``None`` if none is defined.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    _check_criteria_inputs(y_true, scores, names)
+    y_pred = (scores >= threshold).astype(int)
+    labels = list(range(len(names)))
+    metrics: dict[str, MetricValue] = {
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "exact_match_ratio": float(np.mean((y_pred == y_true).all(axis=1))),
+    }
+    for average in ("micro", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=ZERO_DIVISION
+        )
+        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r)})
+        metrics[f"f1_{average}"] = float(f)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=ZERO_DIVISION
+    )
+    pr_aucs = [_pr_auc(y_true[:, j], scores[:, j]) for j in labels]
+    for j, name in enumerate(names):
+        metrics[f"f1_{name}"] = float(f1[j])
+        metrics[f"precision_{name}"] = float(precision[j])
+        metrics[f"recall_{name}"] = float(recall[j])
+        metrics[f"support_{name}"] = float(support[j])
+        metrics[f"pr_auc_{name}"] = pr_aucs[j]
+    metrics["pr_auc_macro"] = _mean_defined(pr_aucs)
+    return metrics
+
+
+def baseline_criteria_metrics(
+    train_prevalence: np.ndarray, y_true: np.ndarray
+) -> dict[str, dict[str, MetricValue]]:
+    """Trivial baselines scored on ``y_true`` with :func:`criteria_metrics`.
+
+    - ``prevalence``: every post gets the training prevalence of each symptom as its score, so
+      at the 0.5 threshold it predicts the training majority class (positive iff
+      prevalence >= 0.5).
+    - ``all_positive``: every symptom predicted for every post (score 1.0). Its recall is 1 and
+      its per-symptom precision is the symptom's prevalence in ``y_true``.
+
+    Both scores are constant per symptom, so each ``pr_auc_<NAME>`` equals the prevalence of
+    the symptom in ``y_true``: the floor a model's PR-AUC must beat.
+    """
+    prevalence = np.asarray(train_prevalence, dtype=float)
+    y_true = np.asarray(y_true)
+    if prevalence.shape != (y_true.shape[-1],) or not ((prevalence >= 0) & (prevalence <= 1)).all():
+        raise ValueError(
+            f"train_prevalence must be {y_true.shape[-1]} values in [0, 1]; got {prevalence}"
+        )
+    prevalence_scores = np.broadcast_to(prevalence, y_true.shape)
+    return {
+        "prevalence": criteria_metrics(y_true, prevalence_scores),
+        "all_positive": criteria_metrics(y_true, np.ones(y_true.shape)),
+    }
+
+
+# ---------------------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True)
+class EvidenceExample:
+    """One (post, symptom) pair for evidence binding.
+
+    ``gold_spans`` are [start, end) character offsets into ``text``; empty means the pair has
+    no evidence (a null pair). ``pred_span`` is ``None`` (or zero-length) for a null
+    prediction. ``excluded`` pairs (gold unknown or outside the model's window) are skipped
+    by every metric and only counted.
+    """
+
+    text: str
+    gold_spans: tuple[Span, ...]
+    pred_span: Span | None
+    excluded: bool = False
+
+    def __post_init__(self) -> None:
+        for start, end in self.gold_spans:
+            if not 0 <= start < end <= len(self.text):
+                raise ValueError(f"gold span {(start, end)} is empty or outside the text")
+        if self.pred_span is not None:
+            start, end = self.pred_span
+            if not 0 <= start <= end <= len(self.text):
+                raise ValueError(f"predicted span {self.pred_span} is outside the text")
+
+
+def _normalize_answer(text: str) -> list[str]:
+    # The SQuAD v1.1 evaluation script's normalisation, so numbers compare with the literature.
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    return ARTICLES_RE.sub(" ", text).split()
+
+
+def span_token_f1(pred: str, gold: str) -> float:
+    """SQuAD token F1 of two strings.
+
+    Both are lowercased, stripped of punctuation and of the articles a/an/the, and split on
+    whitespace. With ``common`` the size of the multiset intersection of the tokens,
+    precision = common/len(pred tokens), recall = common/len(gold tokens), F1 = 2PR/(P+R).
+    Both token lists empty → 1.0; exactly one empty (or no common token) → 0.0.
+    """
+    pred_tokens, gold_tokens = _normalize_answer(pred), _normalize_answer(gold)
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def span_char_f1(pred: Span | None, gold: Span) -> float:
+    """Character-offset F1 of [start, end) ranges.
+
+    overlap = max(0, min(ends) - max(starts)); precision = overlap/len(pred),
+    recall = overlap/len(gold), F1 = 2PR/(P+R). A ``None`` prediction → 0.0. Zero-length ranges
+    count as empty: both empty → 1.0, exactly one empty → 0.0.
+    """
+    if pred is None:
+        return 0.0
+    pred_len, gold_len = pred[1] - pred[0], gold[1] - gold[0]
+    if pred_len <= 0 or gold_len <= 0:
+        return float(pred_len <= 0 and gold_len <= 0)
+    overlap = min(pred[1], gold[1]) - max(pred[0], gold[0])
+    if overlap <= 0:
+        return 0.0
+    precision, recall = overlap / pred_len, overlap / gold_len
+    return 2 * precision * recall / (precision + recall)
+
+
+def _strip_span(text: str, span: Span) -> Span:
+    start, end = span
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _is_null(span: Span | None) -> bool:
+    return span is None or span[0] >= span[1]
+
+
+def _score_positive_pair(example: EvidenceExample) -> tuple[float, float, float]:
+    """(exact_match, token f1, char f1) of one pair that has gold evidence."""
+    if example.pred_span is None or _is_null(example.pred_span):
+        return 0.0, 0.0, 0.0
+    text = example.text
+    pred = _strip_span(text, example.pred_span)
+    golds = [_strip_span(text, gold) for gold in example.gold_spans]
+    exact = float(pred in golds)
+    token_f1 = max(span_token_f1(text[pred[0] : pred[1]], text[g[0] : g[1]]) for g in golds)
+    char_f1 = max(span_char_f1(pred, gold) for gold in golds)
+    return exact, token_f1, char_f1
+
+
+def _mean_or_none(values: Sequence[float] | np.ndarray) -> MetricValue:
+    return float(np.mean(values)) if len(values) else None
+
+
+def evidence_metrics(examples: Iterable[EvidenceExample]) -> dict[str, MetricValue]:
+    """Evidence-binding metrics over (post, symptom) pairs.
+
+    Pairs with ``excluded=True`` are skipped by every metric and counted in ``n_excluded``.
+    Spans are compared after stripping surrounding whitespace from both sides' offsets, so a
+    prediction that differs from a gold sentence only by surrounding spaces is exact. A pair
+    may have several gold spans; a prediction is scored against the best-matching one.
+
+    - ``exact_match``: over pairs with gold evidence, 1 if the stripped prediction equals a
+      stripped gold span, else 0 (a null prediction scores 0).
+    - ``f1``: over pairs with gold, max over gold spans of :func:`span_token_f1` of the
+      predicted and gold texts; a null prediction scores 0.
+    - ``char_f1``: as ``f1`` but with :func:`span_char_f1` on the stripped offsets.
+    - ``null_span_accuracy``: over pairs without gold, the fraction predicted null (``None``
+      or zero-length).
+    - ``n_positive_pairs``, ``n_null_pairs``, ``n_excluded``: the pair counts, as floats.
+
+    An average over an empty set is ``None``.
+    """
+    scored: list[tuple[float, float, float]] = []
+    null_hits: list[float] = []
+    n_excluded = 0
+    for example in examples:
+        if example.excluded:
+            n_excluded += 1
+        elif example.gold_spans:
+            scored.append(_score_positive_pair(example))
+        else:
+            null_hits.append(float(_is_null(example.pred_span)))
+    columns = np.array(scored, dtype=float).reshape(-1, 3)  # exact, token f1, char f1
+    return {
+        "exact_match": _mean_or_none(columns[:, 0]),
+        "f1": _mean_or_none(columns[:, 1]),
+        "char_f1": _mean_or_none(columns[:, 2]),
+        "null_span_accuracy": _mean_or_none(null_hits),
+        "n_positive_pairs": float(len(scored)),
+        "n_null_pairs": float(len(null_hits)),
+        "n_excluded": float(n_excluded),
+    }
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+def flatten_for_logging(
+    prefix: str, metrics: Mapping[str, object]
+) -> tuple[dict[str, float], list[str]]:
+    """Prefix the keys of ``metrics`` and keep only values MLflow can log.
+
+    Nested mappings are flattened with ``_`` (``{"prevalence": {"f1_macro": x}}`` →
+    ``<prefix>prevalence_f1_macro``). Values are cast to float. ``None``, NaN and ±inf are
+    dropped; the second return value lists the dropped (prefixed) keys in input order.
+    A value that is not a number raises ``TypeError``.
+    """
+    logged: dict[str, float] = {}
+    dropped: list[str] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            nested, nested_dropped = flatten_for_logging(f"{name}_", value)
+            logged.update(nested)
+            dropped.extend(nested_dropped)
+        elif value is None:
+            dropped.append(name)
+        elif isinstance(value, int | float | np.number):
+            number = float(value)
+            if math.isfinite(number):
+                logged[name] = number
+            else:
+                dropped.append(name)
+        else:
+            raise TypeError(f"metric {name!r} is {type(value).__name__}, not a number")
+    return logged, dropped

@@ -1,0 +1,107 @@
+"""Build the pieces of a training run from a resolved config: seeds, model, data, optimiser.
+
+Shared by trials and by the final test evaluation, so that both build the same network from
+the same config. Posts come in as lists (already read by the caller); nothing here reads files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from leanhpo.config import Config
+from leanhpo.models import EncoderInfo, HeadSettings, MultiTaskModel, load_encoder
+from leanhpo.models.losses import positive_class_weights
+from leanhpo.training.features import EncodedSplit, encode_posts, train_prevalence
+from leanhpo.training.loop import make_loader, make_optimizer, make_scheduler, pick_device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device), and ask for determinism."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # cuBLAS needs this to be deterministic; it must be set before the first CUDA call.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def head_settings(config: Config) -> HeadSettings:
+    model = config.model
+    return HeadSettings(
+        input_format=model.input_format,
+        pooling=model.pooling,
+        criteria_head=model.criteria_head,
+        evidence_head=model.evidence_head,
+        dropout=model.dropout,
+    )
+
+
+@dataclass
+class Network:
+    model: MultiTaskModel
+    tokenizer: Any
+    encoder_info: EncoderInfo
+    device: torch.device
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+
+def build_network(config: Config, seed: int) -> Network:
+    """Encoder plus heads, initialised under `seed`, moved to the configured device."""
+    seed_everything(seed)
+    encoder, tokenizer, info = load_encoder(config.model.id, config.model.revision, seed=seed)
+    if config.model.max_length > info.max_positions:
+        raise ValueError(
+            f"model.max_length={config.model.max_length} exceeds the {info.max_positions} positions "
+            f"of encoder {config.model.id!r}; lower model.max_length"
+        )
+    device = pick_device(config.train.device)
+    model = MultiTaskModel(encoder, head_settings(config)).to(device)
+    return Network(model=model, tokenizer=tokenizer, encoder_info=info, device=device)
+
+
+def encode(network: Network, config: Config, posts: list[dict[str, Any]]) -> EncodedSplit:
+    return encode_posts(
+        posts, network.tokenizer, config.model.input_format, config.model.max_length
+    )
+
+
+def class_weights(
+    config: Config, train_posts: list[dict[str, Any]], device: torch.device
+) -> torch.Tensor | None:
+    """The weighted_bce pos_weight per symptom: from config, else from training prevalence."""
+    if config.train.loss != "weighted_bce":
+        return None
+    if config.train.class_weights is not None:
+        return torch.tensor(config.train.class_weights, dtype=torch.float, device=device)
+    prevalence = torch.tensor(train_prevalence(train_posts), dtype=torch.float)
+    return positive_class_weights(prevalence).to(device)
+
+
+@dataclass
+class Optimisation:
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+    class_weights: torch.Tensor | None
+
+
+def build_optimisation(network: Network, config: Config, train_split: EncodedSplit) -> Optimisation:
+    steps_per_epoch = len(
+        make_loader(train_split, config.train.batch_size, network.pad_token_id, 0)
+    )
+    optimizer = make_optimizer(network.model, config.train)
+    scheduler = make_scheduler(
+        optimizer, steps_per_epoch * config.train.epochs, config.train.warmup_ratio
+    )
+    weights = class_weights(config, train_split.posts, network.device)
+    return Optimisation(optimizer, scheduler, steps_per_epoch, weights)

@@ -1,0 +1,1 @@
+"""Trial orchestration: one trial's epoch loop, checkpoints, exactly-once metrics, report."""

@@ -1,0 +1,298 @@
+"""One trial job (one Snakemake `run_trial` target): Optuna, MLflow, the epoch loop, the report.
+
+Kill-safety by ordering: the final state file is written before Optuna is told, and Optuna is
+told before the report is written. A rerun therefore either re-attaches to a RUNNING trial and
+resumes from its checkpoint, or finds a finished trial and only rewrites its report.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from leanhpo import __version__
+from leanhpo.checkpoints import RetentionPolicy
+from leanhpo.config import Config, apply_params, sample_params, validate_config
+from leanhpo.data import load_split
+from leanhpo.fsutil import atomic_write_json, read_json
+from leanhpo.logs import event, setup_logging
+from leanhpo.reports import TRIAL_SCHEMA, write_report
+from leanhpo.study.create import STUDY_UUID_TAG, artifact_root
+from leanhpo.study.prune import prune_study_checkpoints
+from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study, progress
+from leanhpo.tracking import Tracker, flatten
+from leanhpo.training.loop import NonFiniteLossError
+from leanhpo.trial.report import build_report
+from leanhpo.trial.runner import TrialSpec, run_training
+
+# Sections whose change makes a finished trial meaningless for the study (fingerprinted).
+TRAINING_SECTIONS = ("data", "model", "train", "search_space")
+TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another process runs this trial
+
+
+class TrialLockedError(RuntimeError):
+    pass
+
+
+class StudyConfigMismatchError(RuntimeError):
+    pass
+
+
+class TrialLock:
+    """An exclusive flock on trial_dir/.lock: two processes never train the same trial."""
+
+    def __init__(self, trial_dir: Path) -> None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        self.path = trial_dir / ".lock"
+        self.handle = self.path.open("a+")
+
+    def __enter__(self) -> TrialLock:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            raise TrialLockedError(
+                f"{self.path.parent.name} is being run by another process ({holder}); wait for it "
+                "to finish or stop it before rerunning"
+            ) from error
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:
+    """Hash of what decides a trial's result: changing it mid-study is an error, not a rerun."""
+    relevant = {k: config[k] for k in TRAINING_SECTIONS}
+    relevant["seed"] = config["study"]["seed"]
+    relevant["metric"] = config["study"]["metric"]
+    relevant["data_fingerprint"] = data_fingerprint
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    old_flat, new_flat = flatten(old), flatten(new)
+    return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+
+
+def run_trial_job(
+    slot: int, config: dict[str, Any], study_file: Path, data_dir: Path, report_path: Path
+) -> dict[str, Any]:
+    trial_dir = report_path.parent
+    with TrialLock(trial_dir):
+        log = setup_logging(trial_dir / "logs" / "trial.jsonl", trial=trial_dir.name)
+        study_info = read_json(study_file)
+        config = validate_config(config)
+        # n_trials and parallel are study-level values that reach trials through study.json.
+        config["study"].update(n_trials=study_info["n_trials"], parallel=study_info["parallel"])
+        return _run_locked(slot, config, study_info, data_dir, report_path, log)
+
+
+def _run_locked(
+    slot: int,
+    config: dict[str, Any],
+    study_info: dict[str, Any],
+    data_dir: Path,
+    report_path: Path,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    trial_dir = report_path.parent
+    data_report = read_json(data_dir / "data_report.json")
+    print_fp = fingerprint(config, data_report["fingerprint"])
+    study_cfg = config["study"]
+    study = open_study(study_cfg["name"], study_cfg["storage"], study_cfg["seed"], slot)
+    frozen = attach_slot(study, slot)
+    state_path = trial_dir / "state.json"
+    state = read_json(state_path) if state_path.exists() else None
+    if state is not None and state.get("fingerprint") != print_fp:
+        changed = _changed_keys(
+            state["fingerprint_config"], {k: config[k] for k in TRAINING_SECTIONS}
+        )
+        raise StudyConfigMismatchError(
+            f"{trial_dir.name} of study {study_cfg['name']!r} was started with another config or data "
+            f"(changed: {', '.join(changed) or 'the prepared data'}). All trials of a study share one "
+            "config: revert the change, or set a new study.name to start a new study."
+        )
+    if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or (
+        state is not None and state.get("status") in ("completed", "failed")
+    ):
+        return _finish(study, frozen, state, study_info, report_path, log)
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    params = sample_params(trial, config)
+    resolved = Config.from_dict(apply_params(config, params))
+    state = state or {
+        "slot": slot,
+        "trial_uuid": frozen.user_attrs[TRIAL_UUID_ATTR],
+        "optuna_trial_id": frozen._trial_id,
+        "optuna_number": frozen.number,
+        "fingerprint": print_fp,
+        "fingerprint_config": {k: config[k] for k in TRAINING_SECTIONS},
+        "data": data_report_summary(data_report),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+    state.update({"status": "running", "params": params, "config": resolved.to_dict()})
+    tracker = Tracker(
+        config["tracking"]["uri"], config["tracking"]["experiment"], artifact_root(trial_dir.parent)
+    )
+    run_id = tracker.find_or_create_run(
+        {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(slot)},
+        name=trial_dir.name,
+        parent_run_id=study_info["mlflow"]["parent_run_id"],
+    )
+    state["mlflow"] = {"run_id": run_id, "experiment_id": tracker.experiment_id}
+    atomic_write_json(state_path, state)
+    _announce(tracker, study, study_info, slot, run_id, state, params, resolved, log)
+
+    def publish(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics_once(run_id, metrics, step=epoch)
+        value = metrics.get(study_cfg["metric"])
+        if epoch > 0 and value is not None:
+            trial.report(value, epoch)
+
+    spec = TrialSpec(
+        config=resolved,
+        params=params,
+        seed=study_cfg["seed"],
+        metric=study_cfg["metric"],
+        trial_dir=trial_dir,
+        policy=RetentionPolicy(
+            **{
+                k: study_info["retention"][k]
+                for k in ("keep_last_n", "keep_best_k", "keep_best_k_max")
+            }
+        ),
+        identity={
+            "slot": slot,
+            "trial_uuid": state["trial_uuid"],
+            "study_id": study_info["study_id"],
+        },
+    )
+    started = time.monotonic()
+    splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
+    try:
+        outcome = run_training(spec, splits["train"], splits["validation"], publish, log)
+    except TRIAL_FAILURES as error:
+        event(
+            log,
+            f"trial failed through its own hyperparameters: {error}",
+            logging.ERROR,
+            kind="trial_failed",
+        )
+        state.update(
+            {
+                "status": "failed",
+                "failure": {"reason": str(error)},
+                "finished_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        atomic_write_json(state_path, state)
+        tracker.set_status(run_id, "FAILED")
+        return _finish(study, frozen, state, study_info, report_path, log)
+    state.update(
+        {
+            "status": "completed",
+            "outcome": vars(outcome),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "wall_seconds": time.monotonic() - started,
+        }
+    )
+    atomic_write_json(state_path, state)
+    tracker.log_metrics_once(
+        run_id,
+        {"best_validation_score": outcome.best_value} if outcome.best_value is not None else {},
+        step=0,
+    )
+    tracker.set_tags(
+        run_id, {"leanhpo.status": "completed", "leanhpo.best_epochs": outcome.best_epochs}
+    )
+    tracker.set_status(run_id, "FINISHED")
+    return _finish(study, frozen, state, study_info, report_path, log)
+
+
+def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: report.get(k)
+        for k in ("source", "dataset_id", "revision", "resolved_revision", "fingerprint")
+    }
+
+
+def _announce(
+    tracker: Tracker,
+    study: optuna.Study,
+    study_info: dict[str, Any],
+    slot: int,
+    run_id: str,
+    state: dict[str, Any],
+    params: dict[str, Any],
+    resolved: Config,
+    log: logging.Logger,
+) -> None:
+    info = progress(study, slot, study_info["n_trials"])
+    event(
+        log,
+        f"trial {info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
+        kind="trial_start",
+        params=params,
+        **info,
+    )
+    tracker.set_tags(
+        study_info["mlflow"]["parent_run_id"], {f"leanhpo.{k}": v for k, v in info.items()}
+    )
+    tracker.set_tags(
+        run_id,
+        {
+            "leanhpo.trial_uuid": state["trial_uuid"],
+            "optuna.trial_number": state["optuna_number"],
+            "leanhpo.status": "running",
+            "leanhpo.code_version": __version__,
+        },
+    )
+    tracker.log_params_once(run_id, {**params, "config": resolved.to_dict()})
+    tracker.log_dict(run_id, resolved.to_dict(), "resolved_config.json")
+
+
+def _finish(
+    study: optuna.Study,
+    frozen: optuna.trial.FrozenTrial,
+    state: dict[str, Any] | None,
+    study_info: dict[str, Any],
+    report_path: Path,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Tell Optuna (if not yet told), prune study-wide, and write the report."""
+    if state is None or state.get("status") not in ("completed", "failed"):
+        raise RuntimeError(
+            f"Optuna trial {frozen.number} of slot {report_path.parent.name} is {frozen.state.name} but its "
+            f"state file {report_path.parent / 'state.json'} is missing or unfinished; the trial cannot be "
+            "reported. Restore the state file, or start a new study.name."
+        )
+    current = study._storage.get_trial(frozen._trial_id)
+    if current.state == TrialState.RUNNING:
+        if state["status"] == "completed" and state["outcome"]["best_value"] is not None:
+            study.tell(current.number, state["outcome"]["best_value"])
+        else:
+            study.tell(current.number, state=TrialState.FAIL)
+        event(log, f"told Optuna: trial {current.number} {state['status']}", kind="tell")
+    prune_study_checkpoints(report_path.parent.parent, study_info, log)
+    report = build_report(state, study_info, study._storage.get_trial(frozen._trial_id))
+    write_report(report_path, report, TRIAL_SCHEMA)
+    event(log, f"report written: {report_path}", kind="report", status=report["status"])
+    return report

@@ -1,0 +1,125 @@
+"""Build the per-trial report (SPEC 7) from the trial's state file.
+
+The report is derived, never the source of truth: the state file and the checkpoints are, so a
+report lost to a kill is rebuilt identically by the next run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from leanhpo import __version__
+
+STATUS = {TrialState.COMPLETE: "completed", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
+EMPTY_OUTCOME: dict[str, Any] = {
+    "history": [],
+    "ledger": [],
+    "retained": [],
+    "best_epochs": [],
+    "best_value": None,
+    "baseline": {"metrics": {}, "best": None, "optimization_metric_value": None},
+    "evidence_window": {},
+    "resumed_from_epoch": 0,
+    "train_seconds": 0.0,
+    "quarantined": [],
+    "tmp_cleaned": 0,
+    "encoder": {},
+}
+
+
+def _checkpoints(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+    retained, best = set(outcome["retained"]), set(outcome["best_epochs"])
+    rows = []
+    for entry in outcome["ledger"]:
+        on_disk = entry["epoch"] in retained and Path(entry["path"]).is_dir()
+        rows.append(
+            {
+                "id": entry["id"],
+                "path": entry["path"],
+                "epoch": entry["epoch"],
+                "metric": entry["metric"],
+                "co_best": entry["epoch"] in best,
+                "sha256": entry["sha256"],
+                "retained": on_disk,
+                "bytes": entry["bytes"],
+            }
+        )
+    return rows
+
+
+def _validation_metrics(outcome: dict[str, Any]) -> dict[str, float]:
+    if not outcome["best_epochs"]:
+        return {}
+    best = min(outcome["best_epochs"])
+    metrics = next(h["metrics"] for h in outcome["history"] if h["epoch"] == best)
+    return {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
+def build_report(
+    state: dict[str, Any], study_info: dict[str, Any], trial: FrozenTrial
+) -> dict[str, Any]:
+    outcome = {**EMPTY_OUTCOME, **(state.get("outcome") or {})}
+    checkpoints = _checkpoints(outcome)
+    written = sum(c["bytes"] for c in checkpoints)
+    retained = sum(c["bytes"] for c in checkpoints if c["retained"])
+    config = state.get("config") or {}
+    encoder = outcome["encoder"]
+    return {
+        "schema_version": 1,
+        "study": {"id": study_info["study_id"], "name": study_info["name"]},
+        "slot": state["slot"],
+        "trial_uuid": state["trial_uuid"],
+        "optuna_number": trial.number,
+        "status": STATUS.get(trial.state, state["status"]),
+        "params": state.get("params", {}),
+        "config": config,
+        "optimization_metric": study_info["optimization_metric"],
+        "best_validation_score": outcome["best_value"],
+        "best_epochs": outcome["best_epochs"],
+        "baseline": outcome["baseline"],
+        "checkpoints": checkpoints,
+        "validation_metrics": _validation_metrics(outcome),
+        "history": outcome["history"],
+        "seeds": {
+            "study": study_info["seed"],
+            "trial": study_info["seed"],
+            "sampler": study_info["seed"] + state["slot"],
+            "data_split": config.get("data", {}).get("split", {}).get("seed", 0),
+        },
+        "dataset": {
+            "source": state["data"]["source"],
+            "id": state["data"]["dataset_id"],
+            "revision": state["data"]["revision"],
+            "resolved_revision": state["data"]["resolved_revision"],
+            "fingerprint": state["data"]["fingerprint"],
+        },
+        "model": {
+            "id": config.get("model", {}).get("id"),
+            "resolved": encoder.get("resolved"),
+            "source": encoder.get("source"),
+            "revision": encoder.get("revision"),
+        },
+        "code_version": __version__,
+        "mlflow": state.get("mlflow", {"run_id": None, "experiment_id": None}),
+        "timings": {
+            "started_at": state.get("started_at"),
+            "finished_at": state.get("finished_at"),
+            "train_seconds": round(outcome["train_seconds"], 3),
+            "wall_seconds_last_run": round(state.get("wall_seconds", 0.0), 3),
+            "resumed_from_epoch": outcome["resumed_from_epoch"],
+        },
+        "storage": {
+            "bytes_written": written,
+            "bytes_pruned": written - retained,
+            "bytes_retained": retained,
+            "quarantined": outcome["quarantined"],
+            "tmp_cleaned": outcome["tmp_cleaned"],
+        },
+        "evidence_window": outcome["evidence_window"],
+        "failure": state.get("failure"),
+        "generated_at": datetime.now(UTC).isoformat(),
+    }

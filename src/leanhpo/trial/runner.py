@@ -1,0 +1,339 @@
+"""One trial's epoch loop: train -> validate -> save checkpoint -> publish metrics -> prune.
+
+The order is the exactly-once guarantee: an epoch's metrics are published only after its
+checkpoint is committed, and a resumed trial first re-publishes the history stored in the
+checkpoint (the publisher skips points it already holds), so no epoch is missing or doubled.
+Publishing goes through a callback; this module knows the checkpoint store but not MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanhpo import __version__
+from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
+from leanhpo.config import Config
+from leanhpo.logs import event
+from leanhpo.models import compatibility_metadata
+from leanhpo.training.features import EncodedSplit, train_prevalence
+from leanhpo.training.loop import epoch_shuffle_seed, evaluate, make_loader, train_one_epoch
+from leanhpo.training.metrics import EvidenceExample, baseline_criteria_metrics, evidence_metrics
+from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
+from leanhpo.trial import state as ckpt_state
+
+Publisher = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrialSpec:
+    config: Config  # resolved: the trial's sampled params applied
+    params: dict[str, Any]
+    seed: int
+    metric: str
+    trial_dir: Path
+    policy: RetentionPolicy
+    identity: dict[str, Any]  # slot, uuid, study id: stored in every checkpoint
+
+
+@dataclass
+class TrainingOutcome:
+    history: list[dict[str, Any]]
+    ledger: list[dict[str, Any]]
+    retained: list[int]
+    co_best: list[int]
+    best_epochs: list[int]
+    best_value: float | None
+    baseline: dict[str, Any]
+    evidence_window: dict[str, int]
+    resumed_from_epoch: int
+    train_seconds: float
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    tmp_cleaned: int = 0
+    encoder: dict[str, Any] = field(default_factory=dict)
+
+
+def _finite(metrics: dict[str, float | None]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def compute_baseline(
+    train_posts: list[dict[str, Any]], val: EncodedSplit, metric: str
+) -> dict[str, Any]:
+    """Trivial predictors on the validation split, and the strongest one's optimisation value."""
+    labels = np.array([p["labels"] for p in val.posts], dtype=np.int64)
+    criteria = baseline_criteria_metrics(np.array(train_prevalence(train_posts)), labels)
+    all_null = [
+        EvidenceExample(
+            text=post["text"],
+            gold_spans=tuple((s, e) for s, e in post["evidence"][i]) if post["labels"][i] else (),
+            pred_span=None,
+            excluded=bool(post["labels"][i]) and not post["evidence"][i],
+        )
+        for post in val.posts
+        for i in range(len(post["labels"]))
+    ]
+    baselines: dict[str, dict[str, float]] = {
+        name: _finite({f"val_criteria_{k}": v for k, v in values.items()})
+        for name, values in criteria.items()
+    }
+    baselines["always_null"] = _finite(
+        {f"val_evidence_{k}": v for k, v in evidence_metrics(all_null).items()}
+    )
+    scored = {name: values[metric] for name, values in baselines.items() if metric in values}
+    best_name = max(scored, key=lambda n: scored[n]) if scored else None
+    return {
+        "metrics": baselines,
+        "best": best_name,
+        "optimization_metric_value": scored.get(best_name) if best_name else None,
+    }
+
+
+def run_training(
+    spec: TrialSpec,
+    train_posts: list[dict[str, Any]],
+    val_posts: list[dict[str, Any]],
+    publish: Publisher,
+    log: logging.Logger,
+) -> TrainingOutcome:
+    config = spec.config
+    network = build_network(config, spec.seed)
+    train_split, val_split = (
+        encode(network, config, train_posts),
+        encode(network, config, val_posts),
+    )
+    optimisation = build_optimisation(network, config, train_split)
+    compat = compatibility_metadata(network.model, config.model.id, __version__)
+    store = (
+        CheckpointStore(spec.trial_dir / "checkpoints", log=log)
+        if config.train.checkpointing
+        else None
+    )
+    history, ledger, start_epoch, train_seconds = _resume(store, network, optimisation, compat, log)
+    for past in history:  # exactly-once: the publisher skips what MLflow already holds
+        publish(past["epoch"], past["metrics"])
+    baseline = compute_baseline(train_posts, val_split, spec.metric)
+    publish(
+        0,
+        {
+            f"baseline_{name}_{k}": v
+            for name, m in baseline["metrics"].items()
+            for k, v in m.items()
+        },
+    )
+    for epoch in range(start_epoch + 1, config.train.epochs + 1):
+        event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
+        started = time.monotonic()
+        metrics = _train_and_validate(
+            network, optimisation, config, spec.seed, epoch, train_split, val_split
+        )
+        train_seconds += time.monotonic() - started
+        history.append({"epoch": epoch, "metrics": metrics})
+        if store is not None:
+            meta = _meta(spec, compat, epoch, optimisation, history, ledger, train_seconds)
+            groups, full_meta = ckpt_state.pack(network, optimisation, meta)
+            info = store.save(epoch, groups, full_meta)
+            ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
+            _prune(store, history, spec, final=False, log=log)
+        publish(epoch, metrics)
+        event(
+            log,
+            f"epoch {epoch} done",
+            kind="epoch_end",
+            epoch=epoch,
+            metric=spec.metric,
+            value=metrics.get(spec.metric),
+        )
+    retained = _prune(store, history, spec, final=True, log=log) if store is not None else []
+    return _outcome(
+        spec,
+        history,
+        ledger,
+        retained,
+        baseline,
+        train_split,
+        val_split,
+        start_epoch,
+        train_seconds,
+        store,
+        network,
+    )
+
+
+def _train_and_validate(
+    network: Network,
+    optimisation: Optimisation,
+    config: Config,
+    seed: int,
+    epoch: int,
+    train_split: EncodedSplit,
+    val_split: EncodedSplit,
+) -> dict[str, float]:
+    loader = make_loader(
+        train_split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
+    )
+    result = train_one_epoch(
+        network.model,
+        loader,
+        optimisation.optimizer,
+        optimisation.scheduler,
+        config.train,
+        network.device,
+        optimisation.class_weights,
+        f"epoch {epoch}",
+    )
+    evaluation = evaluate(
+        network.model,
+        val_split,
+        config.model,
+        config.train,
+        network.device,
+        network.pad_token_id,
+        optimisation.class_weights,
+    )
+    return {**result.metrics, **_finite(evaluation.metrics("val_"))}
+
+
+def _resume(
+    store: CheckpointStore | None,
+    network: Network,
+    optimisation: Optimisation,
+    compat: dict[str, Any],
+    log: logging.Logger,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, float]:
+    if store is None:
+        return [], [], 0, 0.0
+    loaded = store.load_latest_valid()
+    if loaded is None:
+        return [], [], 0, 0.0
+    ckpt_state.check_compatible(loaded, network, compat)
+    ckpt_state.restore(loaded, network, optimisation)
+    meta = loaded.meta
+    ledger = [*meta["ledger"], {**loaded.info.to_dict(), "metric": meta["metric_value"]}]
+    event(
+        log,
+        f"resumed from checkpoint {loaded.info.id}",
+        kind="resume",
+        epoch=meta["epoch"],
+        path=str(loaded.info.path),
+    )
+    return list(meta["history"]), ledger, int(meta["epoch"]), float(meta["train_seconds"])
+
+
+def _meta(
+    spec: TrialSpec,
+    compat: dict[str, Any],
+    epoch: int,
+    optimisation: Optimisation,
+    history: list[dict[str, Any]],
+    ledger: list[dict[str, Any]],
+    train_seconds: float,
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "global_step": epoch * optimisation.steps_per_epoch,
+        "metrics": history[-1]["metrics"],
+        "metric_name": spec.metric,
+        "metric_value": history[-1]["metrics"].get(spec.metric),
+        "history": history,
+        "ledger": ledger,
+        "train_seconds": train_seconds,
+        "config": spec.config.to_dict(),
+        "params": spec.params,
+        "seed": spec.seed,
+        "compat": compat,
+        "trial": spec.identity,
+    }
+
+
+def _prune(
+    store: CheckpointStore | None,
+    history: list[dict[str, Any]],
+    spec: TrialSpec,
+    final: bool,
+    log: logging.Logger,
+) -> list[int]:
+    if store is None:
+        return []
+    values = {h["epoch"]: h["metrics"].get(spec.metric) for h in history}
+    on_disk = [info.epoch for info in store.list()]
+    plan = plan_retention([(e, values.get(e)) for e in on_disk], spec.policy, final=final)
+    for epoch in sorted(plan.delete):
+        store.delete(epoch)
+        event(log, f"pruned checkpoint epoch {epoch}", kind="prune", epoch=epoch, final=final)
+    return sorted(plan.keep)
+
+
+def _outcome(
+    spec: TrialSpec,
+    history: list[dict[str, Any]],
+    ledger: list[dict[str, Any]],
+    retained: list[int],
+    baseline: dict[str, Any],
+    train_split: EncodedSplit,
+    val_split: EncodedSplit,
+    start_epoch: int,
+    train_seconds: float,
+    store: CheckpointStore | None,
+    network: Network,
+) -> TrainingOutcome:
+    values = [(h["epoch"], h["metrics"].get(spec.metric)) for h in history]
+    ranked = [v for _, v in values if v is not None and math.isfinite(v)]
+    best_value = max(ranked) if ranked else None
+    best_epochs = [e for e, v in values if best_value is not None and v == best_value]
+    window = {f"train_{k}": int(v) for k, v in train_split.stats.items()}
+    window.update({f"validation_{k}": int(v) for k, v in val_split.stats.items()})
+    return TrainingOutcome(
+        history=history,
+        ledger=ledger,
+        retained=retained,
+        co_best=best_epochs,
+        best_epochs=best_epochs,
+        best_value=best_value,
+        baseline=baseline,
+        evidence_window=window,
+        resumed_from_epoch=start_epoch,
+        train_seconds=train_seconds,
+        quarantined=list(store.quarantined) if store else [],
+        tmp_cleaned=store.cleaned_tmp if store else 0,
+        encoder=vars(network.encoder_info),
+    )
+
+
+def replay_training(
+    config: Config, seed: int, train_posts: list[dict[str, Any]], until_epoch: int
+) -> Network:
+    """Retrain a trial in memory up to `until_epoch`, exactly as the trial did.
+
+    The final evaluation uses this when the study ran with checkpointing off. The per-epoch
+    validation pass is skipped: in eval mode it draws no random numbers, so skipping it does not
+    change the training trajectory.
+    """
+    network = build_network(config, seed)
+    train_split = encode(network, config, train_posts)
+    optimisation = build_optimisation(network, config, train_split)
+    for epoch in range(1, until_epoch + 1):
+        loader = make_loader(
+            train_split,
+            config.train.batch_size,
+            network.pad_token_id,
+            epoch_shuffle_seed(seed, epoch),
+        )
+        train_one_epoch(
+            network.model,
+            loader,
+            optimisation.optimizer,
+            optimisation.scheduler,
+            config.train,
+            network.device,
+            optimisation.class_weights,
+            f"replay {epoch}",
+        )
+    return network

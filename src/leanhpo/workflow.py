@@ -1,0 +1,117 @@
+"""Snakemake integration: recover the working-directory lock that a `kill -9` leaves behind.
+
+Snakemake 9 marks a running instance with files in .snakemake/locks/ and deletes them on a
+normal exit. After a kill -9 they stay, and the documented resume command stops with a
+LockException until the user runs `snakemake --unlock`. We make liveness observable instead:
+every instance that parses our Snakefile holds an exclusive flock on .snakemake/leanhpo.lock for
+its whole life. If we can take that lock, no instance of this workflow is alive, so any lock
+files are stale and we remove them. If we cannot, another instance is alive and we leave its
+locks alone, so Snakemake still refuses to start a second live instance.
+
+The kernel drops a flock when its process dies, however it dies; that is what makes this
+safe. (flock is not reliable on some network filesystems; on a cluster, run the Snakemake
+driver from a local disk.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+LOG = logging.getLogger(__name__)
+INSTANCE_LOCK = "leanhpo.lock"
+SNAKEMAKE_LOCKS = "locks"
+
+# Held for the life of the process: closing it would release the flock.
+_held: IO[str] | None = None
+
+
+def recover_stale_locks(workdir: Path | None = None) -> list[Path]:
+    """Take the instance lock; if this process is the only live instance, clear stale locks.
+
+    Returns the stale lock files removed (empty when none, or when another instance lives).
+    """
+    global _held
+    meta = (workdir or Path.cwd()) / ".snakemake"
+    meta.mkdir(parents=True, exist_ok=True)
+    if _held is not None:
+        return []
+    handle = (meta / INSTANCE_LOCK).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return []  # a live instance holds it: its locks are real
+    _held = handle
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    stale = sorted((meta / SNAKEMAKE_LOCKS).glob("*.lock"))
+    for lock in stale:
+        lock.unlink(missing_ok=True)
+    if stale:
+        LOG.warning("removed %d stale Snakemake lock(s) left by a killed run", len(stale))
+    return stale
+
+
+def release() -> None:
+    """Drop the instance lock (tests; a real process releases it when it exits)."""
+    global _held
+    if _held is not None:
+        fcntl.flock(_held, fcntl.LOCK_UN)
+        _held.close()
+        _held = None
+
+
+@contextlib.contextmanager
+def output_to(log_path: str | Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors too, so C extensions and
+    subprocesses follow) to `log_path`, appending, as Snakemake's `log:` expects."""
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a", buffering=1) as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc()  # into the log too, not only to the terminal
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def canonical(value: Any, keep_order: tuple[str, ...] = ("search_space",)) -> Any:
+    """Sort dict keys recursively so Snakemake's params rerun trigger sees the same value for
+    the same config however its YAML was ordered; `search_space` keeps its order, which decides
+    the sampling order and what a condition may refer to."""
+    if isinstance(value, dict):
+        return {
+            k: (_ordered(v) if k in keep_order else canonical(v, keep_order))
+            for k, v in sorted(value.items())
+        }
+    if isinstance(value, list):
+        return [canonical(v, keep_order) for v in value]
+    return value
+
+
+def _ordered(space: Any) -> Any:
+    if not isinstance(space, dict):
+        return space
+    return {name: canonical(spec) for name, spec in space.items()}

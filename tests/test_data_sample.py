@@ -1,0 +1,196 @@
+"""The bundled sample generator: deterministic, ReDSM5-shaped, dirty on purpose, learnable."""
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+from leanhpo.data import SYMPTOMS, DataError, generate_sample, load_redsm5
+from leanhpo.data.redsm5 import ANNOTATION_COLUMNS, POSTS_COLUMNS
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def sample_300(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return generate_sample(tmp_path_factory.mktemp("sample300"), 300, seed=42)
+
+
+@pytest.fixture(scope="module")
+def loaded_300(sample_300: dict[str, Path]) -> tuple[list[dict], dict]:
+    return load_redsm5(sample_300["posts_csv"], sample_300["annotations_csv"])
+
+
+def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    first = generate_sample(tmp_path / "a", 40, seed=3)
+    second = generate_sample(tmp_path / "b", 40, seed=3)
+    other = generate_sample(tmp_path / "c", 40, seed=4)
+    for key in ("posts_csv", "annotations_csv"):
+        assert first[key].read_bytes() == second[key].read_bytes()
+        assert first[key].read_bytes() != other[key].read_bytes()
+
+
+def test_bytes_are_pinned_across_machines_and_versions(tmp_path: Path) -> None:
+    # The sample is the default dataset, so its bytes are part of every reproducibility claim.
+    # If a change here is intended, bump SAMPLE_VERSION in sample.py and update the hashes.
+    paths = generate_sample(tmp_path, 40, seed=3)
+    assert hashlib.sha256(paths["posts_csv"].read_bytes()).hexdigest() == (
+        "7f4d2a44113371f611456ec48f1a5f8d6acaa890759d44a6f086ca8460581225"
+    )
+    assert hashlib.sha256(paths["annotations_csv"].read_bytes()).hexdigest() == (
+        "a3b553fa1c838a18acd1e1d897081eff62fa0dbe124e208e23a697bfa2856676"
+    )
+
+
+def test_writes_requested_number_of_posts_with_redsm5_columns(tmp_path: Path) -> None:
+    paths = generate_sample(tmp_path, 17, seed=1)
+    assert paths["posts_csv"].name == "redsm5_posts.csv"
+    assert paths["annotations_csv"].name == "redsm5_annotations.csv"
+    posts = _read(paths["posts_csv"])
+    assert [row["post_id"] for row in posts] == [f"s_{1000 + i}" for i in range(17)]
+    assert tuple(posts[0]) == POSTS_COLUMNS
+    annotations = _read(paths["annotations_csv"])
+    assert tuple(annotations[0]) == ANNOTATION_COLUMNS
+    for row in annotations:
+        assert row["sentence_id"].startswith(row["post_id"] + "_")
+        assert row["explanation"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, None])
+def test_rejects_bad_post_count(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(DataError, match="sample_posts"):
+        generate_sample(tmp_path, bad, seed=1)
+
+
+def test_rejects_missing_seed(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data\.split\.seed"):
+        generate_sample(tmp_path, 5, seed=cast(Any, None))
+
+
+def test_all_nine_labels_with_realistic_skew(loaded_300: tuple[list[dict], dict]) -> None:
+    posts, _ = loaded_300
+    prevalence = {
+        symptom: sum(post["labels"][i] for post in posts) / len(posts)
+        for i, symptom in enumerate(SYMPTOMS)
+    }
+    assert all(share > 0 for share in prevalence.values())
+    for common in ("DEPRESSED_MOOD", "WORTHLESSNESS"):
+        assert 0.3 <= prevalence[common] <= 0.5
+        for rare in ("PSYCHOMOTOR", "APPETITE_CHANGE"):
+            assert prevalence[common] > 3 * prevalence[rare]
+    for rare in ("PSYCHOMOTOR", "APPETITE_CHANGE"):
+        assert 0.03 <= prevalence[rare] <= 0.09
+    for medium in ("SUICIDAL_THOUGHTS", "ANHEDONIA", "FATIGUE", "SLEEP_ISSUES"):
+        assert 0.12 <= prevalence[medium] <= 0.28
+    without = sum(1 for post in posts if not any(post["labels"])) / len(posts)
+    assert 0.1 <= without <= 0.2
+    assert any(sum(post["labels"]) >= 3 for post in posts)
+    assert any(len(spans) == 2 for post in posts for spans in post["evidence"])
+
+
+def test_has_status_zero_negations(sample_300: dict[str, Path], loaded_300: tuple) -> None:
+    rows = _read(sample_300["annotations_csv"])
+    negations = [row for row in rows if row["status"] == "0"]
+    assert len(negations) > 50
+    assert {row["DSM5_symptom"] for row in negations} >= set(SYMPTOMS)
+    posts, _ = loaded_300
+    assert sum(sum(post["negations"]) for post in posts) == len(negations)
+
+
+def test_evidence_wording_varies(sample_300: dict[str, Path]) -> None:
+    wordings = {
+        (row["DSM5_symptom"], _squash(row["sentence_text"]))
+        for row in _read(sample_300["annotations_csv"])
+        if row["status"] == "1"
+    }
+    distinct = Counter(symptom for symptom, _ in wordings)
+    for symptom in SYMPTOMS:
+        assert distinct[symptom] >= 8, symptom
+
+
+def test_csv_round_trips_with_quotes_commas_and_newlines(sample_300: dict[str, Path]) -> None:
+    raw = sample_300["posts_csv"].read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(raw, newline="")))
+    texts = [row[1] for row in rows[1:]]
+    assert any("\n\n" in text for text in texts)
+    assert any('"' in text for text in texts)
+    assert any("," in text for text in texts)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    assert buffer.getvalue() == raw
+
+
+def test_annotated_sentences_are_in_their_post_except_planted_dirt(
+    sample_300: dict[str, Path],
+) -> None:
+    texts = {row["post_id"]: row["text"] for row in _read(sample_300["posts_csv"])}
+    rows = _read(sample_300["annotations_csv"])
+    inexact = [row for row in rows if row["sentence_text"] not in texts[row["post_id"]]]
+    # ~1% of rows differ from the post in whitespace only, to exercise the repair path.
+    assert 1 <= len(inexact) <= 0.03 * len(rows)
+    for row in inexact:
+        assert _squash(row["sentence_text"]) in _squash(texts[row["post_id"]])
+    labels = Counter(row["DSM5_symptom"] for row in rows)
+    assert labels["LEEP_ISSUES"] >= 1
+    assert labels["SPECIAL_CASE"] >= 1
+
+
+def test_loaded_spans_match_annotated_sentences(
+    sample_300: dict[str, Path], loaded_300: tuple[list[dict], dict]
+) -> None:
+    posts, report = loaded_300
+    by_id = {post["post_id"]: post for post in posts}
+    rows = _read(sample_300["annotations_csv"])
+    assert report["unlocated_evidence"] == 0
+    assert report["repaired"]["whitespace_offsets"] >= 1
+    typos = sum(1 for row in rows if row["DSM5_symptom"] == "LEEP_ISSUES")
+    assert report["repaired"]["label_typo"]["LEEP_ISSUES->SLEEP_ISSUES"] == typos
+    for row in rows:
+        label = {"LEEP_ISSUES": "SLEEP_ISSUES"}.get(row["DSM5_symptom"], row["DSM5_symptom"])
+        if row["status"] != "1" or label not in SYMPTOMS:
+            continue
+        post = by_id[row["post_id"]]
+        spans = post["evidence"][SYMPTOMS.index(label)]
+        located = {_squash(post["text"][start:end]) for start, end in spans}
+        assert _squash(row["sentence_text"]) in located
+    for post in posts:
+        for spans in post["evidence"]:
+            for start, end in spans:
+                piece = post["text"][start:end]
+                assert piece == piece.strip() and piece
+
+
+def test_bag_of_words_learns_but_not_perfectly(tmp_path: Path) -> None:
+    paths = generate_sample(tmp_path, 900, seed=11)
+    posts, _ = load_redsm5(paths["posts_csv"], paths["annotations_csv"])
+    train, test = posts[:700], posts[700:]
+    vectorizer = CountVectorizer()
+    x_train = vectorizer.fit_transform([post["text"] for post in train])
+    x_test = vectorizer.transform([post["text"] for post in test])
+    y_train = np.array([post["labels"] for post in train])
+    y_test = np.array([post["labels"] for post in test])
+    predicted = np.stack(
+        [
+            LogisticRegression(max_iter=1000).fit(x_train, y_train[:, j]).predict(x_test)
+            for j in range(len(SYMPTOMS))
+        ],
+        axis=1,
+    )
+    macro_f1 = f1_score(y_test, predicted, average="macro", zero_division=0)
+    # Chance (predict by prevalence) is ~0.2 macro F1; distractors keep it well short of 1.
+    assert 0.45 < macro_f1 < 0.92
