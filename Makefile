@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 # The stamp changes whenever the lock or the project metadata changes, so a second
 # `make install` with nothing new is a no-op.
 STAMP := $(VENV)/.leanhpo-installed
-CORES ?= 1
+# Trials run one at a time; each uses the cores Snakemake is given (see rules/hpo.smk).
+CORES ?= $(shell nproc 2>/dev/null || echo 1)
 CONTAINER ?= $(shell command -v docker || command -v podman)
 IMAGE ?= leanhpo:cpu
 # pip warns once per package about mirror folders that do not exist on this machine.

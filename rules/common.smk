@@ -4,7 +4,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from leanhpo.config import ConfigError, validate_config
-from leanhpo.workflow import canonical, recover_stale_locks
+from leanhpo.workflow import announce_n_trials, canonical, recover_stale_locks
 
 # A kill -9 leaves Snakemake's lock files behind; clear them only if no other instance of this
 # workflow is alive (see leanhpo/workflow.py), so the resume command needs no manual --unlock.
@@ -25,15 +25,30 @@ LOGS = f"{STUDY}/logs"
 N_TRIALS = config["study"]["n_trials"]
 SLOTS = [f"{slot:04d}" for slot in range(N_TRIALS)]
 TRIAL_REPORTS = expand(f"{STUDY}/trial_{{slot}}/report.json", slot=SLOTS)
+announce_n_trials(N_TRIALS)  # for "trial i/N" progress lines only; see trial_params()
+
+STUDY_IDENTITY = ("name", "seed", "storage", "metric")
+
+
+def study_params():
+    """What identifies the study. It never changes while a study grows, so study.json (the
+    create_study output every trial reads) stays put and finished trials stay up to date."""
+    study = {k: config["study"][k] for k in STUDY_IDENTITY}
+    return canonical({"study": study, "tracking": config["tracking"]})
 
 
 def trial_params():
-    """What a finished trial's result depends on. study.n_trials, study.parallel and retention
-    are left out on purpose: they change without invalidating finished trials, and params are
-    rerun triggers. Trials read those from study.json (an ancient() input) instead."""
-    study = {k: config["study"][k] for k in ("name", "seed", "storage", "metric")}
-    sections = {k: config[k] for k in ("tracking", "data", "model", "train", "search_space")}
-    return canonical({"study": study, **sections})
+    """Everything a trial job needs. study.n_trials and study.parallel are left out on purpose:
+    params are rerun triggers, and growing a study must not rerun finished trials. A change of
+    data, model, train or search_space reruns them, and the trial job refuses it (a study's
+    trials share one config). A change of retention or tracking reruns them cheaply: a finished
+    trial only re-applies retention and rewrites its report."""
+    sections = ("tracking", "data", "model", "train", "search_space", "retention")
+    return canonical({**study_params(), **{k: config[k] for k in sections}})
+
+
+def trial_threads(wildcards):
+    return 1 if config["study"]["parallel"] else workflow.cores
 
 
 def previous_trial_report(wildcards):

@@ -1,6 +1,6 @@
 rule evaluate_study:
     input:
-        study=ancient(f"{STUDY}/study.json"),
+        study=f"{STUDY}/study.json",
         retention=f"{STUDY}/retention.json",
         reports=TRIAL_REPORTS,
         test=f"{DATA}/test.jsonl",
@@ -12,6 +12,7 @@ rule evaluate_study:
         ),
     log:
         f"{LOGS}/evaluate_study.log",
+    threads: workflow.cores
     conda:
         "../envs/leanhpo.yaml"
     script:

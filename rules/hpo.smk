@@ -4,9 +4,7 @@ rule create_study:
     log:
         f"{LOGS}/create_study.log",
     params:
-        config=canonical(
-            {k: config[k] for k in ("study", "tracking", "retention")}
-        ),
+        config=study_params(),
     conda:
         "../envs/leanhpo.yaml"
     script:
@@ -15,9 +13,7 @@ rule create_study:
 
 rule run_trial:
     input:
-        # ancient(): study.json is rewritten when n_trials or retention change, which must not
-        # make finished trials look outdated.
-        study=ancient(f"{STUDY}/study.json"),
+        study=f"{STUDY}/study.json",
         train=f"{DATA}/train.jsonl",
         validation=f"{DATA}/validation.jsonl",
         data_report=f"{DATA}/data_report.json",
@@ -30,6 +26,9 @@ rule run_trial:
         f"{STUDY}/trial_{{slot}}/logs/stdout.log",
     wildcard_constraints:
         slot=r"\d{4}",
+    # Sequential trials may use every core Snakemake was given (it caps threads at --cores and
+    # sets OMP_NUM_THREADS from it); parallel ones take one each (raise with --set-threads).
+    threads: trial_threads
     params:
         config=trial_params(),
     conda:

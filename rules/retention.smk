@@ -1,6 +1,6 @@
 rule prune_study:
     input:
-        study=ancient(f"{STUDY}/study.json"),
+        study=f"{STUDY}/study.json",
         reports=TRIAL_REPORTS,
     output:
         retention=f"{STUDY}/retention.json",

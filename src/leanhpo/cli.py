@@ -20,7 +20,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _study_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: config[k] for k in ("study", "tracking", "retention")}
+    return {k: config[k] for k in ("study", "tracking")}
 
 
 def _cmd_validate(config: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -43,7 +43,9 @@ def _cmd_create(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 def _cmd_trial(config: dict[str, Any], args: argparse.Namespace) -> Any:
     from leanhpo.trial.job import run_trial_job
+    from leanhpo.workflow import announce_n_trials
 
+    announce_n_trials(config["study"]["n_trials"])
     name = config["study"]["name"]
     return run_trial_job(
         args.slot,

@@ -32,8 +32,14 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         rf"\g<key>\g<sep>{MASK}",
     ),
     (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), MASK),
-    # Long opaque keys mix letters and digits; pure hex (SHA-256, run ids) is left alone.
-    (re.compile(r"\b(?=[A-Za-z0-9_-]*[g-zG-Z])(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{40,}\b"), MASK),
+    # Long opaque keys mix upper case, lower case and digits; hex digests, run ids and
+    # timestamps (one case only) are left alone.
+    (
+        re.compile(
+            r"\b(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{32,}\b"
+        ),
+        MASK,
+    ),
 )
 
 

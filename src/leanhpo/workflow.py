@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import IO, Any
 
 LOG = logging.getLogger(__name__)
+# The planned number of trial slots, for progress lines only. Jobs inherit the environment of
+# the Snakemake process; a params value would make growing a study rerun finished trials.
+N_TRIALS_ENV = "LEANHPO_N_TRIALS"
 INSTANCE_LOCK = "leanhpo.lock"
 SNAKEMAKE_LOCKS = "locks"
 
@@ -115,3 +118,12 @@ def _ordered(space: Any) -> Any:
     if not isinstance(space, dict):
         return space
     return {name: canonical(spec) for name, spec in space.items()}
+
+
+def announce_n_trials(n_trials: int) -> None:
+    os.environ[N_TRIALS_ENV] = str(n_trials)
+
+
+def planned_trials() -> int | None:
+    value = os.environ.get(N_TRIALS_ENV, "")
+    return int(value) if value.isdigit() else None

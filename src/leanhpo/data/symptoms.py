@@ -4,17 +4,9 @@ Everything downstream (label vectors, evidence lists, reports) is indexed by the
 `SYMPTOMS`, so that order is part of the on-disk contract and must never change.
 """
 
-SYMPTOMS: tuple[str, ...] = (
-    "DEPRESSED_MOOD",
-    "ANHEDONIA",
-    "APPETITE_CHANGE",
-    "SLEEP_ISSUES",
-    "PSYCHOMOTOR",
-    "FATIGUE",
-    "WORTHLESSNESS",
-    "COGNITIVE_ISSUES",
-    "SUICIDAL_THOUGHTS",
-)
+from leanhpo.metric_names import SYMPTOMS
+
+__all__ = ["LABEL_REPAIRS", "NON_SYMPTOM_LABELS", "SYMPTOMS", "SYMPTOM_DESCRIPTIONS"]
 
 # Short plain-English paraphrases of the DSM-5 criteria A1-A9. The binary_pairs input format
 # pairs one of these with the post, so they are written to be read by an encoder, not a clinician.

@@ -1,8 +1,8 @@
 """The create_study step: the Optuna study, the MLflow parent run, and study.json.
 
-study.json also carries the study-level settings that trial jobs read but that must not make
-finished trials rerun when they change (n_trials, retention, parallel); see rules/hpo.smk.
-Idempotent: rerunning it finds the same study and parent run and rewrites study.json.
+study.json holds only what identifies the study (name, storage, seed, metric, tracking), so it
+never changes while the study grows: it is a plain input of every trial job. Idempotent:
+rerunning it finds the same study and parent run and rewrites the same study.json.
 """
 
 from __future__ import annotations
@@ -30,15 +30,13 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
     config = validate_config(config)
     log = setup_logging()
     study_cfg, tracking = config["study"], config["tracking"]
-    study = create_or_load_study(
-        study_cfg["name"], study_cfg["storage"], study_cfg["seed"], study_cfg["n_trials"]
-    )
+    study = create_or_load_study(study_cfg["name"], study_cfg["storage"])
     study_uuid = study.user_attrs[STUDY_UUID_ATTR]
     tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root(study_json.parent))
     parent = tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"}, name=f"study-{study_cfg['name']}"
     )
-    tracker.log_params_once(parent, {"study": study_cfg, "retention": config["retention"]})
+    tracker.log_params_once(parent, {"study": study_cfg})
     tracker.set_tags(
         parent, {"leanhpo.study_name": study_cfg["name"], "leanhpo.code_version": __version__}
     )
@@ -50,9 +48,6 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
         "optimization_metric": study_cfg["metric"],
         "direction": "maximize",
         "seed": study_cfg["seed"],
-        "n_trials": study_cfg["n_trials"],
-        "parallel": study_cfg["parallel"],
-        "retention": config["retention"],
         "mlflow": {
             "tracking_uri": mask_secrets(tracking["uri"]),
             "experiment_id": tracker.experiment_id,
@@ -65,6 +60,5 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
         log,
         f"study {study_cfg['name']!r} ready",
         study_id=study_uuid,
-        n_trials=study_cfg["n_trials"],
     )
     return info

@@ -168,7 +168,7 @@ def evaluate_study(
         "dataset": best["dataset"],
         "seeds": best["seeds"],
         "trial_counts": trial_counts(study),
-        "n_trials": study_info["n_trials"],
+        "n_trials": len(reports),
         "code_version": __version__,
         "generated_at": datetime.now(UTC).isoformat(),
     }

@@ -49,9 +49,9 @@ def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prune_study_checkpoints(
-    study_dir: Path, study_info: dict[str, Any], log: logging.Logger
+    study_dir: Path, keep_best_trials: int, metric: str, log: logging.Logger
 ) -> dict[str, Any]:
-    keep_n = int(study_info["retention"]["keep_best_trials"])
+    keep_n = int(keep_best_trials)
     order = ranked(finished_trials(study_dir))
     kept, pruned = [], []
     for position, trial in enumerate(order):
@@ -80,7 +80,7 @@ def prune_study_checkpoints(
         pruned.append(entry)
     return {
         "keep_best_trials": keep_n,
-        "optimization_metric": study_info["optimization_metric"],
+        "optimization_metric": metric,
         "kept": kept,
         "pruned": pruned,
         "bytes_retained": sum(e["bytes"] for e in kept),
@@ -93,17 +93,14 @@ def prune_study_checkpoints(
 
 
 def prune_study(
-    study_file: Path, retention_json: Path, retention: dict[str, Any] | None = None
+    study_file: Path, retention_json: Path, retention: dict[str, Any]
 ) -> dict[str, Any]:
-    """The prune_study step: enforce study-wide retention and record it in retention.json.
-
-    `retention` (the config section) wins over the copy in study.json when given.
-    """
+    """The prune_study step: enforce study-wide retention and record it in retention.json."""
     log = setup_logging()
     study_info = read_json(study_file)
-    if retention is not None:
-        study_info["retention"] = retention
-    summary = prune_study_checkpoints(study_file.parent, study_info, log)
+    summary = prune_study_checkpoints(
+        study_file.parent, retention["keep_best_trials"], study_info["optimization_metric"], log
+    )
     summary["generated_at"] = datetime.now(UTC).isoformat()
     atomic_write_json(retention_json, summary)
     return summary

@@ -21,7 +21,6 @@ SLOT_ATTR = "leanhpo.slot"
 TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
 STUDY_UUID_ATTR = "leanhpo.study_uuid"
 CREATED_AT_ATTR = "leanhpo.created_at"
-N_TRIALS_ATTR = "leanhpo.n_trials"
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -59,24 +58,18 @@ def open_study(name: str, storage_url: str, seed: int, slot: int | None = None) 
     return study
 
 
-def create_or_load_study(name: str, storage_url: str, seed: int, n_trials: int) -> optuna.Study:
+def create_or_load_study(name: str, storage_url: str) -> optuna.Study:
     study = optuna.create_study(
-        study_name=name,
-        storage=storage_for(storage_url),
-        sampler=sampler_for(seed),
-        direction=DIRECTION,
-        load_if_exists=True,
+        study_name=name, storage=storage_for(storage_url), direction=DIRECTION, load_if_exists=True
     )
     if study.direction != DIRECTION:
         raise RuntimeError(
             f"Optuna study {name!r} in {mask_secrets(storage_url)} is not a maximising study; "
             "leanhpo always maximises study.metric, so choose another study.name"
         )
-    attrs = study.user_attrs
-    if STUDY_UUID_ATTR not in attrs:
+    if STUDY_UUID_ATTR not in study.user_attrs:
         study.set_user_attr(STUDY_UUID_ATTR, str(uuid.uuid4()))
         study.set_user_attr(CREATED_AT_ATTR, datetime.now(UTC).isoformat())
-    study.set_user_attr(N_TRIALS_ATTR, n_trials)
     return study
 
 

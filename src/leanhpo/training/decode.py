@@ -21,6 +21,7 @@ def decode_spans(
     The null span wins when its score minus the best span's score exceeds `null_threshold`
     (SQuAD 2.0 convention), so a larger threshold predicts fewer nulls.
     """
+    start_logits, end_logits = start_logits.detach(), end_logits.detach()
     n_tokens = start_logits.shape[-1]
     index = torch.arange(n_tokens)
     band = (index[None, :] >= index[:, None]) & (

@@ -6,11 +6,12 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -27,6 +28,7 @@ from leanhpo.training.metrics import (
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 DATA_ORDER_STRIDE = 1_000_003  # keeps per-epoch shuffle seeds of nearby study seeds apart
+GROUP_BATCHES = 8  # batches per length-sorted window
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,17 +57,56 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Random batches of similar length, as in HF Trainer's `group_by_length`.
+
+    Shuffle, cut into windows of GROUP_BATCHES batches, sort each window by length, cut it into
+    batches, shuffle the batches. Padding (and so compute on CPU) drops by about a quarter on
+    Reddit-length posts, while every epoch still sees a different, seeded order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator) -> None:
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        window = self.batch_size * GROUP_BATCHES
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            group = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
+
+
 def make_loader(
     split: EncodedSplit, batch_size: int, pad_token_id: int, shuffle_seed: int | None
 ) -> DataLoader[Any]:
-    """A loader with its own generator, so that its order never depends on the global RNG."""
+    """Training order (seeded, length-grouped) or evaluation order (as given).
+
+    The loader owns its generator, so its order never depends on the global RNG.
+    """
     generator = torch.Generator().manual_seed(shuffle_seed if shuffle_seed is not None else 0)
+    collate_fn = partial(collate, pad_token_id=pad_token_id)
+    if shuffle_seed is None:
+        return DataLoader(
+            split.examples,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=False,
+            generator=generator,
+            collate_fn=collate_fn,
+        )
+    lengths = [len(example.input_ids) for example in split.examples]
     return DataLoader(
         split.examples,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
+        batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
         generator=generator,
-        collate_fn=lambda rows: collate(rows, pad_token_id),
+        collate_fn=collate_fn,
     )
 
 

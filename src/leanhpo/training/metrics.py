@@ -17,18 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-# The lead will import these from the data layer later; the order is the model's output order.
-SYMPTOMS: tuple[str, ...] = (
-    "DEPRESSED_MOOD",
-    "ANHEDONIA",
-    "APPETITE_CHANGE",
-    "SLEEP_ISSUES",
-    "PSYCHOMOTOR",
-    "FATIGUE",
-    "WORTHLESSNESS",
-    "COGNITIVE_ISSUES",
-    "SUICIDAL_THOUGHTS",
-)
+from leanhpo.metric_names import SYMPTOMS
+
 DEFAULT_THRESHOLD = 0.5
 # zero_division=0 is deliberate: a symptom never predicted (or never present) scores 0, and
 # sklearn then raises no UndefinedMetricWarning.

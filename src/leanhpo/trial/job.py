@@ -35,6 +35,7 @@ from leanhpo.tracking import Tracker, flatten
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
+from leanhpo.workflow import planned_trials
 
 # Sections whose change makes a finished trial meaningless for the study (fingerprinted).
 TRAINING_SECTIONS = ("data", "model", "train", "search_space")
@@ -101,8 +102,9 @@ def run_trial_job(
         log = setup_logging(trial_dir / "logs" / "trial.jsonl", trial=trial_dir.name)
         study_info = read_json(study_file)
         config = validate_config(config)
-        # n_trials and parallel are study-level values that reach trials through study.json.
-        config["study"].update(n_trials=study_info["n_trials"], parallel=study_info["parallel"])
+        # Not a rerun trigger (growing a study must not rerun finished trials), so it arrives
+        # out of band and only feeds the "trial i/N" progress line.
+        config["study"]["n_trials"] = planned_trials() or slot + 1
         return _run_locked(slot, config, study_info, data_dir, report_path, log)
 
 
@@ -134,7 +136,7 @@ def _run_locked(
     if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or (
         state is not None and state.get("status") in ("completed", "failed")
     ):
-        return _finish(study, frozen, state, study_info, report_path, log)
+        return _finish(study, frozen, state, study_info, config, report_path, log)
     trial = optuna.trial.Trial(study, frozen._trial_id)
     params = sample_params(trial, config)
     resolved = Config.from_dict(apply_params(config, params))
@@ -159,13 +161,16 @@ def _run_locked(
     )
     state["mlflow"] = {"run_id": run_id, "experiment_id": tracker.experiment_id}
     atomic_write_json(state_path, state)
-    _announce(tracker, study, study_info, slot, run_id, state, params, resolved, log)
+    _announce(tracker, study, study_info, config, slot, run_id, state, params, resolved, log)
+
+    reported = set(frozen.intermediate_values)
 
     def publish(epoch: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics_once(run_id, metrics, step=epoch)
         value = metrics.get(study_cfg["metric"])
-        if epoch > 0 and value is not None:
-            trial.report(value, epoch)
+        if epoch > 0 and value is not None and epoch not in reported:
+            trial.report(value, epoch)  # Optuna's intermediate values, for pruners and plots
+            reported.add(epoch)
 
     spec = TrialSpec(
         config=resolved,
@@ -174,10 +179,7 @@ def _run_locked(
         metric=study_cfg["metric"],
         trial_dir=trial_dir,
         policy=RetentionPolicy(
-            **{
-                k: study_info["retention"][k]
-                for k in ("keep_last_n", "keep_best_k", "keep_best_k_max")
-            }
+            **{k: config["retention"][k] for k in ("keep_last_n", "keep_best_k", "keep_best_k_max")}
         ),
         identity={
             "slot": slot,
@@ -205,7 +207,7 @@ def _run_locked(
         )
         atomic_write_json(state_path, state)
         tracker.set_status(run_id, "FAILED")
-        return _finish(study, frozen, state, study_info, report_path, log)
+        return _finish(study, frozen, state, study_info, config, report_path, log)
     state.update(
         {
             "status": "completed",
@@ -224,7 +226,7 @@ def _run_locked(
         run_id, {"leanhpo.status": "completed", "leanhpo.best_epochs": outcome.best_epochs}
     )
     tracker.set_status(run_id, "FINISHED")
-    return _finish(study, frozen, state, study_info, report_path, log)
+    return _finish(study, frozen, state, study_info, config, report_path, log)
 
 
 def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +240,7 @@ def _announce(
     tracker: Tracker,
     study: optuna.Study,
     study_info: dict[str, Any],
+    config: dict[str, Any],
     slot: int,
     run_id: str,
     state: dict[str, Any],
@@ -245,7 +248,7 @@ def _announce(
     resolved: Config,
     log: logging.Logger,
 ) -> None:
-    info = progress(study, slot, study_info["n_trials"])
+    info = progress(study, slot, config["study"]["n_trials"])
     event(
         log,
         f"trial {info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
@@ -263,6 +266,7 @@ def _announce(
             "optuna.trial_number": state["optuna_number"],
             "leanhpo.status": "running",
             "leanhpo.code_version": __version__,
+            **{f"leanhpo.dataset.{k}": v for k, v in state["data"].items()},
         },
     )
     tracker.log_params_once(run_id, {**params, "config": resolved.to_dict()})
@@ -274,6 +278,7 @@ def _finish(
     frozen: optuna.trial.FrozenTrial,
     state: dict[str, Any] | None,
     study_info: dict[str, Any],
+    config: dict[str, Any],
     report_path: Path,
     log: logging.Logger,
 ) -> dict[str, Any]:
@@ -291,7 +296,12 @@ def _finish(
         else:
             study.tell(current.number, state=TrialState.FAIL)
         event(log, f"told Optuna: trial {current.number} {state['status']}", kind="tell")
-    prune_study_checkpoints(report_path.parent.parent, study_info, log)
+    prune_study_checkpoints(
+        report_path.parent.parent,
+        config["retention"]["keep_best_trials"],
+        config["study"]["metric"],
+        log,
+    )
     report = build_report(state, study_info, study._storage.get_trial(frozen._trial_id))
     write_report(report_path, report, TRIAL_SCHEMA)
     event(log, f"report written: {report_path}", kind="report", status=report["status"])

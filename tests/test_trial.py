@@ -1,0 +1,253 @@
+"""Trial jobs in-process: report, resume after crashes, corruption, failures, exactly-once metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_config_dict
+
+from leanhpo.checkpoints import CheckpointStore
+from leanhpo.data import prepare_dataset
+from leanhpo.fsutil import read_json
+from leanhpo.reports import TRIAL_SCHEMA, validate_report
+from leanhpo.study.create import create_study
+from leanhpo.study.setup import SLOT_ATTR, open_study
+from leanhpo.tracking import Tracker
+from leanhpo.trial import runner
+from leanhpo.trial.job import StudyConfigMismatchError, TrialLock, TrialLockedError, run_trial_job
+
+
+class Crash(Exception):
+    """Stands in for a process dying at a chosen instant."""
+
+
+class Study:
+    def __init__(self, root: Path, **overrides):
+        self.root = root
+        self.config = tiny_config_dict(root, **overrides)
+        self.dir = root / "experiments" / self.config["study"]["name"]
+        self.data = self.dir / "data"
+        prepare_dataset(self.config["data"], self.data)
+        self.study_json = self.dir / "study.json"
+        create_study({k: self.config[k] for k in ("study", "tracking")}, self.study_json)
+
+    def report_path(self, slot: int) -> Path:
+        return self.dir / f"trial_{slot:04d}" / "report.json"
+
+    def run(self, slot: int, config=None) -> dict:
+        return run_trial_job(
+            slot, config or self.config, self.study_json, self.data, self.report_path(slot)
+        )
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.config["tracking"]["uri"], self.config["tracking"]["experiment"])
+
+    def optuna(self) -> optuna.Study:
+        return open_study(self.config["study"]["name"], self.config["study"]["storage"], 0)
+
+    def set_retention(self, **values):
+        self.config["retention"].update(values)
+
+
+def _epoch_starts(report_path: Path) -> list[int]:
+    lines = (report_path.parent / "logs" / "trial.jsonl").read_text().splitlines()
+    return [
+        json.loads(x)["context"]["epoch"]
+        for x in lines
+        if json.loads(x)["context"].get("kind") == "epoch_start"
+    ]
+
+
+def _metric_points(study: Study, report: dict) -> dict[str, list[tuple[int, float]]]:
+    return study.tracker().metric_history(report["mlflow"]["run_id"])
+
+
+def _assert_no_duplicates(history):
+    for key, points in history.items():
+        steps = [s for s, _ in points]
+        assert len(steps) == len(set(steps)), f"duplicate (key, step) for {key}: {steps}"
+
+
+@pytest.fixture
+def study(tmp_path):
+    return Study(tmp_path)
+
+
+def test_trial_runs_reports_and_keeps_only_its_best(study):
+    report = study.run(0)
+    validate_report(report, TRIAL_SCHEMA)
+    assert report == {**read_json(study.report_path(0)), "generated_at": report["generated_at"]}
+    assert report["status"] == "completed"
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert report["best_validation_score"] == max(
+        h["metrics"]["val_criteria_f1_macro"] for h in report["history"]
+    )
+    retained = [c for c in report["checkpoints"] if c["retained"]]
+    assert retained and all(c["co_best"] for c in retained)
+    on_disk = CheckpointStore(study.report_path(0).parent / "checkpoints").list()
+    assert sorted(c["epoch"] for c in retained) == [i.epoch for i in on_disk]
+    assert report["storage"]["bytes_written"] >= report["storage"]["bytes_retained"] > 0
+    assert "baseline" in report and report["baseline"]["optimization_metric_value"] is not None
+    points = _metric_points(study, report)
+    _assert_no_duplicates(points)
+    assert [s for s, _ in points["val_criteria_f1_macro"]] == [1, 2]
+    assert [s for s, _ in points["train_loss"]] == [1, 2]
+    trials = study.optuna().get_trials()
+    assert [(t.state.name, t.user_attrs[SLOT_ATTR]) for t in trials] == [("COMPLETE", 0)]
+    assert trials[0].value == report["best_validation_score"]
+
+
+def _crash_at_epoch(monkeypatch, epoch: int):
+    original = runner._train_and_validate
+
+    def crashing(network, optimisation, config, seed, e, train_split, val_split):
+        if e == epoch:
+            raise Crash(f"killed at epoch {e}")
+        return original(network, optimisation, config, seed, e, train_split, val_split)
+
+    monkeypatch.setattr(runner, "_train_and_validate", crashing)
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    clean = Study(tmp_path / "clean").run(0)
+    crashed = Study(tmp_path / "crashed")
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 2)
+        with pytest.raises(Crash):
+            crashed.run(0)
+    assert [t.state.name for t in crashed.optuna().get_trials()] == ["RUNNING"]
+    resumed = crashed.run(0)
+    assert _epoch_starts(crashed.report_path(0)) == [1, 2, 2]  # epoch 1 was never trained twice
+    assert resumed["timings"]["resumed_from_epoch"] == 1
+    assert resumed["history"] == clean["history"]
+    assert resumed["params"] == clean["params"]
+    assert [c["sha256"] for c in resumed["checkpoints"] if c["retained"]] != []
+    points = _metric_points(crashed, resumed)
+    _assert_no_duplicates(points)
+    assert [s for s, _ in points["val_loss"]] == [1, 2]
+    assert [t.state.name for t in crashed.optuna().get_trials()] == ["COMPLETE"]
+
+
+def test_crash_between_checkpoint_commit_and_metric_logging(study, monkeypatch):
+    original = Tracker.log_metrics_once
+
+    def failing(self, run_id, metrics, step):
+        if step == 2:
+            raise Crash("killed while logging epoch 2")
+        return original(self, run_id, metrics, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Tracker, "log_metrics_once", failing)
+        with pytest.raises(Crash):
+            study.run(0)
+    assert (study.report_path(0).parent / "checkpoints" / "epoch_0002").is_dir()
+    report = study.run(0)
+    assert _epoch_starts(study.report_path(0)) == [1, 2]  # nothing retrained
+    points = _metric_points(study, report)
+    _assert_no_duplicates(points)
+    assert [s for s, _ in points["val_loss"]] == [1, 2]  # epoch 2 was published on resume
+
+
+def test_corrupt_newest_checkpoint_is_quarantined_and_the_previous_used(study, monkeypatch):
+    study.set_retention(keep_last_n=2)
+    with monkeypatch.context() as patch:
+        original = Tracker.log_metrics_once
+
+        def failing(self, run_id, metrics, step):
+            if step == 2:
+                raise Crash("killed after epoch 2 was saved")
+            return original(self, run_id, metrics, step)
+
+        patch.setattr(Tracker, "log_metrics_once", failing)
+        with pytest.raises(Crash):
+            study.run(0)
+    weights = study.report_path(0).parent / "checkpoints" / "epoch_0002" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    report = study.run(0)
+    assert report["timings"]["resumed_from_epoch"] == 1
+    assert len(report["storage"]["quarantined"]) == 1
+    assert "SHA-256" in report["storage"]["quarantined"][0]["reason"]
+    assert list((study.report_path(0).parent / "quarantine").iterdir())
+    assert _epoch_starts(study.report_path(0)) == [1, 2, 2]
+
+
+def test_changed_config_mid_trial_is_an_error_naming_the_keys(study, monkeypatch):
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 2)
+        with pytest.raises(Crash):
+            study.run(0)
+    changed = tiny_config_dict(study.root, model={"pooling": "cls"})
+    with pytest.raises(StudyConfigMismatchError, match=r"model\.pooling"):
+        study.run(0, changed)
+    assert (study.report_path(0).parent / "checkpoints" / "epoch_0001").is_dir()  # nothing deleted
+
+
+def test_incompatible_checkpoint_is_never_loaded(study, monkeypatch):
+    from leanhpo.config import Config
+    from leanhpo.models import compatibility_metadata
+    from leanhpo.training.setup import build_network
+    from leanhpo.trial.state import IncompatibleCheckpointError, check_compatible
+
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 2)
+        with pytest.raises(Crash):
+            study.run(0)
+    loaded = CheckpointStore(study.report_path(0).parent / "checkpoints").load(1)
+    other = Config.from_dict(
+        {
+            **loaded.meta["config"],
+            "model": {**loaded.meta["config"]["model"], "input_format": "binary_pairs"},
+        }
+    )
+    network = build_network(other, 0)
+    with pytest.raises(IncompatibleCheckpointError, match="input_format"):
+        check_compatible(
+            loaded, network, compatibility_metadata(network.model, other.model.id, "x")
+        )
+
+
+def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(study, monkeypatch):
+    from leanhpo.training import loop
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "criteria_loss", lambda *args, **kwargs: args[0].sum() * float("nan"))
+        failed = study.run(0)
+    assert failed["status"] == "failed"
+    assert "non-finite" in failed["failure"]["reason"]
+    validate_report(failed, TRIAL_SCHEMA)
+    completed = study.run(1)
+    assert completed["status"] == "completed"
+    states = sorted((t.user_attrs[SLOT_ATTR], t.state.name) for t in study.optuna().get_trials())
+    assert states == [(0, "FAIL"), (1, "COMPLETE")]
+
+
+def test_lost_report_is_rebuilt_without_training(study):
+    first = study.run(0)
+    study.report_path(0).unlink()
+    again = study.run(0)
+    assert _epoch_starts(study.report_path(0)) == [1, 2]
+    assert {**again, "generated_at": None} == {**first, "generated_at": None}
+
+
+def test_a_trial_cannot_run_twice_at_once(study):
+    with (
+        TrialLock(study.report_path(0).parent),
+        pytest.raises(TrialLockedError, match="another process"),
+    ):
+        study.run(0)
+
+
+def test_study_retention_keeps_only_the_best_trials(tmp_path):
+    study = Study(tmp_path, retention={"keep_best_trials": 1})
+    reports = [study.run(slot) for slot in range(3)]
+    best = max(reports, key=lambda r: (r["best_validation_score"], -r["slot"]))
+    for report in reports:
+        stored = CheckpointStore(study.report_path(report["slot"]).parent / "checkpoints").list()
+        assert bool(stored) == (report["slot"] == best["slot"])
+    params = [json.dumps(r["params"], sort_keys=True) for r in reports]
+    assert len(set(params)) == 3, "each slot must get its own hyperparameters"

@@ -1,0 +1,279 @@
+"""The real Snakefile end to end on tests/config/tiny.yaml, in temporary folders.
+
+One uninterrupted study is shared by the module; the kill test compares against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
+from leanhpo.tracking import Tracker
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+N_TRIALS = 3
+KEEP_BEST_TRIALS = 2
+
+
+def snakemake(
+    workdir: Path, *args: str, overlays: tuple[Path, ...] = (), **kwargs
+) -> subprocess.CompletedProcess:
+    configs = [
+        str(REPO / "config.yaml"),
+        str(REPO / "tests" / "config" / "tiny.yaml"),
+        *map(str, overlays),
+    ]
+    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    command += ["--configfile", *configs, "--cores", "1", *args]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, **kwargs)
+
+
+def _study_dir(workdir: Path) -> Path:
+    return workdir / "experiments" / "tiny"
+
+
+def _optuna(workdir: Path) -> optuna.Study:
+    return optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{workdir}/experiments/optuna.db"
+    )
+
+
+def _tracker(workdir: Path) -> Tracker:
+    return Tracker(f"sqlite:///{workdir}/experiments/mlflow.db", "leanhpo")
+
+
+def _histories(workdir: Path) -> dict[int, list]:
+    return {
+        slot: json.loads((_study_dir(workdir) / f"trial_{slot:04d}" / "report.json").read_text())[
+            "history"
+        ]
+        for slot in range(N_TRIALS)
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_outputs_follow_the_spec_and_validate(finished):
+    study = _study_dir(finished)
+    for name in ("study.json", "data/data_report.json", "retention.json", "study_report.json"):
+        assert (study / name).is_file(), name
+    for slot in range(N_TRIALS):
+        trial = study / f"trial_{slot:04d}"
+        report = json.loads((trial / "report.json").read_text())
+        validate_report(report, TRIAL_SCHEMA)
+        assert report["status"] == "completed"
+        assert (trial / "logs" / "trial.jsonl").is_file() and (
+            trial / "logs" / "stdout.log"
+        ).is_file()
+    study_report = json.loads((study / "study_report.json").read_text())
+    validate_report(study_report, STUDY_SCHEMA)
+    assert set(study_report["test_metrics"]["criteria_matching"]["per_criterion"]) >= {
+        "DEPRESSED_MOOD"
+    }
+    assert study_report["trial_counts"]["completed"] == N_TRIALS
+    info = json.loads((study / "study.json").read_text())
+    assert {"study_id", "storage", "created_at"} <= set(info)
+
+
+def test_optuna_holds_one_complete_trial_per_slot(finished):
+    trials = _optuna(finished).get_trials()
+    assert sorted(t.user_attrs["leanhpo.slot"] for t in trials) == list(range(N_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_mlflow_has_one_parent_and_a_nested_run_per_trial_without_duplicates(finished):
+    tracker = _tracker(finished)
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("leanhpo.role") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == N_TRIALS
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    for run in children:
+        history = tracker.metric_history(run.info.run_id)
+        for key in (
+            "train_loss",
+            "val_loss",
+            "val_criteria_f1_macro",
+            "val_criteria_f1_micro",
+            "val_evidence_f1",
+        ):
+            assert [step for step, _ in history[key]] == [1, 2], key
+        for key, points in history.items():
+            steps = [s for s, _ in points]
+            assert len(steps) == len(set(steps)), key
+        assert run.data.params["learning_rate"]
+        assert run.info.status == "FINISHED"
+    assert "test_criteria_f1_macro" in parents[0].data.metrics
+
+
+def test_retention_keeps_only_best_checkpoints_of_the_best_trials(finished):
+    study = _study_dir(finished)
+    retention = json.loads((study / "retention.json").read_text())
+    kept = {entry["slot"] for entry in retention["kept"]}
+    assert len(kept) == KEEP_BEST_TRIALS
+    for slot in range(N_TRIALS):
+        report = json.loads((study / f"trial_{slot:04d}" / "report.json").read_text())
+        on_disk = sorted(p.name for p in (study / f"trial_{slot:04d}" / "checkpoints").iterdir())
+        best = sorted(f"epoch_{e:04d}" for e in report["best_epochs"])
+        assert on_disk == (best if slot in kept else [])
+
+
+def test_dry_run_of_a_finished_study_has_nothing_to_do(finished):
+    result = snakemake(finished, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_html_report(finished):
+    result = snakemake(finished, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (finished / "report.html").stat().st_size > 10_000
+
+
+def test_malformed_config_fails_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"study": {"n_trials": -1, "n_trails": 2}}))
+    result = snakemake(tmp_path, "-n", overlays=(bad,))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "study.n_trials" in output and "n_trails" in output
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: {rule: count}."""
+    counts = {}
+    for line in output.split("Job stats:", 1)[-1].splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _in_epoch(log: Path, epoch: int) -> bool:
+    if not log.is_file():
+        return False
+    for line in log.read_text().splitlines():
+        context = json.loads(line)["context"]
+        if context.get("kind") == "epoch_start" and context.get("epoch") == epoch:
+            return True
+    return False
+
+
+def _start(workdir: Path, *overlays: Path) -> subprocess.Popen:
+    configs = [
+        str(REPO / "config.yaml"),
+        str(REPO / "tests" / "config" / "tiny.yaml"),
+        *map(str, overlays),
+    ]
+    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    command += ["--configfile", *configs, "--cores", "1"]
+    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _kill(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_a_second_live_instance_is_refused(tmp_path):
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(yaml.safe_dump({"train": {"epochs": 200}}))
+    first = _start(tmp_path, slow)
+    try:
+        trial_log = _study_dir(tmp_path) / "trial_0000" / "logs" / "trial.jsonl"
+        assert _wait_for(lambda: _in_epoch(trial_log, 1), timeout=600)
+        second = snakemake(tmp_path, "--rerun-incomplete", overlays=(slow,))
+        assert first.poll() is None, "the first instance must still be alive"
+    finally:
+        _kill(first)
+    assert second.returncode != 0
+    assert "LockException" in second.stdout + second.stderr or "cannot be locked" in second.stderr
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(finished, tmp_path):
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    process = _start(workdir)
+    trial_log = _study_dir(workdir) / "trial_0001" / "logs" / "trial.jsonl"
+    try:
+        assert _wait_for(lambda: _in_epoch(trial_log, 2), timeout=600), (
+            "trial 1 never reached epoch 2"
+        )
+    finally:
+        _kill(process)
+    assert not (_study_dir(workdir) / "trial_0001" / "report.json").exists(), (
+        "the kill landed too late"
+    )
+    assert list((workdir / ".snakemake" / "locks").glob("*.lock")), (
+        "kill -9 should leave Snakemake's locks"
+    )
+
+    resumed = snakemake(workdir, "--rerun-incomplete")  # no --unlock needed
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    trials = _optuna(workdir).get_trials()
+    assert sorted(t.user_attrs["leanhpo.slot"] for t in trials) == list(range(N_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    tracker = _tracker(workdir)
+    for run in tracker.client.search_runs([tracker.experiment_id]):
+        for key, points in tracker.metric_history(run.info.run_id).items():
+            steps = [s for s, _ in points]
+            assert len(steps) == len(set(steps)), (
+                f"duplicate point {key} in run {run.info.run_name}"
+            )
+            if key == "val_loss":
+                assert steps == [1, 2]
+    assert _histories(workdir) == _histories(finished)
+    killed_report = json.loads((_study_dir(workdir) / "study_report.json").read_text())
+    clean_report = json.loads((_study_dir(finished) / "study_report.json").read_text())
+    assert killed_report["test_metrics"] == clean_report["test_metrics"]
+    assert killed_report["best_trial"]["slot"] == clean_report["best_trial"]["slot"]
+
+
+def test_growing_n_trials_runs_only_the_new_slots(finished):
+    overlay = finished / "grow.yaml"
+    overlay.write_text(yaml.safe_dump({"study": {"n_trials": N_TRIALS + 2}}))
+    before = {p: p.stat().st_mtime_ns for p in _study_dir(finished).glob("trial_*/report.json")}
+    plan = snakemake(finished, "-n", overlays=(overlay,))
+    assert plan.returncode == 0
+    assert _job_counts(plan.stdout + plan.stderr)["run_trial"] == 2
+    result = snakemake(finished, overlays=(overlay,))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # finished trials untouched
+    assert len(_optuna(finished).get_trials()) == N_TRIALS + 2

@@ -1,0 +1,90 @@
+"""Stale Snakemake locks are removed only when no other instance of the workflow is alive."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from leanhpo import workflow
+
+
+@pytest.fixture(autouse=True)
+def _release():
+    workflow.release()
+    yield
+    workflow.release()
+
+
+def _stale_locks(tmp_path):
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    for name in ("0.input.lock", "0.output.lock"):
+        (locks / name).write_text("experiments/x/study.json\n")
+    return locks
+
+
+def test_stale_locks_are_removed_when_no_instance_is_alive(tmp_path):
+    locks = _stale_locks(tmp_path)
+    removed = workflow.recover_stale_locks(tmp_path)
+    assert sorted(p.name for p in removed) == ["0.input.lock", "0.output.lock"]
+    assert not list(locks.glob("*.lock"))
+
+
+def test_locks_of_a_live_instance_are_kept(tmp_path):
+    locks = _stale_locks(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from pathlib import Path
+                from leanhpo import workflow
+                workflow.recover_stale_locks(Path({str(tmp_path)!r}))
+                (Path({str(locks)!r}) / "0.input.lock").write_text("live\\n")
+                print("ready", flush=True)
+                time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert workflow.recover_stale_locks(tmp_path) == []
+        assert (locks / "0.input.lock").read_text() == "live\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died (as with kill -9): now its locks are stale and get removed
+    assert workflow.recover_stale_locks(tmp_path)
+    assert not list(locks.glob("*.lock"))
+
+
+def test_output_to_captures_file_descriptors(tmp_path):
+    import os
+
+    log = tmp_path / "logs" / "job.log"
+    with workflow.output_to(log):
+        print("from python")
+        os.system("echo from a subprocess")
+    text = log.read_text()
+    assert "from python" in text and "from a subprocess" in text
+
+
+def test_canonical_sorts_keys_but_keeps_the_search_space_order():
+    value = {
+        "b": 1,
+        "a": {"d": 2, "c": 3},
+        "search_space": {"z": {"type": "float", "low": 0}, "y": {}},
+    }
+    result = workflow.canonical(value)
+    assert list(result) == ["a", "b", "search_space"]
+    assert list(result["a"]) == ["c", "d"]
+    assert list(result["search_space"]) == ["z", "y"]
+    assert list(result["search_space"]["z"]) == ["low", "type"]
