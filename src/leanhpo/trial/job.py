@@ -118,13 +118,13 @@ def _run_locked(
 ) -> dict[str, Any]:
     trial_dir = report_path.parent
     data_report = read_json(data_dir / "data_report.json")
-    print_fp = fingerprint(config, data_report["fingerprint"])
+    trial_fingerprint = fingerprint(config, data_report["fingerprint"])
     study_cfg = config["study"]
     study = open_study(study_cfg["name"], study_cfg["storage"], study_cfg["seed"], slot)
     frozen = attach_slot(study, slot)
     state_path = trial_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
-    if state is not None and state.get("fingerprint") != print_fp:
+    if state is not None and state.get("fingerprint") != trial_fingerprint:
         changed = _changed_keys(
             state["fingerprint_config"], {k: config[k] for k in TRAINING_SECTIONS}
         )
@@ -145,7 +145,7 @@ def _run_locked(
         "trial_uuid": frozen.user_attrs[TRIAL_UUID_ATTR],
         "optuna_trial_id": frozen._trial_id,
         "optuna_number": frozen.number,
-        "fingerprint": print_fp,
+        "fingerprint": trial_fingerprint,
         "fingerprint_config": {k: config[k] for k in TRAINING_SECTIONS},
         "data": data_report_summary(data_report),
         "started_at": datetime.now(UTC).isoformat(),

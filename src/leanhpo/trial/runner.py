@@ -48,8 +48,7 @@ class TrainingOutcome:
     history: list[dict[str, Any]]
     ledger: list[dict[str, Any]]
     retained: list[int]
-    co_best: list[int]
-    best_epochs: list[int]
+    best_epochs: list[int]  # all epochs tied for the best value (co-best)
     best_value: float | None
     baseline: dict[str, Any]
     evidence_window: dict[str, int]
@@ -294,7 +293,6 @@ def _outcome(
         history=history,
         ledger=ledger,
         retained=retained,
-        co_best=best_epochs,
         best_epochs=best_epochs,
         best_value=best_value,
         baseline=baseline,
