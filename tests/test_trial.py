@@ -251,3 +251,89 @@ def test_study_retention_keeps_only_the_best_trials(tmp_path):
         assert bool(stored) == (report["slot"] == best["slot"])
     params = [json.dumps(r["params"], sort_keys=True) for r in reports]
     assert len(set(params)) == 3, "each slot must get its own hyperparameters"
+
+
+def test_study_evaluation_reads_the_best_checkpoint_once(tmp_path):
+    from leanhpo.plots import plot_study
+    from leanhpo.reports import STUDY_SCHEMA
+    from leanhpo.study.evaluate import evaluate_study
+    from leanhpo.study.prune import prune_study
+
+    study = Study(tmp_path, retention={"keep_best_trials": 1})
+    reports = [study.run(slot) for slot in range(2)]
+    retention = prune_study(
+        study.study_json, study.dir / "retention.json", study.config["retention"]
+    )
+    assert len(retention["kept"]) == 1
+    output = study.dir / "study_report.json"
+    report = evaluate_study(
+        study.study_json, study.data, [study.report_path(s) for s in range(2)], output
+    )
+    validate_report(report, STUDY_SCHEMA)
+    best = max(reports, key=lambda r: (r["best_validation_score"], -r["slot"]))
+    assert report["best_trial"]["slot"] == best["slot"]
+    assert report["best_validation_score"] == best["best_validation_score"]
+    assert [c["epoch"] for c in report["checkpoints"]] == best["best_epochs"]
+    assert report["trial_counts"]["completed"] == 2
+    parent = study.tracker().client.get_run(read_json(study.study_json)["mlflow"]["parent_run_id"])
+    assert (
+        parent.data.metrics["test_criteria_f1_macro"]
+        == report["test_metrics"]["criteria_matching"]["f1_macro"]
+    )
+    plot_study(
+        [study.report_path(s) for s in range(2)], output, study.dir / "h.png", study.dir / "c.png"
+    )
+    assert (study.dir / "h.png").stat().st_size > 1000 and (
+        study.dir / "c.png"
+    ).stat().st_size > 1000
+
+
+def test_dry_run_without_checkpoints_evaluates_the_same_model(tmp_path):
+    """checkpointing: false keeps no checkpoint; the evaluation retrains the best trial in
+    memory, and determinism makes that the same model as the checkpointed one."""
+    from leanhpo.study.evaluate import evaluate_study
+
+    results = {}
+    for checkpointing in (True, False):
+        study = Study(tmp_path / str(checkpointing), train={"checkpointing": checkpointing})
+        report = study.run(0)
+        assert bool([c for c in report["checkpoints"] if c["retained"]]) == checkpointing
+        output = study.dir / "study_report.json"
+        results[checkpointing] = evaluate_study(
+            study.study_json, study.data, [study.report_path(0)], output
+        )
+    assert results[True]["test_metrics"] == results[False]["test_metrics"]
+
+
+def test_cli_runs_every_step_without_snakemake(tmp_path, monkeypatch):
+    import yaml
+
+    from leanhpo.cli import main
+
+    config = tiny_config_dict(tmp_path, study={"n_trials": 1})
+    config["study"]["storage"] = "sqlite:///experiments/optuna.db"
+    config["tracking"]["uri"] = "sqlite:///experiments/mlflow.db"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["prepare-data"],
+        ["create-study"],
+        ["run-trial", "--slot", "0"],
+        ["prune-study"],
+        ["evaluate"],
+    ):
+        assert main(command) == 0, command
+    study = tmp_path / "experiments" / "tiny"
+    assert read_json(study / "trial_0000" / "report.json")["status"] == "completed"
+    assert read_json(study / "study_report.json")["best_trial"]["slot"] == 0
+    assert read_json(study / "retention.json")["kept"][0]["slot"] == 0
+
+
+def test_binary_pairs_trial_trains_and_scores_all_nine_symptoms(tmp_path):
+    study = Study(tmp_path, model={"input_format": "binary_pairs"}, train={"epochs": 1})
+    report = study.run(0)
+    assert report["status"] == "completed"
+    metrics = report["history"][0]["metrics"]
+    assert all(f"val_criteria_support_{s}" in metrics for s in ("DEPRESSED_MOOD", "PSYCHOMOTOR"))
+    assert metrics["val_evidence_n_positive_pairs"] + metrics["val_evidence_n_null_pairs"] > 0
+    assert report["evidence_window"]["train_posts"] > 0

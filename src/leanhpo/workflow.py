@@ -83,17 +83,20 @@ def output_to(log_path: str | Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    saved_streams = sys.stdout, sys.stderr
     with path.open("a", buffering=1) as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
+        # The Python streams too, in case something (a test runner) replaced them.
+        sys.stdout = sys.stderr = handle
         try:
             yield
         except BaseException:
             traceback.print_exc()  # into the log too, not only to the terminal
             raise
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            handle.flush()
+            sys.stdout, sys.stderr = saved_streams
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])

@@ -12,6 +12,10 @@ from leanhpo.data.errors import DataError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 RATIO_TOLERANCE = 1e-6
+# The sample generator also shuffles post indices with Random(seed); with the same seed and the
+# same number of posts an unsalted split reproduced that permutation and put every symptom-free
+# post in train. A string seed is hashed with SHA-512 by `random`, so it is stable everywhere.
+SPLIT_SALT = "leanhpo-split"
 
 
 def split_posts(posts: list[dict], ratios: dict[str, Any], seed: int) -> dict[str, list[dict]]:
@@ -31,7 +35,7 @@ def split_posts(posts: list[dict], ratios: dict[str, Any], seed: int) -> dict[st
     for post in posts:
         by_id.setdefault(str(post["post_id"]), []).append(post)
     post_ids = sorted(by_id)
-    random.Random(seed).shuffle(post_ids)
+    random.Random(f"{SPLIT_SALT}:{seed}").shuffle(post_ids)
     counts = _split_counts(len(post_ids), fractions)
     splits: dict[str, list[dict]] = {}
     start = 0
