@@ -19,7 +19,7 @@ from leanhpo.config import Config
 from leanhpo.data import load_split
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
-from leanhpo.metric_names import SYMPTOMS
+from leanhpo.metric_names import CRITERIA_PER_SYMPTOM, CRITERIA_SUMMARY, EVIDENCE_SUMMARY, SYMPTOMS
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.setup import open_study, trial_counts
@@ -29,23 +29,9 @@ from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.runner import replay_training
 
-PER_CRITERION = ("f1", "precision", "recall", "support", "pr_auc")
-CRITERIA_SUMMARY = (
-    "accuracy",
-    "f1_macro",
-    "f1_micro",
-    "precision_macro",
-    "recall_macro",
-    "precision_micro",
-    "recall_micro",
-    "pr_auc_macro",
-    "exact_match_ratio",
-)
+PER_CRITERION = (*CRITERIA_PER_SYMPTOM, "support")
 EVIDENCE_KEYS = (
-    "exact_match",
-    "f1",
-    "char_f1",
-    "null_span_accuracy",
+    *EVIDENCE_SUMMARY,
     "n_positive_pairs",
     "n_null_pairs",
     "n_excluded",

@@ -24,7 +24,13 @@ from leanhpo.config import Config
 from leanhpo.logs import event
 from leanhpo.models import compatibility_metadata
 from leanhpo.training.features import EncodedSplit, train_prevalence
-from leanhpo.training.loop import epoch_shuffle_seed, evaluate, make_loader, train_one_epoch
+from leanhpo.training.loop import (
+    EpochResult,
+    epoch_shuffle_seed,
+    evaluate,
+    make_loader,
+    train_one_epoch,
+)
 from leanhpo.training.metrics import EvidenceExample, baseline_criteria_metrics, evidence_metrics
 from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
@@ -175,19 +181,7 @@ def _train_and_validate(
     train_split: EncodedSplit,
     val_split: EncodedSplit,
 ) -> dict[str, float]:
-    loader = make_loader(
-        train_split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
-    )
-    result = train_one_epoch(
-        network.model,
-        loader,
-        optimisation.optimizer,
-        optimisation.scheduler,
-        config.train,
-        network.device,
-        optimisation.class_weights,
-        f"epoch {epoch}",
-    )
+    result = _train_epoch(network, optimisation, config, seed, epoch, train_split, f"epoch {epoch}")
     evaluation = evaluate(
         network.model,
         val_split,
@@ -318,20 +312,31 @@ def replay_training(
     train_split = encode(network, config, train_posts)
     optimisation = build_optimisation(network, config, train_split)
     for epoch in range(1, until_epoch + 1):
-        loader = make_loader(
-            train_split,
-            config.train.batch_size,
-            network.pad_token_id,
-            epoch_shuffle_seed(seed, epoch),
-        )
-        train_one_epoch(
-            network.model,
-            loader,
-            optimisation.optimizer,
-            optimisation.scheduler,
-            config.train,
-            network.device,
-            optimisation.class_weights,
-            f"replay {epoch}",
-        )
+        _train_epoch(network, optimisation, config, seed, epoch, train_split, f"replay {epoch}")
     return network
+
+
+def _train_epoch(
+    network: Network,
+    optimisation: Optimisation,
+    config: Config,
+    seed: int,
+    epoch: int,
+    train_split: EncodedSplit,
+    progress: str,
+) -> EpochResult:
+    """One epoch in the order fixed by (seed, epoch): the same in a trial, a resumed trial and
+    a replay."""
+    loader = make_loader(
+        train_split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
+    )
+    return train_one_epoch(
+        network.model,
+        loader,
+        optimisation.optimizer,
+        optimisation.scheduler,
+        config.train,
+        network.device,
+        optimisation.class_weights,
+        progress,
+    )
