@@ -19,8 +19,10 @@ PIPFILTER := { grep -v "is ignored: it is neither a file nor a directory" || tru
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PYTHONDONTWRITEBYTECODE := 1
+# WordNet and stopwords for the TextAttack augmentation (`make nltk-data`; git-ignored).
+export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: help install all resume test lint clean build shell train-container
+.PHONY: help install nltk-data all resume test lint clean build shell train-container
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,7 +42,10 @@ all: install ## Run (or continue) the default study from config.yaml
 resume: install ## Continue after a crash or kill -9 (no manual unlock needed)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
-test: install ## Run the test suite with coverage
+nltk-data: install ## Fetch WordNet + stopwords into .nltk_data, offline fallback via Debian (idempotent)
+	$(BIN)/python -m leanhpo.data.nltk_data --dest $(NLTK_DATA)
+
+test: install nltk-data ## Run the test suite with coverage
 	$(BIN)/pytest
 
 lint: install ## ruff (lint + format), mypy, snakemake --lint

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from leanhpo.study.create import create_study
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     create_study(snakemake.params.config, Path(snakemake.output.study))

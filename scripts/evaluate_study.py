@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from leanhpo.study.evaluate import evaluate_study
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     evaluate_study(
         study_file=Path(snakemake.input.study),
         data_dir=Path(snakemake.input.test).parent,

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from leanhpo.plots import plot_study
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     plot_study(
         report_paths=[Path(p) for p in snakemake.input.reports],
         study_report=Path(snakemake.input.study_report),

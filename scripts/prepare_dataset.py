@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from leanhpo.data import prepare_dataset
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     prepare_dataset(snakemake.params.data, Path(snakemake.output.report).parent)

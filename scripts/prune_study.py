@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from leanhpo.study.prune import prune_study
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     prune_study(
         Path(snakemake.input.study), Path(snakemake.output.retention), snakemake.params.retention
     )

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from leanhpo.trial.job import run_trial_job
-from leanhpo.workflow import output_to
+from leanhpo.workflow import job
 
-with output_to(snakemake.log[0]):
+with job(snakemake.log[0]):
     run_trial_job(
         slot=int(snakemake.wildcards.slot),
         config=snakemake.params.config,

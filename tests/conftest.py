@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NLTK_DATA", str(REPO / ".nltk_data"))  # `make nltk-data` fills it
 
 
 def tiny_config_dict(tmp: Path, **overrides: Any) -> dict[str, Any]:

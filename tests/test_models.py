@@ -213,3 +213,218 @@ def test_both_heads_really_train_on_a_fixed_batch(sample_posts):
                 total += 1
                 hits += spans[row][symptom] == (start, batch["end_positions"][row, symptom].item())
     assert total and hits / total > 0.5
+
+
+# --- every option has an effect, every evidence head learns, evaluate works for every head ---
+
+EFFECT_LENGTH = 64
+# name -> (section, config overrides that make the option active, values that must all differ)
+EFFECTS: dict[str, tuple[str, dict, list]] = {
+    "pooling": ("model", {}, ["cls", "mean", "attention", "last_2_layer_mix"]),
+    "criteria_head": (
+        "model",
+        {},
+        ["linear", "mlp", "mlp_residual", "gated", "multi_sample_dropout"],
+    ),
+    "evidence_head": (
+        "model",
+        {},
+        ["start_end_linear", "start_end_mlp", "biaffine", "bio_crf", "sentence_reranker"],
+    ),
+    "head_hidden_size": ("model", {"criteria_head": "mlp"}, [8, 32]),
+    "dropout_samples": ("model", {"criteria_head": "multi_sample_dropout"}, [2, 8]),
+    "dropout": ("model", {}, [0.0, 0.3]),
+    "coupling": ("model", {}, ["independent", "coupled"]),
+    "coupling_pooling": ("model", {"coupling": "coupled"}, ["mean", "max", "attention"]),
+    "coupling_method": (
+        "model",
+        {"coupling": "coupled"},
+        ["concat", "add", "mean", "weighted_sum", "weighted_mean"],
+    ),
+    "loss": ("train", {}, ["bce", "weighted_bce", "focal", "adaptive_focal", "hybrid"]),
+    "focal_gamma": ("train", {"loss": "focal"}, [1.0, 4.0]),
+    "hybrid_alpha": ("train", {"loss": "hybrid"}, [0.2, 0.8]),
+    "label_smoothing": ("train", {}, [0.0, 0.2]),
+    "lambda_criteria": ("train", {}, [0.5, 1.0]),
+    "lambda_evidence": ("train", {}, [0.25, 1.0]),
+}
+# searchable names whose effect is proven by a dedicated test below (or by test_trial.py)
+EFFECTS_ELSEWHERE = {"max_answer_tokens", "null_threshold", "input_format"}
+LOSS_KEYS = {
+    "loss",
+    "focal_gamma",
+    "hybrid_alpha",
+    "label_smoothing",
+    "lambda_criteria",
+    "lambda_evidence",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    from leanhpo.models import load_encoder
+
+    encoder, tokenizer, _ = load_encoder("tiny", seed=0)
+    return encoder, tokenizer
+
+
+@pytest.fixture(scope="module")
+def effect_batch(tiny_encoder, sample_posts):
+    posts = [p for p in sample_posts["train"] if any(p["evidence"])][:3]
+    posts += [p for p in sample_posts["train"] if not any(p["labels"])][:1]
+    split = encode_posts(posts, tiny_encoder[1], "multi_label", EFFECT_LENGTH)
+    return collate(split.examples, int(tiny_encoder[1].pad_token_id))
+
+
+def _model_from(tiny_encoder, config):
+    import copy
+
+    from leanhpo.models import MultiTaskModel
+    from leanhpo.training.setup import head_settings
+
+    torch.manual_seed(0)
+    return MultiTaskModel(copy.deepcopy(tiny_encoder[0]), head_settings(config))
+
+
+def _trajectory(tiny_encoder, batch, config, train_posts) -> tuple[float, float]:
+    """Total loss before and after one AdamW step, with the same seed for every dropout draw."""
+    from leanhpo.training.loop import _losses
+    from leanhpo.training.setup import class_weights
+
+    model = _model_from(tiny_encoder, config)
+    model.train()
+    weights = class_weights(config, train_posts, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        _, total, _, _ = _losses(model, batch, config.train, weights, progress=0.3)
+        losses.append(total.item())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    return losses[0], losses[1]
+
+
+def test_every_model_and_loss_option_is_covered_by_an_effect_test():
+    from leanhpo.config.search_space import SEARCHABLE
+
+    mine = {n for n, (section, key) in SEARCHABLE.items() if section == "model" or key in LOSS_KEYS}
+    assert mine - EFFECTS_ELSEWHERE == set(EFFECTS)
+
+
+@pytest.mark.parametrize("name", list(EFFECTS))
+def test_every_option_changes_what_is_trained(tiny_encoder, effect_batch, sample_posts, name):
+    section, context, values = EFFECTS[name]
+    trajectories = []
+    for value in values:
+        overrides = {"model": {"id": "tiny", "max_length": EFFECT_LENGTH, "head_hidden_size": 16}}
+        overrides["train"] = {"device": "cpu", "loss": "bce"}
+        overrides[section] |= {**context, name: value}
+        config = Config.from_dict(overrides)
+        assert getattr(getattr(config, section), name) == value  # reached the typed config
+        trajectories.append(_trajectory(tiny_encoder, effect_batch, config, sample_posts["train"]))
+    for i, first in enumerate(trajectories):
+        for second in trajectories[i + 1 :]:
+            assert first != pytest.approx(second, rel=1e-6, abs=1e-7), (name, values, trajectories)
+
+
+def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
+    from leanhpo.training.decode import decode_batch
+
+    def predictions(**model_options):
+        config = Config.from_dict(
+            {"model": {"id": "tiny", "max_length": EFFECT_LENGTH, **model_options}}
+        )
+        model = _model_from(tiny_encoder, config).eval()
+        with torch.no_grad():
+            outputs = model(
+                effect_batch["input_ids"], effect_batch["attention_mask"], effect_batch["span_mask"]
+            )
+        return decode_batch(model, outputs, effect_batch, config.model)
+
+    fewer_nulls, more_nulls = predictions(null_threshold=50.0), predictions(null_threshold=-50.0)
+    assert all(span is not None for row in fewer_nulls for span in row)
+    assert all(span is None for row in more_nulls for span in row)
+    short = predictions(null_threshold=50.0, max_answer_tokens=1)
+    assert all(span[0] == span[1] for row in short for span in row)
+    assert short != fewer_nulls
+
+
+@pytest.mark.parametrize(
+    "head", ["start_end_linear", "start_end_mlp", "biaffine", "bio_crf", "sentence_reranker"]
+)
+def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, head):
+    """50 steps on 4 posts: the evidence loss falls below half and decoding finds the targets."""
+    from leanhpo.training.decode import decode_batch
+    from leanhpo.training.loop import _losses
+
+    config = Config.from_dict(
+        {
+            "model": {
+                "id": "tiny",
+                "max_length": 96,
+                "dropout": 0.0,
+                "evidence_head": head,
+                "head_hidden_size": 32,
+            },
+            "train": {"device": "cpu", "loss": "bce", "lambda_evidence": 1.0},
+        }
+    )
+    model = _model_from(tiny_encoder, config)
+    posts = [p for p in sample_posts["train"] if any(p["evidence"])][:4]
+    split = encode_posts(posts, tiny_encoder[1], "multi_label", 96)
+    batch = collate(split.examples, int(tiny_encoder[1].pad_token_id))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    _, _, _, first = _losses(model, batch, config.train, None)
+    for _ in range(50):
+        _, total, _, _ = _losses(model, batch, config.train, None)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        outputs, _, _, last = _losses(model, batch, config.train, None)
+    assert last.item() < 0.5 * first.item()
+    spans = decode_batch(model, outputs, batch, config.model)
+    gold = zip(batch["start_positions"].tolist(), batch["end_positions"].tolist(), strict=True)
+    hits = total_pairs = 0
+    for row, (starts, ends) in enumerate(gold):
+        for out, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            if start >= 0:
+                total_pairs += 1
+                hits += spans[row][out] == (None if start == 0 else (start, end))
+    assert hits / total_pairs > 0.8
+
+
+@pytest.mark.parametrize("input_format", ["multi_label", "binary_pairs"])
+@pytest.mark.parametrize(
+    "head", ["start_end_linear", "start_end_mlp", "biaffine", "bio_crf", "sentence_reranker"]
+)
+def test_evaluate_works_for_every_evidence_head(tiny_encoder, sample_posts, head, input_format):
+    from leanhpo.training.loop import evaluate
+
+    config = Config.from_dict(
+        {
+            "model": {
+                "id": "tiny",
+                "max_length": 64,
+                "evidence_head": head,
+                "input_format": input_format,
+            },
+            "train": {"device": "cpu", "loss": "bce"},
+        }
+    )
+    posts = [p for p in sample_posts["train"] if any(p["evidence"])][-3:]
+    posts += [p for p in sample_posts["train"] if not any(p["labels"])][-2:]
+    split = encode_posts(posts, tiny_encoder[1], input_format, 64)
+    model = _model_from(tiny_encoder, config)
+    result = evaluate(
+        model, split, config.model, config.train, torch.device("cpu"), tiny_encoder[1].pad_token_id
+    )
+    metrics = result.metrics("val_")
+    for key in ("exact_match", "f1", "char_f1", "null_span_accuracy"):
+        assert metrics[f"val_evidence_{key}"] is not None, key
+    assert metrics["val_evidence_n_positive_pairs"] > 0
+    assert metrics["val_evidence_n_null_pairs"] > 0
+    assert metrics["val_loss"] is not None and metrics["val_loss"] > 0

@@ -5,51 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import optuna
 import pytest
 from conftest import tiny_config_dict
+from studyhelper import Study
 
 from leanhpo.checkpoints import CheckpointStore
-from leanhpo.data import prepare_dataset
 from leanhpo.fsutil import read_json
 from leanhpo.reports import TRIAL_SCHEMA, validate_report
-from leanhpo.study.create import create_study
-from leanhpo.study.setup import SLOT_ATTR, open_study
+from leanhpo.study.setup import SLOT_ATTR
 from leanhpo.tracking import Tracker
 from leanhpo.trial import runner
-from leanhpo.trial.job import StudyConfigMismatchError, TrialLock, TrialLockedError, run_trial_job
+from leanhpo.trial.job import StudyConfigMismatchError, TrialLock, TrialLockedError
 
 
 class Crash(Exception):
     """Stands in for a process dying at a chosen instant."""
-
-
-class Study:
-    def __init__(self, root: Path, **overrides):
-        self.root = root
-        self.config = tiny_config_dict(root, **overrides)
-        self.dir = root / "experiments" / self.config["study"]["name"]
-        self.data = self.dir / "data"
-        prepare_dataset(self.config["data"], self.data)
-        self.study_json = self.dir / "study.json"
-        create_study({k: self.config[k] for k in ("study", "tracking")}, self.study_json)
-
-    def report_path(self, slot: int) -> Path:
-        return self.dir / f"trial_{slot:04d}" / "report.json"
-
-    def run(self, slot: int, config=None) -> dict:
-        return run_trial_job(
-            slot, config or self.config, self.study_json, self.data, self.report_path(slot)
-        )
-
-    def tracker(self) -> Tracker:
-        return Tracker(self.config["tracking"]["uri"], self.config["tracking"]["experiment"])
-
-    def optuna(self) -> optuna.Study:
-        return open_study(self.config["study"]["name"], self.config["study"]["storage"], 0)
-
-    def set_retention(self, **values):
-        self.config["retention"].update(values)
 
 
 def _epoch_starts(report_path: Path) -> list[int]:
@@ -337,3 +307,21 @@ def test_binary_pairs_trial_trains_and_scores_all_nine_symptoms(tmp_path):
     assert all(f"val_criteria_support_{s}" in metrics for s in ("DEPRESSED_MOOD", "PSYCHOMOTOR"))
     assert metrics["val_evidence_n_positive_pairs"] + metrics["val_evidence_n_null_pairs"] > 0
     assert report["evidence_window"]["train_posts"] > 0
+
+
+def test_augmentation_rewrites_training_evidence_each_epoch_and_is_logged(tmp_path):
+    from leanhpo.data.nltk_data import default_dest, missing_resources
+
+    if missing_resources(default_dest()):
+        pytest.skip("NLTK corpora missing: run `make nltk-data`")
+    study = Study(
+        tmp_path, train={"augmentation_prob": 0.5, "augmentation_methods": ["swap", "delete"]}
+    )
+    report = study.run(0)
+    assert report["status"] == "completed"
+    for entry in report["history"]:
+        assert entry["metrics"]["train_augmented_sentences"] > 0
+    points = study.tracker().metric_history(report["mlflow"]["run_id"])
+    assert [s for s, _ in points["train_augmented_sentences"]] == [1, 2]
+    log = (study.report_path(0).parent / "logs" / "trial.jsonl").read_text()
+    assert '"kind": "augmentation"' in log and '"examples"' in log

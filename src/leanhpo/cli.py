@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo import paths
-from leanhpo.config import ConfigError, load_config_file
-
-EXIT_BAD_INPUT = 2
+from leanhpo.config import load_config_file
+from leanhpo.exit_codes import EXIT_BAD_INPUT, exit_code_for
+from leanhpo.workflow import describe
 
 
 def _study_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +74,19 @@ def _cmd_evaluate(config: dict[str, Any], args: argparse.Namespace) -> Any:
     )
 
 
+def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.cleanup import cleanup
+
+    study = config["study"]
+    return cleanup(
+        paths.study_dir(study["name"]),
+        config["retention"],
+        study["metric"],
+        study["n_trials"],
+        args.apply,
+    )
+
+
 COMMANDS = {
     "validate-config": (_cmd_validate, "check config.yaml (and overlays) and exit"),
     "prepare-data": (_cmd_prepare, "write the prepared splits and data_report.json"),
@@ -81,6 +94,10 @@ COMMANDS = {
     "run-trial": (_cmd_trial, "run (or resume) one trial slot"),
     "prune-study": (_cmd_prune, "enforce study-wide retention and write retention.json"),
     "evaluate": (_cmd_evaluate, "evaluate the best trial on the test split"),
+    "cleanup": (
+        _cmd_cleanup,
+        "list (or --apply: remove) checkpoints, temp folders and logs no trial references",
+    ),
 }
 
 
@@ -98,29 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "run-trial":
             cmd.add_argument("--slot", type=int, required=True, help="trial slot number (0-based)")
+        if name == "cleanup":
+            cmd.add_argument("--apply", action="store_true", help="delete (default: only list)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler, _ = COMMANDS[args.command]
-    try:
-        config = load_config_file(*(args.config or [Path("config.yaml")]))
-        result = handler(config, args)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"leanhpo: {error}", file=sys.stderr)
+    paths_given = args.config or [Path("config.yaml")]
+    missing = [str(p) for p in paths_given if not Path(p).is_file()]
+    if missing:
+        print(f"leanhpo: config file not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        result = handler(load_config_file(*paths_given), args)
     except Exception as error:
-        from leanhpo.data import DataError
-        from leanhpo.trial.job import EXIT_LOCKED, TrialLockedError
-
-        if isinstance(error, DataError):
-            print(f"leanhpo: bad data: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        if isinstance(error, TrialLockedError):
-            print(f"leanhpo: {error}", file=sys.stderr)
-            return EXIT_LOCKED
-        raise
+        code = exit_code_for(error)
+        if code is None:
+            raise
+        print(describe(error), file=sys.stderr)
+        return code
     if args.command == "validate-config":
         print(json.dumps(result))
+    elif args.command == "cleanup":
+        print(result["summary"])
     return 0

@@ -13,6 +13,14 @@ from collections.abc import Callable, Sequence
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_chain, wait_fixed
 
 HUB_RETRY_WAITS: tuple[float, ...] = (1, 2, 4, 8, 16)
+# Catalog aliases of hub models (SPEC 3); minilm and tiny are built in, see models/encoder.py.
+HUB_ALIASES = {
+    "bert-base": "google-bert/bert-base-uncased",
+    "roberta-base": "FacebookAI/roberta-base",
+    "mental-bert": "mental/mental-bert-base-uncased",
+    "psychbert": "mnaylor/psychbert-cased",
+    "clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
+}
 TRUE_ENV_VALUES = ("1", "ON", "YES", "TRUE")
 
 

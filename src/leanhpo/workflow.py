@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from leanhpo.exit_codes import exit_code_for
+
 LOG = logging.getLogger(__name__)
 # The planned number of trial slots, for progress lines only. Jobs inherit the environment of
 # the Snakemake process; a params value would make growing a study rerun finished trials.
@@ -91,7 +93,7 @@ def output_to(log_path: str | Path) -> Iterator[None]:
         sys.stdout = sys.stderr = handle
         try:
             yield
-        except BaseException:
+        except Exception:
             traceback.print_exc()  # into the log too, not only to the terminal
             raise
         finally:
@@ -130,3 +132,24 @@ def announce_n_trials(n_trials: int) -> None:
 def planned_trials() -> int | None:
     value = os.environ.get(N_TRIALS_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+def describe(error: BaseException) -> str:
+    render = getattr(error, "render", None)
+    return render() if callable(render) else f"leanhpo: {error}"
+
+
+@contextlib.contextmanager
+def job(log_path: str | Path) -> Iterator[None]:
+    """What every Snakemake script adapter runs in: output to the rule's log, and a known stop
+    (bad input, no space, a held lock) becomes its exit code with a readable message instead
+    of a traceback."""
+    with output_to(log_path):
+        try:
+            yield
+        except Exception as error:
+            code = exit_code_for(error)
+            if code is None:
+                raise
+            print(describe(error), file=sys.stderr, flush=True)
+            raise SystemExit(code) from None

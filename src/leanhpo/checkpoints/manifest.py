@@ -3,7 +3,11 @@
 Every file is hashed while it is written (never by a second read) and listed with its
 size and SHA-256 in MANIFEST.json, which is written last. Readers trust nothing: the
 manifest is validated before its file names are used, and every byte is checked against
-it before a parser sees it. Parsing uses safetensors and json only, never pickle.
+it before a caller sees any of it. Tensor files are streamed from and into tensor memory
+(``safetensors_stream``), so neither a save nor a load holds a second copy of a group:
+their header is parsed from the very bytes being hashed, only to learn where each tensor
+goes (within the size the manifest gives), and the tensors are handed out only once the
+digest of the whole file matches. Parsing uses json and that reader, never pickle.
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
+
+from leanhpo.checkpoints.safetensors_stream import read_tensors, sha256_of_file, write_file
 
 CHECKPOINT_FORMAT = "leanhpo-checkpoint/1"
 MANIFEST_NAME = "MANIFEST.json"
 META_NAME = "meta.json"
 TENSOR_SUFFIX = ".safetensors"
-# Large enough for full disk throughput, small enough to hash while the data is in cache.
+# For the small JSON files; tensor files use safetensors_stream.IO_CHUNK_BYTES.
 CHUNK_BYTES = 8 * 1024 * 1024
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,10 +63,8 @@ def write_contents(
     """Write all files into ``tmp``, MANIFEST.json last; return (manifest bytes, total)."""
     files: dict[str, dict[str, Any]] = {}
     for group, tensors in groups.items():
-        prepared = {key: value.detach().contiguous() for key, value in tensors.items()}
-        data = safetensors.torch.save(prepared)
-        files[group + TENSOR_SUFFIX] = write_hashed(tmp / (group + TENSOR_SUFFIX), data)
-        del data  # the serialised copy can be as large as the model
+        streamed = write_file(tmp / (group + TENSOR_SUFFIX), tensors)
+        files[group + TENSOR_SUFFIX] = {"sha256": streamed.sha256, "bytes": streamed.bytes}
     files[META_NAME] = write_hashed(tmp / META_NAME, meta_bytes)
     manifest = {
         "format": CHECKPOINT_FORMAT,
@@ -132,26 +136,50 @@ def _check_manifest(manifest: Any, epoch: int) -> None:
             raise fail(f"has no valid size for {name}")
 
 
-def read_checked(path: Path, name: str, entry: dict[str, Any], epoch: int) -> bytes:
+@dataclass(frozen=True)
+class CheckedFile:
+    """A listed file that matched the manifest: its bytes, or a tensor file's tensors."""
+
+    data: bytes = b""
+    tensors: dict[str, torch.Tensor] | None = None
+
+
+def read_checked(path: Path, name: str, entry: dict[str, Any], epoch: int) -> CheckedFile:
+    """Read a listed file once and check it; a tensor file goes straight into its tensors."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb", buffering=0) as handle:
+            _check_size(os.fstat(handle.fileno()).st_size, name, entry, epoch)
+            if name.endswith(TENSOR_SUFFIX):
+                return _read_tensor_file(handle.fileno(), name, entry, epoch)
+            data = handle.readall()
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise CorruptCheckpointError(epoch, f"{name} is listed but missing") from exc
     _check_size(len(data), name, entry, epoch)
     _check_sha(hashlib.sha256(data).hexdigest(), name, entry, epoch)
-    return data
+    return CheckedFile(data=data)
+
+
+def _read_tensor_file(fd: int, name: str, entry: dict[str, Any], epoch: int) -> CheckedFile:
+    try:
+        result = read_tensors(fd, entry["bytes"])
+    except EOFError as exc:
+        raise CorruptCheckpointError(epoch, f"{name} changed size while it was read") from exc
+    _check_sha(result.sha256, name, entry, epoch)
+    if result.error is not None:
+        reason = f"{name} is not a valid safetensors file: {result.error}"
+        raise CorruptCheckpointError(epoch, reason)
+    return CheckedFile(tensors=result.tensors)
 
 
 def stream_check(path: Path, name: str, entry: dict[str, Any], epoch: int) -> None:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=0) as handle:
             _check_size(os.fstat(handle.fileno()).st_size, name, entry, epoch)
-            while chunk := handle.read(CHUNK_BYTES):
-                digest.update(chunk)
+            sha, size = sha256_of_file(handle.fileno())
     except (FileNotFoundError, IsADirectoryError) as exc:
         raise CorruptCheckpointError(epoch, f"{name} is listed but missing") from exc
-    _check_sha(digest.hexdigest(), name, entry, epoch)
+    _check_size(size, name, entry, epoch)
+    _check_sha(sha, name, entry, epoch)
 
 
 def _check_size(size: int, name: str, entry: dict[str, Any], epoch: int) -> None:
@@ -165,9 +193,9 @@ def _check_sha(sha: str, name: str, entry: dict[str, Any], epoch: int) -> None:
         raise CorruptCheckpointError(epoch, f"{name} does not match its SHA-256 in the manifest")
 
 
-def parse_meta(data: bytes, epoch: int) -> dict[str, Any]:
+def parse_meta(checked: CheckedFile, epoch: int) -> dict[str, Any]:
     try:
-        meta = json.loads(data)
+        meta = json.loads(checked.data)
     except ValueError as exc:
         raise CorruptCheckpointError(epoch, f"{META_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
@@ -176,13 +204,11 @@ def parse_meta(data: bytes, epoch: int) -> dict[str, Any]:
 
 
 def parse_tensors(
-    data: bytes, name: str, epoch: int, map_location: str | torch.device
+    checked: CheckedFile, name: str, epoch: int, map_location: str | torch.device
 ) -> dict[str, torch.Tensor]:
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # the Rust parser raises its own error types
-        reason = f"{name} is not a valid safetensors file: {exc}"
-        raise CorruptCheckpointError(epoch, reason) from exc
+    """The tensors ``read_checked`` already parsed, moved to ``map_location``."""
+    if checked.tensors is None:
+        raise CorruptCheckpointError(epoch, f"{name} is not a valid safetensors file")
     if torch.device(map_location).type == "cpu":
-        return tensors
-    return {key: value.to(map_location) for key, value in tensors.items()}
+        return checked.tensors
+    return {key: value.to(map_location) for key, value in checked.tensors.items()}

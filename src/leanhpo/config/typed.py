@@ -48,6 +48,11 @@ class ModelConfig:
     pooling: str
     criteria_head: str
     evidence_head: str
+    head_hidden_size: int
+    dropout_samples: int
+    coupling: str
+    coupling_pooling: str
+    coupling_method: str
     dropout: float
     max_answer_tokens: int
     null_threshold: float
@@ -64,6 +69,11 @@ class TrainConfig:
     warmup_ratio: float
     max_grad_norm: float
     loss: str
+    focal_gamma: float
+    hybrid_alpha: float
+    label_smoothing: float
+    augmentation_prob: float
+    augmentation_methods: list[str] | str
     class_weights: list[float] | None
     lambda_criteria: float
     lambda_evidence: float

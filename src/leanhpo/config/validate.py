@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.metric_names import MAXIMISABLE_METRICS
 
 SCHEMA_PATH = Path(str(resources.files("leanhpo.config").joinpath("schema.yaml")))
@@ -36,6 +37,8 @@ SPLIT_TOLERANCE = 1e-6
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the fix."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def load_schema() -> dict[str, Any]:
@@ -133,12 +136,51 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
             f"config key 'retention.keep_best_k_max': {retention['keep_best_k_max']} is smaller "
             f"than retention.keep_best_k ({retention['keep_best_k']}); raise it or lower keep_best_k"
         )
+    yield from _retention_problems(config)
+    yield from _augmentation_problems(config)
+    yield from search_space_problems(config)
+
+
+def _augmentation_problems(config: dict[str, Any]) -> Iterator[str]:
+    from leanhpo.data.augment import augmentation_config_problems
+
+    train = config["train"]
+    yield from augmentation_config_problems(
+        train["augmentation_prob"], train["augmentation_methods"]
+    )
+    spec = (config.get("search_space") or {}).get("augmentation_methods")
+    for choice in (spec or {}).get("choices", []):
+        key = "search_space.augmentation_methods"
+        yield from augmentation_config_problems(0.5, choice, methods_key=key)
+
+
+def _retention_problems(config: dict[str, Any]) -> Iterator[str]:
+    """Policies that cannot be satisfied (SPEC 5), found before anything runs."""
+    retention, train, model = config["retention"], config["train"], config["model"]
+    if not train["checkpointing"]:
+        return
+    if retention["keep_best_k"] < 1:
+        yield (
+            "config key 'retention.keep_best_k': 0 would delete every trial's best checkpoint, so the "
+            "best model could not be evaluated; set it to 1 or more (or train.checkpointing: false)"
+        )
     try:
-        if parse_size(retention["max_total_size"]) <= 0:
-            yield "config key 'retention.max_total_size': must be larger than 0"
+        cap = parse_size(retention["max_total_size"])
     except ConfigError as error:
         yield f"config key 'retention.max_total_size': {error}"
-    yield from search_space_problems(config)
+        return
+    from leanhpo.storage.estimate import estimate_from_model_files
+    from leanhpo.storage.preflight import human
+
+    one = estimate_from_model_files(model["id"], model.get("revision", "main"))
+    # A trial keeps its best checkpoint while it writes the next one.
+    needed = one * min(train["epochs"], 2) if one else 0
+    if cap < max(needed, 1):
+        yield (
+            f"config key 'retention.max_total_size': {retention['max_total_size']} cannot hold what a "
+            f"trial of model {model['id']!r} needs ({human(needed)}: its best checkpoint while it "
+            f"writes the next, {human(one or 0)} each); raise it to at least {human(needed)}"
+        )
 
 
 def load_config_file(*paths: Path | str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Models: encoder catalog, heads, losses. Pure torch; no I/O beyond loading an encoder."""
+"""Models: encoder catalog, heads, losses, coupling. Pure torch; no I/O beyond loading."""
 
 from leanhpo.models.encoder import EncoderInfo, ModelLoadError, load_encoder
+from leanhpo.models.evidence import EvidenceHead, TokenSpans
 from leanhpo.models.losses import IGNORE_INDEX, criteria_loss, span_loss
 from leanhpo.models.multitask import (
+    EVIDENCE_HEADS,
     NULL_INDEX,
     HeadSettings,
     MultiTaskModel,
@@ -11,12 +13,15 @@ from leanhpo.models.multitask import (
 )
 
 __all__ = [
+    "EVIDENCE_HEADS",
     "IGNORE_INDEX",
     "NULL_INDEX",
     "EncoderInfo",
+    "EvidenceHead",
     "HeadSettings",
     "ModelLoadError",
     "MultiTaskModel",
+    "TokenSpans",
     "architecture_signature",
     "compatibility_metadata",
     "criteria_loss",

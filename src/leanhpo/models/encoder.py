@@ -16,17 +16,10 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
-from leanhpo.hub import HUB_RETRY_WAITS, hub_offline, hub_retrying
+from leanhpo.hub import HUB_ALIASES, HUB_RETRY_WAITS, hub_offline, hub_retrying
 
 LOG = logging.getLogger(__name__)
 
-HUB_ALIASES = {
-    "bert-base": "google-bert/bert-base-uncased",
-    "roberta-base": "FacebookAI/roberta-base",
-    "mental-bert": "mental/mental-bert-base-uncased",
-    "psychbert": "mnaylor/psychbert-cased",
-    "clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
-}
 # A deliberately small BERT for tests: random weights, the MiniLM (bert-base-uncased) vocabulary.
 TINY_BERT = {
     "hidden_size": 32,

@@ -2,7 +2,9 @@
 
 Both input formats share one shape convention, which keeps losses and decoding format-free:
 every example has `n_outputs` outputs (9 in multi_label, 1 in binary_pairs), so criteria logits
-are [B, n_outputs] and span logits are [B, n_outputs, T]. Token 0 (CLS) is the null span.
+are [B, n_outputs] and evidence scores carry n_outputs as their second axis. Token 0 (CLS) is
+the null span. The evidence head owns its loss and decoding (see `models.evidence`), so callers
+stay head-agnostic.
 """
 
 from __future__ import annotations
@@ -16,10 +18,23 @@ import torch
 from torch import nn
 
 from leanhpo.metric_names import SYMPTOMS
+from leanhpo.models.coupling import COUPLINGS, Coupling
+from leanhpo.models.crf_head import BioCrfHead
+from leanhpo.models.criteria_heads import CRITERIA_HEADS
+from leanhpo.models.evidence import MASK_VALUE, NULL_INDEX, EvidenceHead, TokenSpans
+from leanhpo.models.pooling import Pooler
+from leanhpo.models.sentence_head import SentenceRerankerHead
+from leanhpo.models.span_heads import BiaffineHead, StartEndLinearHead, StartEndMLPHead
 
-# Large but finite, so that masked logits stay finite under bf16 autocast as well.
-MASK_VALUE = -1.0e4
-NULL_INDEX = 0
+__all__ = ["MASK_VALUE", "NULL_INDEX", "HeadSettings", "MultiTaskModel"]
+
+EVIDENCE_HEADS: dict[str, type[EvidenceHead]] = {
+    "start_end_linear": StartEndLinearHead,
+    "start_end_mlp": StartEndMLPHead,
+    "biaffine": BiaffineHead,
+    "bio_crf": BioCrfHead,
+    "sentence_reranker": SentenceRerankerHead,
+}
 
 
 @dataclass(frozen=True)
@@ -31,71 +46,51 @@ class HeadSettings:
     criteria_head: str
     evidence_head: str
     dropout: float
+    head_hidden_size: int = 256
+    dropout_samples: int = 5
+    coupling: str = "independent"
+    coupling_pooling: str = "mean"
+    coupling_method: str = "concat"
 
     @property
     def n_outputs(self) -> int:
         return len(SYMPTOMS) if self.input_format == "multi_label" else 1
 
 
-class Pooler(nn.Module):
-    """`cls` takes token 0; `mean` averages the tokens the attention mask keeps."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        if kind not in ("cls", "mean"):
-            raise ValueError(f"unknown pooling {kind!r}")
-        self.kind = kind
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.kind == "cls":
-            return hidden[:, 0]
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-class LinearCriteriaHead(nn.Module):
-    def __init__(self, hidden_size: int, n_outputs: int, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, n_outputs)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.classifier(self.dropout(pooled))
-        return logits
-
-
-class StartEndLinearHead(nn.Module):
-    """Per output, one start and one end logit for every token."""
-
-    def __init__(self, hidden_size: int, n_outputs: int, dropout: float) -> None:
-        super().__init__()
-        self.n_outputs = n_outputs
-        self.dropout = nn.Dropout(dropout)
-        self.projection = nn.Linear(hidden_size, 2 * n_outputs)
-
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.projection(self.dropout(hidden))  # [B, T, 2 * n_outputs]
-        start, end = logits.split(self.n_outputs, dim=-1)
-        return start.transpose(1, 2), end.transpose(1, 2)
-
-
-CRITERIA_HEADS = {"linear": LinearCriteriaHead}
-EVIDENCE_HEADS = {"start_end_linear": StartEndLinearHead}
+def _lookup(table: dict[str, Any], kind: str, name: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(table)}")
+    return table[name]
 
 
 class MultiTaskModel(nn.Module):
     def __init__(self, encoder: nn.Module, settings: HeadSettings) -> None:
         super().__init__()
         hidden_size = int(encoder.config.hidden_size)  # type: ignore[union-attr,arg-type]
+        n_outputs, dropout = settings.n_outputs, settings.dropout
+        evidence_head = _lookup(EVIDENCE_HEADS, "evidence head", settings.evidence_head)(
+            hidden_size, n_outputs, dropout, settings.head_hidden_size
+        )
+        if settings.coupling not in COUPLINGS:
+            raise ValueError(f"unknown coupling {settings.coupling!r}; known: {COUPLINGS}")
+        coupling = None
+        if settings.coupling == "coupled":
+            coupling = Coupling(
+                settings.coupling_method,
+                settings.coupling_pooling,
+                evidence_head.feature_size,
+                hidden_size,
+            )
+        criteria_in = coupling.output_size if coupling is not None else hidden_size
         self.settings = settings
+        # Registration order fixes the state-dict order (and so the architecture signature).
         self.encoder = encoder
-        self.pooler = Pooler(settings.pooling)
-        self.criteria_head = CRITERIA_HEADS[settings.criteria_head](
-            hidden_size, settings.n_outputs, settings.dropout
+        self.pooler = Pooler(settings.pooling, hidden_size)
+        self.criteria_head = _lookup(CRITERIA_HEADS, "criteria head", settings.criteria_head)(
+            criteria_in, n_outputs, dropout, settings.head_hidden_size, settings.dropout_samples
         )
-        self.evidence_head = EVIDENCE_HEADS[settings.evidence_head](
-            hidden_size, settings.n_outputs, settings.dropout
-        )
+        self.evidence_head: EvidenceHead = evidence_head
+        self.coupling = coupling
 
     def forward(
         self,
@@ -103,21 +98,37 @@ class MultiTaskModel(nn.Module):
         attention_mask: torch.Tensor,
         span_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        sentence_spans: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        """`criteria_logits` [B, n_outputs] plus the evidence head's float score tensors."""
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**inputs).last_hidden_state
-        criteria_logits = self.criteria_head(self.pooler(hidden, attention_mask))
-        start, end = self.evidence_head(hidden)
-        allowed = span_mask.unsqueeze(1)  # [B, 1, T]; the null index is always allowed
-        start = start.float().masked_fill(~allowed, MASK_VALUE)
-        end = end.float().masked_fill(~allowed, MASK_VALUE)
-        return {
-            "criteria_logits": criteria_logits.float(),
-            "start_logits": start,
-            "end_logits": end,
-        }
+        # Only last_2_layer_mix needs every layer; the others skip keeping them.
+        states = self.pooler.needs_hidden_states
+        encoded = self.encoder(**inputs, output_hidden_states=states)
+        hidden = encoded.last_hidden_state
+        outputs: dict[str, torch.Tensor] = self.evidence_head(hidden, span_mask, sentence_spans)
+        features = outputs.pop("evidence_features")
+        pooled = self.pooler(hidden, attention_mask, encoded.hidden_states if states else None)
+        if self.coupling is not None:
+            pooled = self.coupling(pooled, features, span_mask)
+        outputs["criteria_logits"] = self.criteria_head(pooled).float()
+        return outputs
+
+    def evidence_loss(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> torch.Tensor:
+        return self.evidence_head.loss(outputs, batch)
+
+    def decode_evidence(
+        self,
+        outputs: dict[str, torch.Tensor],
+        batch: dict[str, Any],
+        max_answer_tokens: int,
+        null_threshold: float,
+    ) -> TokenSpans:
+        return self.evidence_head.decode(outputs, batch, max_answer_tokens, null_threshold)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]

@@ -1,47 +1,39 @@
-"""Decode start/end logits into a token span or the null span."""
+"""Evidence decoding: the model's evidence head gives token spans; this maps them to characters.
+
+Each evidence head decodes its own scores (start/end, biaffine pairs, CRF tags, sentence scores)
+to TOKEN spans or None (the null span) under `model.max_answer_tokens` and
+`model.null_threshold`; see `leanhpo.models.evidence` for the contract.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from leanhpo.models.multitask import NULL_INDEX
+from leanhpo.config import ModelConfig
+from leanhpo.models import MultiTaskModel, TokenSpans
+from leanhpo.models.span_heads import decode_spans
+
+__all__ = ["char_span", "decode_batch", "decode_spans"]
 
 
-def decode_spans(
-    start_logits: torch.Tensor,
-    end_logits: torch.Tensor,
-    span_mask: torch.Tensor,
-    max_answer_tokens: int,
-    null_threshold: float,
-) -> list[list[tuple[int, int] | None]]:
-    """Best (start, end) per example and output, or None for the null span.
-
-    start/end logits: [B, n_outputs, T]; span_mask: [B, T] (True where a span may lie; the null
-    index 0 is excluded from real spans). A span needs start <= end < start + max_answer_tokens.
-    The null span wins when its score minus the best span's score exceeds `null_threshold`
-    (SQuAD 2.0 convention), so a larger threshold predicts fewer nulls.
-    """
-    start_logits, end_logits = start_logits.detach(), end_logits.detach()
-    n_tokens = start_logits.shape[-1]
-    index = torch.arange(n_tokens)
-    band = (index[None, :] >= index[:, None]) & (
-        index[None, :] < index[:, None] + max_answer_tokens
+def decode_batch(
+    model: MultiTaskModel,
+    outputs: dict[str, torch.Tensor],
+    batch: dict[str, Any],
+    model_cfg: ModelConfig,
+) -> TokenSpans:
+    """Token spans per example and output, whatever the evidence head."""
+    return model.decode_evidence(
+        outputs, batch, model_cfg.max_answer_tokens, model_cfg.null_threshold
     )
-    results: list[list[tuple[int, int] | None]] = []
-    for row in range(start_logits.shape[0]):
-        valid = span_mask[row].clone()
-        valid[NULL_INDEX] = False
-        allowed = band & valid[:, None] & valid[None, :]  # [T, T]
-        scores = start_logits[row][:, :, None] + end_logits[row][:, None, :]  # [n_out, T, T]
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        best, flat = scores.reshape(scores.shape[0], -1).max(dim=-1)
-        null = start_logits[row][:, NULL_INDEX] + end_logits[row][:, NULL_INDEX]
-        row_spans: list[tuple[int, int] | None] = []
-        for out in range(scores.shape[0]):
-            if not torch.isfinite(best[out]) or float(null[out] - best[out]) > null_threshold:
-                row_spans.append(None)
-            else:
-                position = int(flat[out])
-                row_spans.append((position // n_tokens, position % n_tokens))
-        results.append(row_spans)
-    return results
+
+
+def char_span(
+    offsets: list[tuple[int, int]], token_span: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """(first char, end char) of an inclusive token span; None stays None (null)."""
+    if token_span is None:
+        return None
+    return offsets[token_span[0]][0], offsets[token_span[1]][1]

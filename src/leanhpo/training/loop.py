@@ -17,8 +17,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from leanhpo.config import ModelConfig, TrainConfig
 from leanhpo.metric_names import SYMPTOMS
-from leanhpo.models import MultiTaskModel, criteria_loss, span_loss
-from leanhpo.training.decode import decode_spans
+from leanhpo.models import MultiTaskModel, criteria_loss
+from leanhpo.training.decode import char_span, decode_batch
 from leanhpo.training.features import EncodedSplit, collate
 from leanhpo.training.metrics import (
     EvidenceExample,
@@ -153,23 +153,37 @@ def _losses(
     batch: dict[str, torch.Tensor],
     train: TrainConfig,
     class_weights: torch.Tensor | None,
+    progress: float = 1.0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs, total, criteria and evidence loss; `progress` (0-1) drives adaptive_focal."""
     outputs = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         span_mask=batch["span_mask"],
         token_type_ids=batch.get("token_type_ids"),
+        sentence_spans=batch.get("sentence_spans"),
     )
     pos_weight = class_weights[batch["symptoms"]] if class_weights is not None else None
-    crit = criteria_loss(outputs["criteria_logits"], batch["labels"], train.loss, pos_weight)
-    evid = span_loss(
-        outputs["start_logits"],
-        outputs["end_logits"],
-        batch["start_positions"],
-        batch["end_positions"],
+    crit = criteria_loss(
+        outputs["criteria_logits"],
+        batch["labels"],
+        train.loss,
+        pos_weight,
+        gamma=train.focal_gamma,
+        alpha=train.hybrid_alpha,
+        label_smoothing=train.label_smoothing,
+        progress=progress,
     )
+    evid = model.evidence_loss(outputs, batch)
     total = train.lambda_criteria * crit + train.lambda_evidence * evid
     return outputs, total, crit, evid
+
+
+def training_progress(
+    scheduler: torch.optim.lr_scheduler.LRScheduler, steps_per_epoch: int, epochs: int
+) -> float:
+    """Share of the run's optimiser steps done; the scheduler's step count survives a resume."""
+    return min(1.0, scheduler.last_epoch / max(1, steps_per_epoch * epochs))
 
 
 def train_one_epoch(
@@ -188,8 +202,9 @@ def train_one_epoch(
     steps = 0
     for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
         batch = _to(batch, device)
+        done = training_progress(scheduler, len(loader), train.epochs)
         with autocast(device, train.amp):
-            _, total, crit, evid = _losses(model, batch, train, class_weights)
+            _, total, crit, evid = _losses(model, batch, train, class_weights, done)
         if not torch.isfinite(total):
             raise NonFiniteLossError(
                 f"non-finite training loss ({total.item()}) at step {steps + 1}"
@@ -253,21 +268,12 @@ def evaluate(
         for key, value in zip(sums, (total, crit, evid), strict=True):
             sums[key] += float(value)
         probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()
-        spans = decode_spans(
-            outputs["start_logits"].cpu(),
-            outputs["end_logits"].cpu(),
-            batch["span_mask"].cpu(),
-            model_cfg.max_answer_tokens,
-            model_cfg.null_threshold,
-        )
+        spans = decode_batch(model, outputs, batch, model_cfg)
         for row, example in enumerate(rows):
             for out, symptom in enumerate(example.symptom_indices):
                 probabilities[example.post_index, symptom] = probs[row, out]
-                token_span = spans[row][out]
-                predicted[(example.post_index, symptom)] = (
-                    None
-                    if token_span is None
-                    else (example.offsets[token_span[0]][0], example.offsets[token_span[1]][1])
+                predicted[(example.post_index, symptom)] = char_span(
+                    example.offsets, spans[row][out]
                 )
     labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
     evidence = _evidence_examples(split, predicted)

@@ -40,6 +40,11 @@ def head_settings(config: Config) -> HeadSettings:
         criteria_head=model.criteria_head,
         evidence_head=model.evidence_head,
         dropout=model.dropout,
+        head_hidden_size=model.head_hidden_size,
+        dropout_samples=model.dropout_samples,
+        coupling=model.coupling,
+        coupling_pooling=model.coupling_pooling,
+        coupling_method=model.coupling_method,
     )
 
 

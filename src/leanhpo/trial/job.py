@@ -22,13 +22,16 @@ import torch
 from optuna.trial import TrialState
 
 from leanhpo import __version__
-from leanhpo.checkpoints import RetentionPolicy
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.data import load_split
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.reports import TRIAL_SCHEMA, write_report
+from leanhpo.storage.disk import DiskMonitor
+from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG, artifact_root
+from leanhpo.study.pressure import StorageGuard, effective_retention, policy_of
 from leanhpo.study.prune import prune_study_checkpoints
 from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study, progress
 from leanhpo.tracking import Tracker, flatten
@@ -40,15 +43,14 @@ from leanhpo.workflow import planned_trials
 # Sections whose change makes a finished trial meaningless for the study (fingerprinted).
 TRAINING_SECTIONS = ("data", "model", "train", "search_space")
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another process runs this trial
 
 
 class TrialLockedError(RuntimeError):
-    pass
+    exit_code = EXIT_LOCKED
 
 
 class StudyConfigMismatchError(RuntimeError):
-    pass
+    exit_code = EXIT_BAD_INPUT
 
 
 class TrialLock:
@@ -172,15 +174,16 @@ def _run_locked(
             trial.report(value, epoch)  # Optuna's intermediate values, for pruners and plots
             reported.add(epoch)
 
+    retention = effective_retention(trial_dir.parent, config["retention"])
+    guard = StorageGuard(trial_dir.parent, trial_dir, config["retention"], study_cfg["metric"], log)
     spec = TrialSpec(
         config=resolved,
         params=params,
         seed=study_cfg["seed"],
         metric=study_cfg["metric"],
         trial_dir=trial_dir,
-        policy=RetentionPolicy(
-            **{k: config["retention"][k] for k in ("keep_last_n", "keep_best_k", "keep_best_k_max")}
-        ),
+        policy=policy_of(retention),
+        guard=guard,
         identity={
             "slot": slot,
             "trial_uuid": state["trial_uuid"],
@@ -189,8 +192,14 @@ def _run_locked(
     )
     started = time.monotonic()
     splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
+    monitor = DiskMonitor(trial_dir, config["retention"]["min_free_disk_percent"])
     try:
-        outcome = run_training(spec, splits["train"], splits["validation"], publish, log)
+        with monitor:
+            outcome = run_training(spec, splits["train"], splits["validation"], publish, log)
+    except NoSpaceError as error:
+        # To stdout and the JSONL log; the job exits with EXIT_NO_SPACE and a rerun resumes.
+        event(log, error.render(), logging.ERROR, kind="no_space", **error.payload)
+        raise
     except TRIAL_FAILURES as error:
         event(
             log,
@@ -212,6 +221,10 @@ def _run_locked(
         {
             "status": "completed",
             "outcome": vars(outcome),
+            "disk": {
+                "pressure_steps": guard.steps_taken,
+                "lowest_free": monitor.lowest.to_dict() if monitor.lowest else None,
+            },
             "finished_at": datetime.now(UTC).isoformat(),
             "wall_seconds": time.monotonic() - started,
         }

@@ -118,6 +118,8 @@ def build_report(
             "bytes_retained": retained,
             "quarantined": outcome["quarantined"],
             "tmp_cleaned": outcome["tmp_cleaned"],
+            "pressure_steps": (state.get("disk") or {}).get("pressure_steps", []),
+            "lowest_free_disk": (state.get("disk") or {}).get("lowest_free"),
         },
         "evidence_window": outcome["evidence_window"],
         "failure": state.get("failure"),

@@ -8,6 +8,7 @@ Publishing goes through a callback; this module knows the checkpoint store but n
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -23,6 +24,8 @@ from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
 from leanhpo.config import Config
 from leanhpo.logs import event
 from leanhpo.models import compatibility_metadata
+from leanhpo.storage.estimate import checkpoint_bytes
+from leanhpo.study.pressure import StorageGuard
 from leanhpo.training.features import EncodedSplit, train_prevalence
 from leanhpo.training.loop import (
     EpochResult,
@@ -36,6 +39,7 @@ from leanhpo.training.setup import Network, Optimisation, build_network, build_o
 from leanhpo.trial import state as ckpt_state
 
 Publisher = Callable[[int, dict[str, float]], None]
+LOG = logging.getLogger("leanhpo.trial")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class TrialSpec:
     trial_dir: Path
     policy: RetentionPolicy
     identity: dict[str, Any]  # slot, uuid, study id: stored in every checkpoint
+    guard: StorageGuard | None = None  # disk pressure and preflight; None in unit tests
 
 
 @dataclass
@@ -133,6 +138,8 @@ def run_training(
             for k, v in m.items()
         },
     )
+    if store is not None and start_epoch < config.train.epochs:  # preflight before training
+        _ensure_room(spec, network, optimisation, store, history)
     for epoch in range(start_epoch + 1, config.train.epochs + 1):
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
@@ -142,12 +149,13 @@ def run_training(
         train_seconds += time.monotonic() - started
         history.append({"epoch": epoch, "metrics": metrics})
         if store is not None:
+            _ensure_room(spec, network, optimisation, store, history)
             meta = _meta(spec, compat, epoch, optimisation, history, ledger, train_seconds)
-            groups, full_meta = ckpt_state.pack(network, optimisation, meta)
-            info = store.save(epoch, groups, full_meta)
+            info = _save(store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard)
             ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
-            _prune(store, history, spec, final=False, log=log)
+        # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
         publish(epoch, metrics)
+        _prune(store, history, spec, final=False, log=log)
         event(
             log,
             f"epoch {epoch} done",
@@ -246,6 +254,40 @@ def _meta(
     }
 
 
+def _values(history: list[dict[str, Any]], metric: str) -> dict[int, float | None]:
+    return {h["epoch"]: h["metrics"].get(metric) for h in history}
+
+
+def _ensure_room(
+    spec: TrialSpec,
+    network: Network,
+    optimisation: Optimisation,
+    store: CheckpointStore,
+    history: list[dict[str, Any]],
+) -> None:
+    if spec.guard is not None:
+        needed = checkpoint_bytes(network.model, optimisation.optimizer)
+        spec.guard.ensure_room(needed, store, _values(history, spec.metric))
+
+
+def _save(
+    store: CheckpointStore,
+    epoch: int,
+    groups: dict[str, Any],
+    meta: dict[str, Any],
+    guard: StorageGuard | None,
+) -> Any:
+    """Save; a disk that fills up during the write (another process, a bad estimate) becomes
+    the same NoSpaceError as the preflight. The store has already removed its temporary folder,
+    so nothing half-written remains."""
+    try:
+        return store.save(epoch, groups, meta)
+    except OSError as error:
+        if error.errno != errno.ENOSPC or guard is None:
+            raise
+        raise guard.write_failed(error) from error
+
+
 def _prune(
     store: CheckpointStore | None,
     history: list[dict[str, Any]],
@@ -253,13 +295,25 @@ def _prune(
     final: bool,
     log: logging.Logger,
 ) -> list[int]:
+    """Apply retention. During the trial a failure here is logged, not raised: pruning must
+    never cost a metric, and the next save prunes again."""
     if store is None:
         return []
-    values = {h["epoch"]: h["metrics"].get(spec.metric) for h in history}
-    on_disk = [info.epoch for info in store.list()]
-    plan = plan_retention([(e, values.get(e)) for e in on_disk], spec.policy, final=final)
+    policy = spec.guard.policy if spec.guard is not None else spec.policy
+    values = _values(history, spec.metric)
+    plan = plan_retention(
+        [(i.epoch, values.get(i.epoch)) for i in store.list()], policy, final=final
+    )
     for epoch in sorted(plan.delete):
-        store.delete(epoch)
+        try:
+            store.delete(epoch)
+        except OSError as error:
+            if final:
+                raise
+            event(
+                log, f"could not prune epoch {epoch}: {error}", logging.WARNING, kind="prune_failed"
+            )
+            continue
         event(log, f"pruned checkpoint epoch {epoch}", kind="prune", epoch=epoch, final=final)
     return sorted(plan.keep)
 
@@ -325,12 +379,13 @@ def _train_epoch(
     train_split: EncodedSplit,
     progress: str,
 ) -> EpochResult:
-    """One epoch in the order fixed by (seed, epoch): the same in a trial, a resumed trial and
-    a replay."""
+    """One epoch in the order fixed by (seed, epoch), augmentation included: the same in a
+    trial, a resumed trial and a replay."""
+    split, augmentation = _augmented(network, config, seed, epoch, train_split)
     loader = make_loader(
-        train_split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
+        split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
     )
-    return train_one_epoch(
+    result = train_one_epoch(
         network.model,
         loader,
         optimisation.optimizer,
@@ -340,3 +395,29 @@ def _train_epoch(
         optimisation.class_weights,
         progress,
     )
+    result.metrics.update(augmentation)
+    return result
+
+
+def _augmented(
+    network: Network, config: Config, seed: int, epoch: int, train_split: EncodedSplit
+) -> tuple[EncodedSplit, dict[str, float]]:
+    """The epoch's training split with its evidence sentences rewritten (train.augmentation_prob),
+    and the epoch's counts as metrics. Only the train split ever reaches this."""
+    if config.train.augmentation_prob <= 0:
+        return train_split, {}
+    from leanhpo.data.augment import augment_split
+
+    methods = config.train.augmentation_methods
+    posts, stats = augment_split(
+        "train", train_split.posts, config.train.augmentation_prob, methods, seed, epoch
+    )
+    counts = {
+        "train_augmented_posts": float(stats["posts_augmented"]),
+        "train_augmented_sentences": float(stats["sentences_rewritten"]),
+        "train_augmentation_unchanged": float(stats["sentences_unchanged"]),
+        **{f"train_augmented_{method}": float(n) for method, n in stats["by_method"].items()},
+    }
+    message = f"epoch {epoch}: augmented {stats['sentences_rewritten']} evidence sentences"
+    event(LOG, message, kind="augmentation", epoch=epoch, examples=stats["examples"], counts=counts)
+    return encode(network, config, posts), counts

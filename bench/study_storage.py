@@ -1,0 +1,116 @@
+"""Peak checkpoint bytes on disk over a long study, against keeping every checkpoint.
+
+    .venv/bin/python bench/study_storage.py [--trials 20] [--epochs 3] [--out bench/results]
+
+Runs a real study in-process (tiny model, sample data, default retention: keep_last_n 1,
+keep_best_k 1, keep_best_trials 3) in a temporary folder, samples the bytes of every checkpoint
+folder of the study every 50 ms, and compares the peak with what keep-all would hold (every
+checkpoint ever written). Prints the curve after 5, 10 and 20 trials and writes a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from leanhpo.config import validate_config
+from leanhpo.data import prepare_dataset
+from leanhpo.study.create import create_study
+from leanhpo.study.pressure import checkpoint_folder_bytes
+from leanhpo.trial.job import run_trial_job
+
+SAMPLE_S = 0.05
+
+
+def config_for(root: Path, epochs: int) -> dict:
+    return validate_config(
+        {
+            "study": {"name": "bench", "storage": f"sqlite:///{root}/optuna.db", "seed": 1},
+            "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+            "data": {
+                "sample_posts": 60,
+                "split": {"train": 0.6, "validation": 0.2, "test": 0.2, "seed": 1},
+            },
+            "model": {"id": "tiny", "max_length": 128},
+            "train": {"epochs": epochs, "batch_size": 8, "device": "cpu"},
+            "search_space": {
+                "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+                "head_learning_rate": None,
+            },
+        }
+    )
+
+
+class Sampler(threading.Thread):
+    def __init__(self, study_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.study_dir, self.peak, self.stop = study_dir, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(SAMPLE_S):
+            try:
+                self.peak = max(self.peak, checkpoint_folder_bytes(self.study_dir))
+            except FileNotFoundError:  # a folder vanished while we summed it
+                continue
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir="/work") as tmp:
+        root = Path(tmp)
+        config = config_for(root, args.epochs)
+        study_dir = root / "experiments" / "bench"
+        prepare_dataset(config["data"], study_dir / "data")
+        create_study({k: config[k] for k in ("study", "tracking")}, study_dir / "study.json")
+        sampler = Sampler(study_dir)
+        sampler.start()
+        written, rows = 0, []
+        started = time.monotonic()
+        for slot in range(args.trials):
+            report = run_trial_job(
+                slot,
+                config,
+                study_dir / "study.json",
+                study_dir / "data",
+                study_dir / f"trial_{slot:04d}" / "report.json",
+            )
+            written += report["storage"]["bytes_written"]
+            if slot + 1 in (5, 10, 20, args.trials):
+                rows.append(
+                    {
+                        "trials": slot + 1,
+                        "peak_bytes": sampler.peak,
+                        "keep_all_bytes": written,
+                        "on_disk_bytes": checkpoint_folder_bytes(study_dir),
+                        "reduction": 1 - sampler.peak / written,
+                    }
+                )
+        sampler.stop.set()
+    result = {
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "seconds": time.monotonic() - started,
+        "curve": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "study_storage.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"{'trials':>6} {'peak MB':>9} {'keep-all MB':>12} {'on disk MB':>11} {'peak vs keep-all':>17}"
+    )
+    for row in rows:
+        print(
+            f"{row['trials']:>6} {row['peak_bytes'] / 1e6:>9.1f} {row['keep_all_bytes'] / 1e6:>12.1f} "
+            f"{row['on_disk_bytes'] / 1e6:>11.1f} {100 * row['reduction']:>16.1f}% less"
+        )
+
+
+if __name__ == "__main__":
+    main()
