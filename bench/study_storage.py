@@ -83,7 +83,7 @@ def main() -> None:
                 study_dir / f"trial_{slot:04d}" / "report.json",
             )
             written += report["storage"]["bytes_written"]
-            if slot + 1 in (5, 10, 20, args.trials):
+            if slot + 1 in (5, 10, 20, 40, args.trials):
                 rows.append(
                     {
                         "trials": slot + 1,
