@@ -26,7 +26,7 @@ from leanhpo.trial.job import run_trial_job
 SAMPLE_S = 0.05
 
 
-def config_for(root: Path, epochs: int) -> dict:
+def config_for(root: Path, epochs: int, retention: dict) -> dict:
     return validate_config(
         {
             "study": {"name": "bench", "storage": f"sqlite:///{root}/optuna.db", "seed": 1},
@@ -37,6 +37,7 @@ def config_for(root: Path, epochs: int) -> dict:
             },
             "model": {"id": "tiny", "max_length": 128},
             "train": {"epochs": epochs, "batch_size": 8, "device": "cpu"},
+            "retention": retention,
             "search_space": {
                 "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
                 "head_learning_rate": None,
@@ -63,10 +64,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--keep-best-trials", type=int, default=3)
+    parser.add_argument("--keep-last-n", type=int, default=1)
     args = parser.parse_args()
+    retention = {"keep_best_trials": args.keep_best_trials, "keep_last_n": args.keep_last_n}
     with tempfile.TemporaryDirectory(dir="/work") as tmp:
         root = Path(tmp)
-        config = config_for(root, args.epochs)
+        config = config_for(root, args.epochs, retention)
         study_dir = root / "experiments" / "bench"
         prepare_dataset(config["data"], study_dir / "data")
         create_study({k: config[k] for k in ("study", "tracking")}, study_dir / "study.json")

@@ -40,7 +40,9 @@ def check_step(
     epochs = {epoch for epoch, _ in records}
     newest = max(epochs)
     assert plan.keep | plan.delete == epochs and not plan.keep & plan.delete
-    assert newest in plan.keep  # the checkpoint just written survives its own prune
+    assert plan.keep  # a resume-capable checkpoint always remains
+    if policy.keep_last_n or not plan.best:
+        assert newest in plan.keep  # the checkpoint just written survives its own prune
     assert plan.co_best <= plan.best <= plan.keep
     assert len(plan.best - plan.co_best) <= policy.keep_best_k_max
     newest_n = sorted(epochs, reverse=True)[: policy.keep_last_n]
@@ -102,7 +104,7 @@ def test_ties_for_best_are_all_kept_beyond_the_cap() -> None:
     records = [(0, 0.9), (1, 0.9), (2, 0.9), (3, 0.5)]
     plan = plan_retention(records, RetentionPolicy(keep_last_n=0, keep_best_k=1, keep_best_k_max=2))
     assert plan.co_best == plan.best == {0, 1, 2}
-    assert plan.keep == {0, 1, 2, 3} and plan.delete == set()
+    assert plan.keep == {0, 1, 2} and plan.delete == {3}  # keep_last_n=0: the best suffice
     final = plan_retention(records, RetentionPolicy(keep_last_n=0), final=True)
     assert final.keep == {0, 1, 2} and final.delete == {3}
 
@@ -120,7 +122,9 @@ def test_during_a_trial_the_last_n_and_newest_are_kept() -> None:
     plan = plan_retention(records, RetentionPolicy(keep_last_n=2))
     assert plan.keep == {0, 2, 3} and plan.delete == {1}
     plan = plan_retention(records, RetentionPolicy(keep_last_n=0))
-    assert plan.keep == {0, 3}
+    assert plan.keep == {0}  # the best is resume-capable too: keep_last_n=0 saves the space
+    plan = plan_retention([(0, None), (1, None)], RetentionPolicy(keep_last_n=0))
+    assert plan.keep == {1}  # nothing ranked: the newest stays so that a resume is possible
 
 
 def test_unranked_metrics_never_count_as_best() -> None:

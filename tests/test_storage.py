@@ -217,7 +217,7 @@ def test_max_total_size_is_enforced_before_a_save(tmp_path):
     assert len(list(study.dir.glob("trial_*/checkpoints/epoch_*"))) == 2
 
 
-def test_guard_steps_protect_the_running_trials_best_and_newest(tmp_path, monkeypatch):
+def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
     from leanhpo.storage import disk as disk_module
     from leanhpo.study import pressure
 
@@ -242,12 +242,13 @@ def test_guard_steps_protect_the_running_trials_best_and_newest(tmp_path, monkey
     monkeypatch.setattr(pressure, "disk_usage", lambda path: low)
     taken = guard.ensure_room(1 * MiB, store, {1: 0.9, 2: 0.5, 3: 0.4})
     assert len(taken) == 3  # every step ran; the save still fits physically, so it goes on
-    assert [i.epoch for i in store.list()] == [1, 3]  # best (1) and newest (3) survive
+    # step 1 keeps what the aggressive policy protects: the best, from which a resume restarts
+    assert [i.epoch for i in store.list()] == [1]
     full = disk_module.DiskUsage("/", 100 * MiB, 99.5 * MiB, MiB // 2)
     monkeypatch.setattr(pressure, "disk_usage", lambda path: full)
     with pytest.raises(NoSpaceError):
         guard.ensure_room(1 * MiB, store, {1: 0.9, 2: 0.5, 3: 0.4})
-    assert [i.epoch for i in store.list()] == [1, 3]
+    assert [i.epoch for i in store.list()] == [1]
 
 
 def test_cleanup_lists_then_removes_only_orphans(tmp_path):
@@ -348,7 +349,10 @@ def test_the_cap_and_the_protected_checkpoints_hold_after_every_save(
             store.delete(doomed)
         on_disk = {i.epoch for i in store.list()}
         assert sum(i.bytes for i in store.list()) <= cap_checkpoints * size
-        assert epoch in on_disk  # the newest (resume-capable) checkpoint always remains
+        assert on_disk  # a resume-capable checkpoint always remains
+        scores = [history[e] for e in before | {epoch} if history.get(e) is not None]
+        if guard.policy.keep_last_n or not scores or value == max(scores):
+            assert epoch in on_disk  # the newest survives unless the policy lets it go
         ranked = [v for e, v in history.items() if e in before | {epoch} and v is not None]
         best = max(ranked) if ranked else None
         assert {

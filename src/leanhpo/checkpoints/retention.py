@@ -64,8 +64,11 @@ def plan_retention(
       ``keep_best_k_max``; then all of ``co_best``, even beyond ``keep_best_k_max``
       (SPEC: ties for best are all kept).
     * During the trial (``final=False``): ``keep`` = ``best`` plus the newest
-      ``keep_last_n`` epochs plus the newest epoch, so a resume-capable checkpoint always
-      remains and the checkpoint just written is never deleted at once.
+      ``keep_last_n`` epochs. Every checkpoint holds the full training state, so the best one
+      is as resume-capable as the newest: with ``keep_last_n=0`` a resume restarts from the
+      best epoch and retrains the rest (deterministically, with the same metrics), which is
+      the disk-saving trade the user asked for. Only when no epoch has a ranked metric is the
+      newest kept anyway, so a resume-capable checkpoint always remains.
     * At the end (``final=True``): ``keep`` = ``best``. When no epoch has a ranked metric
       ``best`` is empty and the newest epoch is kept instead, so that a planner never
       deletes every checkpoint on its own; the caller may delete it explicitly.
@@ -84,7 +87,7 @@ def plan_retention(
     if final:
         keep = best or frozenset({newest})
     else:
-        keep = best | _newest(epochs, policy.keep_last_n) | {newest}
+        keep = best | _newest(epochs, policy.keep_last_n) | (frozenset() if best else {newest})
     return RetentionPlan(
         keep=frozenset(keep),
         delete=frozenset(epochs) - keep,
