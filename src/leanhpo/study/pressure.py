@@ -4,7 +4,7 @@ Before every save (and once before training) the trial asks `StorageGuard.ensure
 the save would leave less than `min_free_disk_percent` free, or push the study's checkpoints
 over `max_total_size`, it prunes aggressively, one logged step at a time, until there is room:
 
-1. every checkpoint of the current trial that is not protected (its co-best and its newest);
+1. every checkpoint of the current trial but its best (co-best), from which a resume restarts;
 2. `keep_best_k=1, keep_last_n=0` from now on, persisted in storage_policy.json so that later
    trials (and restarts) keep it, and applied to the finished trials at once;
 3. only the single best checkpoint of the whole study among the finished trials.
