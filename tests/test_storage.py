@@ -159,8 +159,6 @@ def test_disk_pressure_on_a_real_tmpfs_prunes_and_the_study_goes_on():
         assert all(r["status"] == "completed" for r in reports)
         steps = [step for r in reports for step in r["storage"]["pressure_steps"]]
         assert steps, "the disk was sized so that the pressure steps must run"
-        assert (study.dir / POLICY_FILE).exists()  # step 2 persists for later trials
-        assert effective_retention(study.dir, study.config["retention"])["keep_last_n"] == 0
         _assert_nothing_corrupt_or_half_written(study)
         _assert_metrics_complete(study, range(3), 3)
 
@@ -244,6 +242,14 @@ def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
     assert len(taken) == 3  # every step ran; the save still fits physically, so it goes on
     # step 1 keeps what the aggressive policy protects: the best, from which a resume restarts
     assert [i.epoch for i in store.list()] == [1]
+    # step 2 persists: later trials and restarts of the study read the aggressive policy
+    assert (store.root.parent.parent / POLICY_FILE).exists()
+    assert (
+        effective_retention(store.root.parent.parent, guard.retention | {"keep_last_n": 3})[
+            "keep_last_n"
+        ]
+        == 0
+    )
     full = disk_module.DiskUsage("/", 100 * MiB, 99.5 * MiB, MiB // 2)
     monkeypatch.setattr(pressure, "disk_usage", lambda path: full)
     with pytest.raises(NoSpaceError):
