@@ -40,6 +40,24 @@ def test_config_yaml_is_valid_and_every_key_is_commented():
             assert "#" in line, f"config.yaml line without a comment: {line!r}"
 
 
+def test_config_yaml_lists_every_schema_key():
+    """Every key is documented where users look: config.yaml (with a comment) and the schema."""
+    from leanhpo.config.validate import load_schema
+
+    written = yaml.safe_load((REPO / "config.yaml").read_text())
+    missing = []
+
+    def walk(node, values, path):
+        for name, sub in node.get("properties", {}).items():
+            if name not in values:
+                missing.append(path + name)
+            elif "properties" in sub:
+                walk(sub, values[name] or {}, f"{path}{name}.")
+
+    walk(load_schema(), written, "")
+    assert missing == []
+
+
 def test_every_schema_key_has_description_and_default():
     from leanhpo.config.validate import load_schema
 
