@@ -12,6 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
     VIRTUAL_ENV=/opt/venv \
+    NLTK_DATA=/opt/nltk_data \
     PATH=/opt/venv/bin:$PATH
 
 RUN apt-get update \
@@ -26,7 +27,8 @@ RUN pip install --extra-index-url "${TORCH_INDEX}" -r requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-deps --no-build-isolation -e .
+RUN pip install --no-deps --no-build-isolation -e . \
+    && python -m leanhpo.data.nltk_data --dest /opt/nltk_data
 COPY Snakefile config.yaml Makefile ./
 COPY rules ./rules
 COPY scripts ./scripts
