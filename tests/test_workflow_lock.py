@@ -88,3 +88,34 @@ def test_canonical_sorts_keys_but_keeps_the_search_space_order():
     assert list(result["a"]) == ["c", "d"]
     assert list(result["search_space"]) == ["z", "y"]
     assert list(result["search_space"]["z"]) == ["low", "type"]
+
+
+def test_job_turns_known_stops_into_exit_codes_and_readable_logs(tmp_path):
+    from leanhpo.config import ConfigError
+    from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_NO_SPACE
+    from leanhpo.storage.preflight import NoSpaceError
+
+    payload = {
+        "reason": "the disk lacks 5 bytes",
+        "disk": {"path": "/x", "total": 10, "used": 9, "free": 1, "free_percent": 10.0},
+        "needed_bytes": 6,
+        "study_checkpoint_bytes": 0,
+        "max_total_size": "10GB",
+        "steps_taken": [],
+        "largest_artifacts": [{"path": "/x/big", "bytes": 9}],
+        "fixes": ["python -m leanhpo cleanup"],
+    }
+    log = tmp_path / "job.log"
+    for error, code in (
+        (NoSpaceError(payload), EXIT_NO_SPACE),
+        (ConfigError("config key 'a': bad"), EXIT_BAD_INPUT),
+    ):
+        with pytest.raises(SystemExit) as info, workflow.job(log):
+            raise error
+        assert info.value.code == code
+    text = log.read_text()
+    assert "not enough space for the next checkpoint" in text and "/x/big" in text
+    assert "config key 'a': bad" in text and "Traceback" not in text
+    with pytest.raises(RuntimeError), workflow.job(log):
+        raise RuntimeError("a real crash")
+    assert "Traceback" in log.read_text()  # crashes keep their traceback
