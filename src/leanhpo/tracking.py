@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -147,9 +147,10 @@ class Tracker:
         self.client.log_dict(run_id, obj, artifact_file)
 
     def set_status(self, run_id: str, status: str) -> None:
-        """status: RUNNING, FINISHED, FAILED or KILLED."""
-        self.client.update_run(run_id, status=status)
-        if status in ("FINISHED", "FAILED", "KILLED"):
+        """RUNNING, or a terminal status (FINISHED, FAILED, KILLED) with its end time."""
+        if status == "RUNNING":
+            self.client.update_run(run_id, status=status)
+        else:
             self.client.set_terminated(run_id, status=status)
 
     def metric_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -161,8 +162,3 @@ class Tracker:
             )
             for key in keys
         }
-
-
-RUN_STATUSES = {
-    RunStatus.to_string(s) for s in (RunStatus.RUNNING, RunStatus.FINISHED, RunStatus.FAILED)
-}

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.checkpoints import plan_retention
-from leanhpo.fsutil import read_json
 from leanhpo.storage.preflight import human
 from leanhpo.study.pressure import effective_retention, is_running, policy_of
-from leanhpo.study.prune import finished_trials, ranked
+from leanhpo.study.prune import epoch_values, finished_trials, ranked
 
 TMP_PREFIXES = (".tmp-", ".trash-")
 
@@ -60,8 +59,7 @@ def _unkept_checkpoints(study_dir: Path, retention: dict[str, Any], metric: str)
         folders = sorted((trial["dir"] / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9]"))
         if not folders:
             continue
-        history = (read_json(trial["dir"] / "state.json").get("outcome") or {}).get("history", [])
-        values = {h["epoch"]: h["metrics"].get(metric) for h in history}
+        values = epoch_values(trial["history"], metric)
         epochs = [int(f.name.removeprefix("epoch_")) for f in folders]
         in_top = position < int(retention["keep_best_trials"]) and trial["score"] is not None
         keep = (

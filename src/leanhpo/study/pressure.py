@@ -29,7 +29,7 @@ from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event
 from leanhpo.storage.disk import disk_usage, largest_artifacts
 from leanhpo.storage.preflight import NoSpaceError, fixes
-from leanhpo.study.prune import finished_trials, ranked
+from leanhpo.study.prune import epoch_values, finished_trials, ranked
 
 POLICY_FILE = "storage_policy.json"
 AGGRESSIVE = {"keep_last_n": 0, "keep_best_k": 1, "keep_best_k_max": 1}
@@ -206,9 +206,7 @@ class StorageGuard:
             trial["dir"] / "checkpoints", log=self.log
         )  # finished: safe to open
         infos = store.list()
-        state = read_json(trial["dir"] / "state.json")
-        history = (state.get("outcome") or {}).get("history", [])
-        values = {h["epoch"]: h["metrics"].get(self.metric) for h in history}
+        values = epoch_values(trial["history"], self.metric)
         records = [(i.epoch, values.get(i.epoch)) for i in infos]
         keep = set() if drop_all else set(plan_retention(records, self.policy, final=True).keep)
         if keep_single and keep:

@@ -20,8 +20,14 @@ from leanhpo.logs import event, setup_logging
 FINISHED_STATUSES = ("completed", "failed")
 
 
+def epoch_values(history: list[dict[str, Any]], metric: str) -> dict[int, float | None]:
+    """{epoch: value of the optimisation metric} from a trial's metric history."""
+    return {h["epoch"]: h["metrics"].get(metric) for h in history}
+
+
 def finished_trials(study_dir: Path) -> list[dict[str, Any]]:
-    """(slot, status, score, dir) of every finished trial, read from its state file."""
+    """(slot, status, score, bytes written, history, dir) of every finished trial, read once
+    from its state file."""
     rows = []
     for state_path in sorted(study_dir.glob("trial_[0-9][0-9][0-9][0-9]/state.json")):
         state = read_json(state_path)
@@ -37,6 +43,7 @@ def finished_trials(study_dir: Path) -> list[dict[str, Any]]:
                 "status": state["status"],
                 "score": score,
                 "written": written,
+                "history": outcome.get("history", []),
                 "dir": state_path.parent,
             }
         )

@@ -26,6 +26,7 @@ from leanhpo.logs import event
 from leanhpo.models import compatibility_metadata
 from leanhpo.storage.estimate import checkpoint_bytes
 from leanhpo.study.pressure import StorageGuard
+from leanhpo.study.prune import epoch_values
 from leanhpo.training.features import EncodedSplit, train_prevalence
 from leanhpo.training.loop import (
     EpochResult,
@@ -164,7 +165,7 @@ def run_training(
             metric=spec.metric,
             value=metrics.get(spec.metric),
         )
-    retained = _prune(store, history, spec, final=True, log=log) if store is not None else []
+    retained = _prune(store, history, spec, final=True, log=log)
     return _outcome(
         spec,
         history,
@@ -254,10 +255,6 @@ def _meta(
     }
 
 
-def _values(history: list[dict[str, Any]], metric: str) -> dict[int, float | None]:
-    return {h["epoch"]: h["metrics"].get(metric) for h in history}
-
-
 def _ensure_room(
     spec: TrialSpec,
     network: Network,
@@ -267,7 +264,7 @@ def _ensure_room(
 ) -> None:
     if spec.guard is not None:
         needed = checkpoint_bytes(network.model, optimisation.optimizer)
-        spec.guard.ensure_room(needed, store, _values(history, spec.metric))
+        spec.guard.ensure_room(needed, store, epoch_values(history, spec.metric))
 
 
 def _save(
@@ -300,7 +297,7 @@ def _prune(
     if store is None:
         return []
     policy = spec.guard.policy if spec.guard is not None else spec.policy
-    values = _values(history, spec.metric)
+    values = epoch_values(history, spec.metric)
     plan = plan_retention(
         [(i.epoch, values.get(i.epoch)) for i in store.list()], policy, final=final
     )
