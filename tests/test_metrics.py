@@ -235,6 +235,8 @@ def test_evidence_metrics_by_hand() -> None:
     assert metrics["f1"] == pytest.approx((1 + partial_token_f1) / 3)
     assert metrics["char_f1"] == pytest.approx((1 + partial_char_f1) / 3)
     assert metrics["null_span_accuracy"] == pytest.approx(2 / 3)
+    f1 = (1 + partial_token_f1) / 3
+    assert metrics["balanced_f1"] == pytest.approx(2 * f1 * (2 / 3) / (f1 + 2 / 3))
     assert metrics["n_positive_pairs"] == 3.0
     assert metrics["n_null_pairs"] == 3.0
     assert metrics["n_excluded"] == 2.0
@@ -247,6 +249,7 @@ def test_evidence_empty_sets_are_none() -> None:
         "f1": None,
         "char_f1": None,
         "null_span_accuracy": None,
+        "balanced_f1": None,
         "n_positive_pairs": 0.0,
         "n_null_pairs": 0.0,
         "n_excluded": 0.0,

@@ -330,9 +330,7 @@ def test_every_option_changes_what_is_trained(tiny_encoder, effect_batch, sample
 
 
 def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
-    from leanhpo.training.decode import decode_batch
-
-    def predictions(**model_options):
+    def predictions(null_threshold, **model_options):
         config = Config.from_dict(
             {"model": {"id": "tiny", "max_length": EFFECT_LENGTH, **model_options}}
         )
@@ -341,7 +339,9 @@ def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
             outputs = model(
                 effect_batch["input_ids"], effect_batch["attention_mask"], effect_batch["span_mask"]
             )
-        return decode_batch(model, outputs, effect_batch, config.model)
+        return model.decode_evidence(
+            outputs, effect_batch, config.model.max_answer_tokens, null_threshold
+        )
 
     fewer_nulls, more_nulls = predictions(null_threshold=50.0), predictions(null_threshold=-50.0)
     assert all(span is not None for row in fewer_nulls for span in row)
@@ -356,7 +356,6 @@ def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
 )
 def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, head):
     """50 steps on 4 posts: the evidence loss falls below half and decoding finds the targets."""
-    from leanhpo.training.decode import decode_batch
     from leanhpo.training.loop import _losses
 
     config = Config.from_dict(
@@ -386,7 +385,7 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
     with torch.no_grad():
         outputs, _, _, last = _losses(model, batch, config.train, None)
     assert last.item() < 0.5 * first.item()
-    spans = decode_batch(model, outputs, batch, config.model)
+    spans = model.decode_evidence(outputs, batch, config.model.max_answer_tokens, 0.0)
     gold = zip(batch["start_positions"].tolist(), batch["end_positions"].tolist(), strict=True)
     hits = total_pairs = 0
     for row, (starts, ends) in enumerate(gold):
@@ -422,8 +421,8 @@ def test_evaluate_works_for_every_evidence_head(tiny_encoder, sample_posts, head
     result = evaluate(
         model, split, config.model, config.train, torch.device("cpu"), tiny_encoder[1].pad_token_id
     )
-    metrics = result.metrics("val_")
-    for key in ("exact_match", "f1", "char_f1", "null_span_accuracy"):
+    metrics = result.metrics("val_", result.calibrated_null_threshold())
+    for key in ("exact_match", "f1", "char_f1", "null_span_accuracy", "balanced_f1"):
         assert metrics[f"val_evidence_{key}"] is not None, key
     assert metrics["val_evidence_n_positive_pairs"] > 0
     assert metrics["val_evidence_n_null_pairs"] > 0

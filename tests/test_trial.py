@@ -245,6 +245,12 @@ def test_study_evaluation_reads_the_best_checkpoint_once(tmp_path):
     assert report["best_validation_score"] == best["best_validation_score"]
     assert [c["epoch"] for c in report["checkpoints"]] == best["best_epochs"]
     assert report["trial_counts"]["completed"] == 2
+    # the test split is decoded with the null threshold calibrated on validation at that epoch
+    best_epoch = min(best["best_epochs"])
+    validation = next(h["metrics"] for h in best["history"] if h["epoch"] == best_epoch)
+    evidence = report["test_metrics"]["evidence_binding"]
+    assert evidence["null_threshold"] == validation["val_evidence_null_threshold"]
+    assert study.config["model"]["null_threshold"] == "auto"
     parent = study.tracker().client.get_run(read_json(study.study_json)["mlflow"]["parent_run_id"])
     assert (
         parent.data.metrics["test_criteria_f1_macro"]

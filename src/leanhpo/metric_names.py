@@ -30,7 +30,7 @@ CRITERIA_SUMMARY = (
     "pr_auc_macro",
 )
 CRITERIA_PER_SYMPTOM = ("f1", "precision", "recall", "pr_auc")
-EVIDENCE_SUMMARY = ("exact_match", "f1", "char_f1", "null_span_accuracy")
+EVIDENCE_SUMMARY = ("exact_match", "f1", "char_f1", "null_span_accuracy", "balanced_f1")
 
 # Higher is better for all of these, so each can be the study's optimisation metric.
 MAXIMISABLE_METRICS: tuple[str, ...] = (

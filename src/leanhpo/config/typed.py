@@ -55,7 +55,7 @@ class ModelConfig:
     coupling_method: str
     dropout: float
     max_answer_tokens: int
-    null_threshold: float
+    null_threshold: float | str  # a number, or 'auto' (calibrated on validation)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from torchcrf import CRF
 
 from leanhpo.models.evidence import (
     MASK_VALUE,
+    NO_SPAN,
+    Candidate,
+    Candidates,
     EvidenceHead,
     Span,
-    TokenSpans,
     allowed_pairs,
     post_tokens,
 )
@@ -121,15 +123,11 @@ class BioCrfHead(EvidenceHead):
         log_likelihood = self.crf(rows[keep], tags[keep], mask=mask[keep], reduction="sum")
         return -log_likelihood / mask[keep].sum()
 
-    def decode(
-        self,
-        outputs: dict[str, torch.Tensor],
-        batch: dict[str, Any],
-        max_answer_tokens: int,
-        null_threshold: float,
-    ) -> TokenSpans:
-        """Viterbi path per output; its best segment (or, with none, the best single segment)
-        against the all-O path: null when all-O outscores it by more than `null_threshold`.
+    def candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
+        """Viterbi path per output; its best segment (or, with none, the best single segment),
+        with the all-O path's score minus that segment path's score as the null margin.
 
         At threshold 0 this is the plain Viterbi rule "null = no B tag".
         """
@@ -140,9 +138,9 @@ class BioCrfHead(EvidenceHead):
         deltas = segment_scores(emissions, self.crf.transitions.detach())  # [B, n, T, T]
         allowed = allowed_pairs(batch["span_mask"].to(emissions.device), max_answer_tokens)
         deltas = deltas.masked_fill(~allowed[:, None], float("-inf")).cpu()
-        results: TokenSpans = []
+        results: Candidates = []
         for row in range(batch_size):
-            spans: list[Span | None] = []
+            spans: list[Candidate] = []
             for out in range(n_outputs):
                 delta = deltas[row, out]
                 found = [s for s in _segments(paths[row * n_outputs + out]) if delta[s] > -1e30]
@@ -152,6 +150,6 @@ class BioCrfHead(EvidenceHead):
                     flat = int(delta.argmax())
                     best = (flat // delta.shape[-1], flat % delta.shape[-1])
                 score = float(delta[best])
-                spans.append(None if -score > null_threshold or score == -float("inf") else best)
+                spans.append(NO_SPAN if score == -float("inf") else (best, -score))
             results.append(spans)
         return results

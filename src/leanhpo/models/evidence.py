@@ -9,10 +9,13 @@ Callers (the training loop) never look inside: they call `forward`, `loss` and `
   the per-token representation that task coupling pools.
 - `loss(outputs, batch)` reads the targets from the batch (`start_positions`, `end_positions`
   [B, n_outputs], IGNORE_INDEX = excluded; `sentence_targets` for the reranker).
-- `decode(outputs, batch, max_answer_tokens, null_threshold)` -> list (examples) of lists
-  (outputs) of (start_token, end_token) inclusive, or None. Every head predicts null when the
-  null score exceeds the best span's score by more than `null_threshold` (SQuAD 2.0), so a
-  larger threshold predicts fewer nulls.
+- `candidates(outputs, batch, max_answer_tokens)` -> list (examples) of lists (outputs) of
+  (best span, null margin): the best (start_token, end_token) inclusive, or None when no span
+  is possible, and the null score minus that span's score (inf when no span is possible).
+- `decode(outputs, batch, max_answer_tokens, null_threshold)`: the candidates under a threshold:
+  null when the null margin exceeds `null_threshold` (SQuAD 2.0), so a larger threshold
+  predicts fewer nulls. Keeping the margin lets the trainer calibrate the threshold after a
+  single pass (`leanhpo.training.calibrate`).
 
 `span_mask` is True on the post's tokens and on the null index 0 (CLS); real spans lie on post
 tokens only.
@@ -31,6 +34,9 @@ MASK_VALUE = -1.0e4
 
 Span = tuple[int, int]
 TokenSpans = list[list[Span | None]]
+Candidate = tuple[Span | None, float]  # (best span or None, null score - best span score)
+Candidates = list[list[Candidate]]
+NO_SPAN: Candidate = (None, float("inf"))
 
 
 class EvidenceHead(nn.Module):
@@ -41,6 +47,11 @@ class EvidenceHead(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
+        raise NotImplementedError
+
     def decode(
         self,
         outputs: dict[str, torch.Tensor],
@@ -48,7 +59,17 @@ class EvidenceHead(nn.Module):
         max_answer_tokens: int,
         null_threshold: float,
     ) -> TokenSpans:
-        raise NotImplementedError
+        return apply_null_threshold(
+            self.candidates(outputs, batch, max_answer_tokens), null_threshold
+        )
+
+
+def apply_null_threshold(candidates: Candidates, null_threshold: float) -> TokenSpans:
+    """Each candidate's span, or None (null) where its null margin exceeds the threshold."""
+    return [
+        [span if span is not None and margin <= null_threshold else None for span, margin in row]
+        for row in candidates
+    ]
 
 
 def post_tokens(span_mask: torch.Tensor) -> torch.Tensor:
@@ -69,13 +90,10 @@ def allowed_pairs(span_mask: torch.Tensor, max_answer_tokens: int | None) -> tor
     return band[None] & valid[:, :, None] & valid[:, None, :]
 
 
-def pick_spans(
-    pair_scores: torch.Tensor,
-    null_scores: torch.Tensor,
-    allowed: torch.Tensor,
-    null_threshold: float,
-) -> TokenSpans:
-    """Best allowed (start, end) per example and output, or None.
+def best_spans(
+    pair_scores: torch.Tensor, null_scores: torch.Tensor, allowed: torch.Tensor
+) -> Candidates:
+    """Best allowed (start, end) per example and output, with its null margin.
 
     pair_scores [B, n_outputs, T, T]; null_scores [B, n_outputs]; allowed [B, T, T].
     """
@@ -84,13 +102,13 @@ def pick_spans(
     masked = pair_scores.masked_fill(~allowed[:, None], float("-inf"))
     best, flat = masked.flatten(2).max(dim=-1)
     best_list, flat_list, null_list = best.tolist(), flat.tolist(), null_scores.tolist()
-    results: TokenSpans = []
+    results: Candidates = []
     for row_best, row_flat, row_null in zip(best_list, flat_list, null_list, strict=True):
-        row: list[Span | None] = []
+        row: list[Candidate] = []
         for score, position, null in zip(row_best, row_flat, row_null, strict=True):
-            if score == float("-inf") or null - score > null_threshold:
-                row.append(None)
+            if score == float("-inf"):
+                row.append(NO_SPAN)
             else:
-                row.append((position // n_tokens, position % n_tokens))
+                row.append(((position // n_tokens, position % n_tokens), null - score))
         results.append(row)
     return results

@@ -21,7 +21,13 @@ from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models.coupling import COUPLINGS, Coupling
 from leanhpo.models.crf_head import BioCrfHead
 from leanhpo.models.criteria_heads import CRITERIA_HEADS
-from leanhpo.models.evidence import MASK_VALUE, NULL_INDEX, EvidenceHead, TokenSpans
+from leanhpo.models.evidence import (
+    MASK_VALUE,
+    NULL_INDEX,
+    Candidates,
+    EvidenceHead,
+    TokenSpans,
+)
 from leanhpo.models.pooling import Pooler
 from leanhpo.models.sentence_head import SentenceRerankerHead
 from leanhpo.models.span_heads import BiaffineHead, StartEndLinearHead, StartEndMLPHead
@@ -129,6 +135,12 @@ class MultiTaskModel(nn.Module):
         null_threshold: float,
     ) -> TokenSpans:
         return self.evidence_head.decode(outputs, batch, max_answer_tokens, null_threshold)
+
+    def evidence_candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
+        """Best span and null margin per example and output, before any threshold."""
+        return self.evidence_head.candidates(outputs, batch, max_answer_tokens)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]

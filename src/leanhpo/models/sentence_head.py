@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leanhpo.models.evidence import MASK_VALUE, NULL_INDEX, EvidenceHead, Span, TokenSpans
+from leanhpo.models.evidence import (
+    MASK_VALUE,
+    NO_SPAN,
+    NULL_INDEX,
+    Candidate,
+    Candidates,
+    EvidenceHead,
+)
 from leanhpo.models.losses import IGNORE_INDEX
 
 
@@ -69,14 +76,10 @@ class SentenceRerankerHead(EvidenceHead):
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
 
-    def decode(
-        self,
-        outputs: dict[str, torch.Tensor],
-        batch: dict[str, Any],
-        max_answer_tokens: int,
-        null_threshold: float,
-    ) -> TokenSpans:
-        """The best sentence's token span, or None when null outscores it by > threshold.
+    def candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
+        """The best sentence's token span and the null score minus its score.
 
         Sentences are the unit here, so `max_answer_tokens` does not cut them.
         """
@@ -84,13 +87,13 @@ class SentenceRerankerHead(EvidenceHead):
         spans = batch["sentence_spans"].cpu().tolist()  # collate pads to >= 1 sentence
         margin = logits[..., 0] - logits[..., 1:].max(dim=-1).values
         index = logits[..., 1:].argmax(dim=-1)
-        results: TokenSpans = []
+        results: Candidates = []
         for row in range(logits.shape[0]):
-            row_spans: list[Span | None] = []
+            row_spans: list[Candidate] = []
             for out in range(logits.shape[1]):
                 start, end = spans[row][int(index[row, out])]
                 padding = end < start
-                null_wins = float(margin[row, out]) > null_threshold
-                row_spans.append(None if padding or null_wins else (int(start), int(end)))
+                candidate = ((int(start), int(end)), float(margin[row, out]))
+                row_spans.append(NO_SPAN if padding else candidate)
             results.append(row_spans)
         return results

@@ -16,12 +16,32 @@ from torch import nn
 from leanhpo.models.evidence import (
     MASK_VALUE,
     NULL_INDEX,
+    Candidates,
     EvidenceHead,
     TokenSpans,
     allowed_pairs,
-    pick_spans,
+    apply_null_threshold,
+    best_spans,
 )
 from leanhpo.models.losses import IGNORE_INDEX, span_loss
+
+
+def span_candidates(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    span_mask: torch.Tensor,
+    max_answer_tokens: int,
+) -> Candidates:
+    """Best (start, end) per example and output, and its null margin.
+
+    start/end logits: [B, n_outputs, T]; span_mask: [B, T]. A span needs start <= end < start +
+    max_answer_tokens on post tokens; the margin is start[0] + end[0] minus its score.
+    """
+    start_logits, end_logits = start_logits.detach(), end_logits.detach()
+    pair_scores = start_logits[..., :, None] + end_logits[..., None, :]
+    null_scores = start_logits[..., NULL_INDEX] + end_logits[..., NULL_INDEX]
+    allowed = allowed_pairs(span_mask.to(start_logits.device), max_answer_tokens)
+    return best_spans(pair_scores, null_scores, allowed)
 
 
 def decode_spans(
@@ -31,17 +51,10 @@ def decode_spans(
     max_answer_tokens: int,
     null_threshold: float,
 ) -> TokenSpans:
-    """Best (start, end) per example and output, or None for the null span.
-
-    start/end logits: [B, n_outputs, T]; span_mask: [B, T]. A span needs start <= end < start +
-    max_answer_tokens on post tokens; null wins when start[0] + end[0] minus the best span's
-    score exceeds `null_threshold`.
-    """
-    start_logits, end_logits = start_logits.detach(), end_logits.detach()
-    pair_scores = start_logits[..., :, None] + end_logits[..., None, :]
-    null_scores = start_logits[..., NULL_INDEX] + end_logits[..., NULL_INDEX]
-    allowed = allowed_pairs(span_mask.to(start_logits.device), max_answer_tokens)
-    return pick_spans(pair_scores, null_scores, allowed, null_threshold)
+    """Best (start, end) per example and output, or None where null wins by > threshold."""
+    return apply_null_threshold(
+        span_candidates(start_logits, end_logits, span_mask, max_answer_tokens), null_threshold
+    )
 
 
 class _StartEndHead(EvidenceHead):
@@ -68,19 +81,11 @@ class _StartEndHead(EvidenceHead):
             batch["end_positions"],
         )
 
-    def decode(
-        self,
-        outputs: dict[str, torch.Tensor],
-        batch: dict[str, Any],
-        max_answer_tokens: int,
-        null_threshold: float,
-    ) -> TokenSpans:
-        return decode_spans(
-            outputs["start_logits"],
-            outputs["end_logits"],
-            batch["span_mask"],
-            max_answer_tokens,
-            null_threshold,
+    def candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
+        return span_candidates(
+            outputs["start_logits"], outputs["end_logits"], batch["span_mask"], max_answer_tokens
         )
 
 
@@ -184,14 +189,9 @@ class BiaffineHead(EvidenceHead):
             scores.reshape(-1, n_tokens * n_tokens), target.reshape(-1), ignore_index=IGNORE_INDEX
         )
 
-    def decode(
-        self,
-        outputs: dict[str, torch.Tensor],
-        batch: dict[str, Any],
-        max_answer_tokens: int,
-        null_threshold: float,
-    ) -> TokenSpans:
+    def candidates(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
+    ) -> Candidates:
         scores = outputs["span_scores"]
         allowed = allowed_pairs(batch["span_mask"].to(scores.device), max_answer_tokens)
-        null = scores[..., NULL_INDEX, NULL_INDEX]
-        return pick_spans(scores, null, allowed, null_threshold)
+        return best_spans(scores, scores[..., NULL_INDEX, NULL_INDEX], allowed)

@@ -32,6 +32,7 @@ from leanhpo.trial.runner import replay_training
 PER_CRITERION = (*CRITERIA_PER_SYMPTOM, "support")
 EVIDENCE_KEYS = (
     *EVIDENCE_SUMMARY,
+    "null_threshold",
     "n_positive_pairs",
     "n_null_pairs",
     "n_excluded",
@@ -62,10 +63,25 @@ def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
     return {"criteria_matching": criteria, "evidence_binding": evidence, "losses": losses}
 
 
+def validation_null_threshold(validation_metrics: dict[str, Any], config: Config) -> float:
+    """The null threshold the trial used on validation at that epoch (calibrated with `auto`),
+    so the test split is decoded exactly as the checkpoint was selected."""
+    value = validation_metrics.get("val_evidence_null_threshold")
+    if value is not None:
+        return float(value)
+    if config.model.null_threshold == "auto":
+        raise RuntimeError(
+            "the best trial's validation metrics hold no val_evidence_null_threshold, so its "
+            "calibrated null threshold is unknown; rerun the trial with this leanhpo version"
+        )
+    return float(config.model.null_threshold)
+
+
 def _networks(
     best: dict[str, Any], study_dir: Path, data_dir: Path, log: logging.Logger
-) -> list[tuple[dict[str, Any], Network, Config]]:
-    """(checkpoint entry, restored network, config) for each co-best retained checkpoint."""
+) -> list[tuple[dict[str, Any], Network, Config, float]]:
+    """(checkpoint entry, restored network, config, null threshold) for each co-best retained
+    checkpoint."""
     trial_dir = study_dir / f"trial_{best['slot']:04d}"
     wanted = [c for c in best["checkpoints"] if c["co_best"] and c["retained"]]
     seed = best["seeds"]["trial"]
@@ -77,11 +93,13 @@ def _networks(
             f"no checkpoint kept (checkpointing off?): retraining slot {best['slot']} to epoch {epoch}",
         )
         network = replay_training(config, seed, load_split(data_dir, "train"), epoch)
+        metrics = next(h["metrics"] for h in best["history"] if h["epoch"] == epoch)
         return [
             (
                 {"id": f"epoch_{epoch:04d}", "path": "", "epoch": epoch, "sha256": None},
                 network,
                 config,
+                validation_null_threshold(metrics, config),
             )
         ]
     store = CheckpointStore(trial_dir / "checkpoints", log=log)
@@ -98,7 +116,8 @@ def _networks(
             loaded, network, compatibility_metadata(network.model, config.model.id, __version__)
         )
         ckpt_state.restore(loaded, network, optimisation=None)
-        result.append((entry, network, config))
+        threshold = validation_null_threshold(loaded.meta["metrics"], config)
+        result.append((entry, network, config, threshold))
     return result
 
 
@@ -111,7 +130,7 @@ def evaluate_study(
     best = pick_best(reports)
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluated = []
-    for entry, network, config in _networks(best, study_file.parent, data_dir, log):
+    for entry, network, config, threshold in _networks(best, study_file.parent, data_dir, log):
         split = encode(network, config, test_posts)
         weights = class_weights(config, train_posts, network.device)
         evaluation = evaluate(
@@ -124,7 +143,7 @@ def evaluate_study(
             weights,
             "test",
         )
-        flat = evaluation.metrics("")
+        flat = evaluation.metrics("", threshold)
         evaluated.append(
             {
                 **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},

@@ -1,33 +1,16 @@
 """Evidence decoding: the model's evidence head gives token spans; this maps them to characters.
 
 Each evidence head decodes its own scores (start/end, biaffine pairs, CRF tags, sentence scores)
-to TOKEN spans or None (the null span) under `model.max_answer_tokens` and
-`model.null_threshold`; see `leanhpo.models.evidence` for the contract.
+to TOKEN span candidates (best span and null margin) under `model.max_answer_tokens`; the null
+threshold (`model.null_threshold`, or calibrated on validation) is applied to the margins. See
+`leanhpo.models.evidence` for the contract and `leanhpo.training.calibrate` for calibration.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from leanhpo.config import ModelConfig
-from leanhpo.models import MultiTaskModel, TokenSpans
 from leanhpo.models.span_heads import decode_spans
 
-__all__ = ["char_span", "decode_batch", "decode_spans"]
-
-
-def decode_batch(
-    model: MultiTaskModel,
-    outputs: dict[str, torch.Tensor],
-    batch: dict[str, Any],
-    model_cfg: ModelConfig,
-) -> TokenSpans:
-    """Token spans per example and output, whatever the evidence head."""
-    return model.decode_evidence(
-        outputs, batch, model_cfg.max_answer_tokens, model_cfg.null_threshold
-    )
+__all__ = ["char_span", "decode_spans"]
 
 
 def char_span(

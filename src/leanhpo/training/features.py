@@ -69,7 +69,7 @@ def encode_posts(
     """Tokenise every post (and symptom description, for pairs) with character offsets."""
     encoded = EncodedSplit(posts=posts, input_format=input_format, examples=[])
     for post_index, post in enumerate(posts):
-        sentences = sentence_char_spans(post["text"], post["evidence"])
+        sentences = sentence_char_spans(post["text"])
         if input_format == "multi_label":
             enc = tokenizer(
                 post["text"], truncation=True, max_length=max_length, return_offsets_mapping=True
@@ -164,24 +164,15 @@ def _span_target(
     return IGNORE_INDEX, IGNORE_INDEX
 
 
-def sentence_char_spans(text: str, evidence: list[list[list[int]]]) -> list[tuple[int, int]]:
-    """Sorted, non-overlapping character spans of the post's sentences.
+def sentence_char_spans(text: str) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping character spans of the post's sentences: the text split at line
+    breaks, then by Punkt.
 
-    The annotated evidence sentences (all symptoms) are kept as they are, so a gold span is
-    always exactly one candidate; the text around them is split at line breaks and by Punkt.
+    From the text alone: the candidates never depend on the annotations, so a test post is
+    split exactly as an unannotated one would be (a gold span maps to the candidate it
+    overlaps most, which may be longer or shorter than the annotated sentence).
     """
-    fixed: list[tuple[int, int]] = []
-    for start, end in sorted({(int(s), int(e)) for spans in evidence for s, e in spans}):
-        if not fixed or start >= fixed[-1][1]:
-            fixed.append((start, end))
-    sentences: list[tuple[int, int]] = []
-    cursor = 0
-    for start, end in [*fixed, (len(text), len(text))]:
-        sentences += _split_gap(text, cursor, start)
-        if end > start:
-            sentences.append((start, end))
-        cursor = end
-    return sentences
+    return _split_gap(text, 0, len(text))
 
 
 def _split_gap(text: str, low: int, high: int) -> list[tuple[int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -18,7 +18,8 @@ from transformers import get_linear_schedule_with_warmup
 from leanhpo.config import ModelConfig, TrainConfig
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import MultiTaskModel, criteria_loss
-from leanhpo.training.decode import char_span, decode_batch
+from leanhpo.training.calibrate import calibrate_null_threshold
+from leanhpo.training.decode import char_span
 from leanhpo.training.features import EncodedSplit, collate
 from leanhpo.training.metrics import (
     EvidenceExample,
@@ -227,16 +228,39 @@ class Evaluation:
     losses: dict[str, float]
     probabilities: np.ndarray  # [n_posts, 9]
     labels: np.ndarray  # [n_posts, 9]
-    evidence: list[EvidenceExample]
+    candidates: list[EvidenceExample]  # every pair with its BEST span (no null threshold)
+    margins: list[float]  # per pair: null score - best span score (inf: no span possible)
 
-    def metrics(self, prefix: str) -> dict[str, float | None]:
-        """Flat metrics with `prefix` (e.g. 'val_'); None where a value is undefined."""
+    def evidence(self, null_threshold: float) -> list[EvidenceExample]:
+        """The pairs as decoded under `null_threshold` (null where the margin exceeds it)."""
+        return [
+            replace(pair, pred_span=None) if margin > null_threshold else pair
+            for pair, margin in zip(self.candidates, self.margins, strict=True)
+        ]
+
+    def calibrated_null_threshold(self) -> float:
+        return calibrate_null_threshold(self.candidates, self.margins)
+
+    def metrics(self, prefix: str, null_threshold: float) -> dict[str, float | None]:
+        """Flat metrics with `prefix` (e.g. 'val_'); None where a value is undefined.
+
+        Evidence is decoded under `null_threshold`, which is reported as
+        `<prefix>evidence_null_threshold`.
+        """
         flat: dict[str, float | None] = {f"{prefix}{k}": v for k, v in self.losses.items()}
         for key, value in criteria_metrics(self.labels, self.probabilities).items():
             flat[f"{prefix}criteria_{key}"] = value
-        for key, value in evidence_metrics(self.evidence).items():
+        for key, value in evidence_metrics(self.evidence(null_threshold)).items():
             flat[f"{prefix}evidence_{key}"] = value
+        flat[f"{prefix}evidence_null_threshold"] = null_threshold
         return flat
+
+
+def resolve_null_threshold(model_cfg: ModelConfig, validation: Evaluation) -> float:
+    """`model.null_threshold`, or with `auto` the one calibrated on this validation pass."""
+    if model_cfg.null_threshold == "auto":
+        return validation.calibrated_null_threshold()
+    return float(model_cfg.null_threshold)
 
 
 @torch.no_grad()
@@ -250,10 +274,12 @@ def evaluate(
     class_weights: torch.Tensor | None = None,
     progress: str = "eval",
 ) -> Evaluation:
+    """One pass: criteria probabilities, losses and each pair's best span with its null margin
+    (the null threshold is applied afterwards, so it can be calibrated without a second pass)."""
     model.eval()
     n_posts = len(split.posts)
     probabilities = np.zeros((n_posts, len(SYMPTOMS)), dtype=np.float64)
-    predicted: dict[tuple[int, int], tuple[int, int] | None] = {}
+    predicted: dict[tuple[int, int], tuple[tuple[int, int] | None, float]] = {}
     sums = {"loss": 0.0, "criteria_loss": 0.0, "evidence_loss": 0.0}
     batches = 0
     loader = make_loader(split, train.eval_batch_size, pad_token_id, shuffle_seed=None)
@@ -268,29 +294,31 @@ def evaluate(
         for key, value in zip(sums, (total, crit, evid), strict=True):
             sums[key] += float(value)
         probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()
-        spans = decode_batch(model, outputs, batch, model_cfg)
+        candidates = model.evidence_candidates(outputs, batch, model_cfg.max_answer_tokens)
         for row, example in enumerate(rows):
             for out, symptom in enumerate(example.symptom_indices):
                 probabilities[example.post_index, symptom] = probs[row, out]
-                predicted[(example.post_index, symptom)] = char_span(
-                    example.offsets, spans[row][out]
+                span, margin = candidates[row][out]
+                predicted[(example.post_index, symptom)] = (
+                    char_span(example.offsets, span),
+                    margin,
                 )
     labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
-    evidence = _evidence_examples(split, predicted)
+    pairs, margins = _evidence_examples(split, predicted)
     losses = {k: v / max(batches, 1) for k, v in sums.items()}
-    return Evaluation(losses, probabilities, labels, evidence)
+    return Evaluation(losses, probabilities, labels, pairs, margins)
 
 
 def _evidence_examples(
-    split: EncodedSplit, predicted: dict[tuple[int, int], tuple[int, int] | None]
-) -> list[EvidenceExample]:
+    split: EncodedSplit, predicted: dict[tuple[int, int], tuple[tuple[int, int] | None, float]]
+) -> tuple[list[EvidenceExample], list[float]]:
     excluded = {
         (ex.post_index, symptom)
         for ex in split.examples
         for out, symptom in enumerate(ex.symptom_indices)
         if ex.labels[out] and ex.start_positions[out] < 0
     }
-    examples = []
+    examples, margins = [], []
     for post_index, post in enumerate(split.posts):
         for symptom in range(len(SYMPTOMS)):
             gold = (
@@ -298,12 +326,14 @@ def _evidence_examples(
                 if post["labels"][symptom]
                 else ()
             )
+            span, margin = predicted.get((post_index, symptom), (None, float("inf")))
             examples.append(
                 EvidenceExample(
                     text=post["text"],
                     gold_spans=gold,
-                    pred_span=predicted.get((post_index, symptom)),
+                    pred_span=span,
                     excluded=(post_index, symptom) in excluded,
                 )
             )
-    return examples
+            margins.append(margin)
+    return examples, margins

@@ -233,6 +233,11 @@ def _score_positive_pair(example: EvidenceExample) -> tuple[float, float, float]
     return exact, token_f1, char_f1
 
 
+def positive_pair_token_f1(example: EvidenceExample) -> float:
+    """Token F1 of a pair with gold evidence (0 for a null prediction)."""
+    return _score_positive_pair(example)[1]
+
+
 def _mean_or_none(values: Sequence[float] | np.ndarray) -> MetricValue:
     return float(np.mean(values)) if len(values) else None
 
@@ -252,6 +257,8 @@ def evidence_metrics(examples: Iterable[EvidenceExample]) -> dict[str, MetricVal
     - ``char_f1``: as ``f1`` but with :func:`span_char_f1` on the stripped offsets.
     - ``null_span_accuracy``: over pairs without gold, the fraction predicted null (``None``
       or zero-length).
+    - ``balanced_f1``: the harmonic mean of ``f1`` and ``null_span_accuracy`` (0 when both are
+      0); "always null" and "never null" both score 0. Defined only with pairs of both kinds.
     - ``n_positive_pairs``, ``n_null_pairs``, ``n_excluded``: the pair counts, as floats.
 
     An average over an empty set is ``None``.
@@ -267,11 +274,17 @@ def evidence_metrics(examples: Iterable[EvidenceExample]) -> dict[str, MetricVal
         else:
             null_hits.append(float(_is_null(example.pred_span)))
     columns = np.array(scored, dtype=float).reshape(-1, 3)  # exact, token f1, char f1
+    f1, null_accuracy = _mean_or_none(columns[:, 1]), _mean_or_none(null_hits)
+    balanced = None
+    if f1 is not None and null_accuracy is not None:
+        total = f1 + null_accuracy
+        balanced = 2 * f1 * null_accuracy / total if total > 0 else 0.0
     return {
         "exact_match": _mean_or_none(columns[:, 0]),
-        "f1": _mean_or_none(columns[:, 1]),
+        "f1": f1,
         "char_f1": _mean_or_none(columns[:, 2]),
-        "null_span_accuracy": _mean_or_none(null_hits),
+        "null_span_accuracy": null_accuracy,
+        "balanced_f1": balanced,
         "n_positive_pairs": float(len(scored)),
         "n_null_pairs": float(len(null_hits)),
         "n_excluded": float(n_excluded),

@@ -33,6 +33,7 @@ from leanhpo.training.loop import (
     epoch_shuffle_seed,
     evaluate,
     make_loader,
+    resolve_null_threshold,
     train_one_epoch,
 )
 from leanhpo.training.metrics import EvidenceExample, baseline_criteria_metrics, evidence_metrics
@@ -200,7 +201,8 @@ def _train_and_validate(
         network.pad_token_id,
         optimisation.class_weights,
     )
-    return {**result.metrics, **_finite(evaluation.metrics("val_"))}
+    threshold = resolve_null_threshold(config.model, evaluation)
+    return {**result.metrics, **_finite(evaluation.metrics("val_", threshold))}
 
 
 def _resume(
