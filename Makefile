@@ -36,10 +36,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
 	@touch $(STAMP)
 
-all: install ## Run (or continue) the default study from config.yaml
+all: install nltk-data ## Run (or continue) the default study from config.yaml
 	$(BIN)/snakemake --cores $(CORES)
 
-resume: install ## Continue after a crash or kill -9 (no manual unlock needed)
+resume: install nltk-data ## Continue after a crash or kill -9 (no manual unlock needed)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 
 nltk-data: install ## Fetch WordNet + stopwords into .nltk_data, offline fallback via Debian (idempotent)

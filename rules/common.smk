@@ -4,7 +4,12 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from leanhpo.config import ConfigError, validate_config
-from leanhpo.workflow import announce_n_trials, canonical, recover_stale_locks
+from leanhpo.workflow import (
+    announce_n_trials,
+    canonical,
+    environment_problems,
+    recover_stale_locks,
+)
 
 # A kill -9 leaves Snakemake's lock files behind; clear them only if no other instance of this
 # workflow is alive (see leanhpo/workflow.py), so the resume command needs no manual --unlock.
@@ -18,6 +23,8 @@ except ConfigError as error:
 # key at once and runs the checks a schema cannot express (metric names, search space, ratios).
 config.clear()
 config.update(_validated)
+for _problem in environment_problems(config):
+    raise WorkflowError(f"leanhpo: {_problem}")
 
 STUDY = f"experiments/{config['study']['name']}"
 DATA = f"{STUDY}/data"

@@ -386,4 +386,34 @@ def test_missing_corpora_give_a_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     monkeypatch.setattr(augment, "default_dest", lambda: tmp_path)
     with pytest.raises(DataError, match="make nltk-data"):
-        augment._check_nltk_corpora(nltk)
+        augment.check_nltk_corpora()
+
+
+def test_workflow_refuses_to_start_when_a_trial_could_need_missing_corpora(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Checked when the workflow starts, not when the first trial samples augmentation."""
+    import nltk
+
+    from leanhpo.config import validate_config
+    from leanhpo.data import augment
+    from leanhpo.workflow import augmentation_possible, environment_problems
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.setattr(augment, "default_dest", lambda: tmp_path)
+    off = validate_config({"train": {"augmentation_prob": 0.0}})
+    fixed = validate_config({"train": {"augmentation_prob": 0.1}})
+    categorical = {"type": "categorical", "choices": [0.0, 0.2]}
+    searched = validate_config({"search_space": {"augmentation_prob": categorical}})
+    numeric = {"type": "float", "low": 0.0, "high": 0.0}
+    never = validate_config({"search_space": {"augmentation_prob": numeric}})
+    assert [augmentation_possible(c) for c in (off, fixed, searched, never)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+    assert environment_problems(off) == environment_problems(never) == []
+    for config in (fixed, searched):
+        (problem,) = environment_problems(config)
+        assert "make nltk-data" in problem

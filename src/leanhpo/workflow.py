@@ -134,6 +134,33 @@ def planned_trials() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def augmentation_possible(config: dict[str, Any]) -> bool:
+    """Whether some trial of this (validated) config may rewrite evidence sentences."""
+    if config["train"]["augmentation_prob"] > 0:
+        return True
+    spec = (config.get("search_space") or {}).get("augmentation_prob")
+    if not spec:
+        return False
+    if spec["type"] == "categorical":
+        return any(choice > 0 for choice in spec["choices"])
+    return bool(spec["high"] > 0)
+
+
+def environment_problems(config: dict[str, Any]) -> list[str]:
+    """What this machine lacks for the config, found before any job starts (not at the first
+    trial that samples it, which would fail that trial)."""
+    if not augmentation_possible(config):
+        return []
+    from leanhpo.data.augment import check_nltk_corpora
+    from leanhpo.data.errors import DataError
+
+    try:
+        check_nltk_corpora()
+    except DataError as error:
+        return [str(error)]
+    return []
+
+
 def describe(error: BaseException) -> str:
     render = getattr(error, "render", None)
     return render() if callable(render) else f"leanhpo: {error}"

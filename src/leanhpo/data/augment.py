@@ -331,7 +331,7 @@ def load_textattack() -> Any:
         return sys.modules["textattack"]
     import nltk
 
-    _check_nltk_corpora(nltk)
+    check_nltk_corpora()
     loggers = logging.root.manager.loggerDict
     disabled = {
         name: log.disabled for name, log in loggers.items() if isinstance(log, logging.Logger)
@@ -347,7 +347,10 @@ def load_textattack() -> Any:
     return textattack
 
 
-def _check_nltk_corpora(nltk: Any) -> None:
+def check_nltk_corpora() -> None:
+    """Raise DataError, with the fix, unless NLTK finds WordNet and stopwords."""
+    import nltk
+
     fallback = str(default_dest())
     if fallback not in nltk.data.path:
         nltk.data.path.append(fallback)  # NLTK_DATA, when set, stays first

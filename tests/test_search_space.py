@@ -1,0 +1,82 @@
+"""The default search space of config.yaml: what it samples is always a valid trial config, its
+conditional parameters appear exactly when their condition holds, and a short study on the tiny
+encoder reaches the model structure it promises (issue 4, acceptance 1 on the tiny encoder)."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import optuna
+import pytest
+import yaml
+from conftest import REPO
+from studyhelper import Study
+
+from leanhpo.config import Config, apply_params, sample_params, validate_config
+from leanhpo.config.search_space import active_space, condition_holds
+from leanhpo.study.setup import sampler_for
+
+STRUCTURE = ("criteria_head", "pooling", "evidence_head", "coupling", "loss")
+OPTIMISER = ("learning_rate", "head_learning_rate", "batch_size", "warmup_ratio", "weight_decay")
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    with (REPO / "config.yaml").open() as handle:
+        return validate_config(yaml.safe_load(handle))
+
+
+def test_default_space_covers_structure_and_optimiser(default_config):
+    space = active_space(default_config)
+    for name in (*STRUCTURE, *OPTIMISER, "dropout"):
+        assert name in space, name
+    assert space["coupling_method"]["condition"] == {"coupling": ["coupled"]}
+    assert set(space["focal_gamma"]["condition"]["loss"]) == {"focal", "adaptive_focal", "hybrid"}
+    assert space["augmentation_methods"]["condition"] == {"augmentation_prob": [0.2]}
+
+
+def test_default_space_samples_200_valid_trial_configs(default_config):
+    """The project's own sampler (TPE, seeded per slot) over 200 asks, with varied objective
+    values so TPE leaves its random start-up phase."""
+    space = active_space(default_config)
+    study = optuna.create_study(direction="maximize", sampler=sampler_for(11))
+    seen: dict[str, Counter] = {name: Counter() for name in space}
+    for number in range(200):
+        trial = study.ask()
+        params = sample_params(trial, default_config)
+        for name, spec in space.items():
+            assert (name in params) == condition_holds(spec, params), (name, params)
+        resolved = apply_params(default_config, params)
+        validate_config(copy.deepcopy(resolved))  # every semantic check, not only the schema
+        typed = Config.from_dict(resolved)
+        for name, value in params.items():
+            seen[name][str(value)] += 1
+        assert typed.model.evidence_head == params["evidence_head"]
+        study.tell(trial, (number * 7919 % 101) / 101)
+    for name, spec in space.items():
+        if spec["type"] == "categorical":
+            missing = {str(c) for c in spec["choices"]} - set(seen[name])
+            assert not missing, f"{name}: {missing} never sampled in 200 trials"
+
+
+def test_a_12_trial_study_with_the_default_space_reaches_the_structure(tmp_path, default_config):
+    """Acceptance 1 of issue 4 on the tiny encoder (docs/benchmarks.md has the MiniLM run):
+    no trial fails and the reports show >= 3 criteria heads, evidence heads and losses."""
+    space = copy.deepcopy(default_config["search_space"])
+    study = Study(
+        tmp_path,
+        study={"n_trials": 12},
+        search_space=space,
+        train={"epochs": 1},
+        retention={"keep_best_trials": 1},
+    )
+    reports = [study.run(slot) for slot in range(12)]
+    assert [r["status"] for r in reports] == ["completed"] * 12, [r.get("failure") for r in reports]
+    for key, section in (("criteria_head", "model"), ("evidence_head", "model"), ("loss", "train")):
+        distinct = {r["config"][section][key] for r in reports}
+        assert len(distinct) >= 3, (key, distinct)
+    for report in reports:
+        metrics = report["validation_metrics"]
+        assert metrics["val_evidence_null_threshold"] is not None
+        assert report["config"]["model"]["null_threshold"] == "auto"
