@@ -148,7 +148,10 @@ def test_overlay_merges_nested_keys_and_null_drops_a_search_entry(tmp_path):
     assert config["study"]["name"] == "demo"
     from leanhpo.config import active_space
 
-    assert set(active_space(config)) == {"learning_rate"}
+    with (REPO / "config.yaml").open() as handle:
+        default_space = set(yaml.safe_load(handle)["search_space"])
+    assert "head_learning_rate" in default_space
+    assert set(active_space(config)) == default_space - {"head_learning_rate"}
 
 
 def test_parse_size():

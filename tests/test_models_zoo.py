@@ -214,7 +214,7 @@ def test_every_loss_trains_the_encoder(tiny, batches, sample_posts, loss, input_
     cfg = config({"input_format": input_format}, {"loss": loss, "label_smoothing": 0.1})
     model = build(tiny, cfg)
     weights = class_weights(cfg, sample_posts["train"], torch.device("cpu"))
-    assert (weights is not None) == (loss == "weighted_bce")
+    assert (weights is not None) == (loss != "bce")  # the focal family is alpha-balanced
     _, total, crit, _ = _losses(model, batches[input_format], cfg.train, weights, progress=0.3)
     assert torch.isfinite(total) and crit > 0
     crit.backward()
@@ -236,6 +236,15 @@ def test_loss_definitions():
     end = criteria_loss(logits, labels, "adaptive_focal", gamma=2.0, progress=0.9)
     assert end.item() == pytest.approx(focal.item(), rel=1e-6)
     assert scheduled_gamma(2.0, 0.25) == pytest.approx(1.0)
+    # alpha-balancing: positive weights scale the positives' terms of every class-weighted loss
+    weights = torch.full((4, 9), 3.0)
+    weighted_bce = criteria_loss(logits, labels, "weighted_bce", weights)
+    assert focal_loss(logits, labels, 0.0, weights).item() == pytest.approx(weighted_bce.item())
+    for kind in ("focal", "adaptive_focal", "hybrid"):
+        plain = criteria_loss(logits, labels, kind, gamma=2.0)
+        balanced = criteria_loss(logits, labels, kind, weights, gamma=2.0)
+        assert balanced > plain, kind
+    assert criteria_loss(logits, labels, "focal", torch.ones(4, 9)) == pytest.approx(focal.item())
     # smoothing moves targets towards 0.5, so confident correct logits cost more
     confident = torch.tensor([[8.0, -8.0]])
     target = torch.tensor([[1.0, 0.0]])

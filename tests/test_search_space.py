@@ -36,11 +36,14 @@ def test_default_space_covers_structure_and_optimiser(default_config):
     assert space["augmentation_methods"]["condition"] == {"augmentation_prob": [0.2]}
 
 
-def test_default_space_samples_200_valid_trial_configs(default_config):
+@pytest.mark.parametrize("sampler", ["project", "random"])
+def test_default_space_samples_200_valid_trial_configs(default_config, sampler):
     """The project's own sampler (TPE, seeded per slot) over 200 asks, with varied objective
-    values so TPE leaves its random start-up phase."""
+    values so TPE leaves its random start-up phase; and a random sampler, which must reach
+    every choice (TPE may rightly stop proposing one)."""
     space = active_space(default_config)
-    study = optuna.create_study(direction="maximize", sampler=sampler_for(11))
+    chosen = sampler_for(11) if sampler == "project" else optuna.samplers.RandomSampler(seed=11)
+    study = optuna.create_study(direction="maximize", sampler=chosen)
     seen: dict[str, Counter] = {name: Counter() for name in space}
     for number in range(200):
         trial = study.ask()
@@ -55,7 +58,7 @@ def test_default_space_samples_200_valid_trial_configs(default_config):
         assert typed.model.evidence_head == params["evidence_head"]
         study.tell(trial, (number * 7919 % 101) / 101)
     for name, spec in space.items():
-        if spec["type"] == "categorical":
+        if sampler == "random" and spec["type"] == "categorical":
             missing = {str(c) for c in spec["choices"]} - set(seen[name])
             assert not missing, f"{name}: {missing} never sampled in 200 trials"
 

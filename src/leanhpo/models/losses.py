@@ -14,6 +14,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 CRITERIA_LOSSES = ("bce", "weighted_bce", "focal", "adaptive_focal", "hybrid")
+# Losses that take the per-symptom positive weights: weighted_bce, and the focal family as
+# Lin et al.'s alpha-balanced focal loss (balanced per symptom instead of one alpha).
+CLASS_WEIGHTED_LOSSES = ("weighted_bce", "focal", "adaptive_focal", "hybrid")
 MAX_POS_WEIGHT = 50.0
 # adaptive_focal reaches its target gamma after this share of the training steps.
 ADAPTIVE_FOCAL_RAMP = 0.5
@@ -44,12 +47,21 @@ def scheduled_gamma(gamma: float, progress: float) -> float:
     return gamma * min(1.0, max(0.0, progress) / ADAPTIVE_FOCAL_RAMP)
 
 
-def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Binary focal loss (Lin et al., 2017) without alpha: BCE scaled by (1 - p_t)^gamma.
+def focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma: float,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary focal loss (Lin et al., 2017): BCE scaled by (1 - p_t)^gamma.
 
-    Written with soft targets in mind: p_t = p*y + (1-p)*(1-y), so label smoothing carries over.
+    With `pos_weight` the BCE term weighs positives by it, the class balancing that Lin et al.
+    do with alpha (here per symptom, from its prevalence). Written with soft targets in mind:
+    p_t = p*y + (1-p)*(1-y), so label smoothing carries over.
     """
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        logits, targets, reduction="none", pos_weight=pos_weight
+    )
     probs = torch.sigmoid(logits)
     p_t = probs * targets + (1.0 - probs) * (1.0 - targets)
     return ((1.0 - p_t).clamp(min=0.0) ** gamma * bce).mean()
@@ -68,9 +80,10 @@ def criteria_loss(
 ) -> torch.Tensor:
     """The criteria loss `kind` on [B, n_outputs] logits.
 
-    - `bce`; `weighted_bce` with a pos_weight of the logits' shape (class weights);
+    - `bce` (never weighted); `weighted_bce` with a pos_weight of the logits' shape;
     - `focal` with `gamma`; `adaptive_focal` with `scheduled_gamma(gamma, progress)`;
     - `hybrid` = alpha * BCE + (1 - alpha) * focal(gamma).
+    The CLASS_WEIGHTED_LOSSES use `pos_weight` (required by weighted_bce, optional otherwise).
     """
     logits = logits.float()
     targets = smooth_labels(labels.float(), label_smoothing)
@@ -81,12 +94,12 @@ def criteria_loss(
             raise ValueError("weighted_bce needs class weights")
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
     if kind == "focal":
-        return focal_loss(logits, targets, gamma)
+        return focal_loss(logits, targets, gamma, pos_weight)
     if kind == "adaptive_focal":
-        return focal_loss(logits, targets, scheduled_gamma(gamma, progress))
+        return focal_loss(logits, targets, scheduled_gamma(gamma, progress), pos_weight)
     if kind == "hybrid":
-        bce = F.binary_cross_entropy_with_logits(logits, targets)
-        return alpha * bce + (1.0 - alpha) * focal_loss(logits, targets, gamma)
+        bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+        return alpha * bce + (1.0 - alpha) * focal_loss(logits, targets, gamma, pos_weight)
     raise ValueError(f"unknown criteria loss {kind!r}; known: {', '.join(CRITERIA_LOSSES)}")
 
 

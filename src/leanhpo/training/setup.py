@@ -16,7 +16,7 @@ import torch
 
 from leanhpo.config import Config
 from leanhpo.models import EncoderInfo, HeadSettings, MultiTaskModel, load_encoder
-from leanhpo.models.losses import positive_class_weights
+from leanhpo.models.losses import CLASS_WEIGHTED_LOSSES, positive_class_weights
 from leanhpo.training.features import EncodedSplit, encode_posts, train_prevalence
 from leanhpo.training.loop import make_loader, make_optimizer, make_scheduler, pick_device
 
@@ -83,8 +83,9 @@ def encode(network: Network, config: Config, posts: list[dict[str, Any]]) -> Enc
 def class_weights(
     config: Config, train_posts: list[dict[str, Any]], device: torch.device
 ) -> torch.Tensor | None:
-    """The weighted_bce pos_weight per symptom: from config, else from training prevalence."""
-    if config.train.loss != "weighted_bce":
+    """The pos_weight per symptom of weighted_bce and the focal family: from config, else from
+    training prevalence; None for plain bce."""
+    if config.train.loss not in CLASS_WEIGHTED_LOSSES:
         return None
     if config.train.class_weights is not None:
         return torch.tensor(config.train.class_weights, dtype=torch.float, device=device)
