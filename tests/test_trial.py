@@ -61,6 +61,12 @@ def test_trial_runs_reports_and_keeps_only_its_best(study):
     assert sorted(c["epoch"] for c in retained) == [i.epoch for i in on_disk]
     assert report["storage"]["bytes_written"] >= report["storage"]["bytes_retained"] > 0
     assert "baseline" in report and report["baseline"]["optimization_metric_value"] is not None
+    always_null = report["baseline"]["metrics"]["always_null"]
+    model = report["history"][-1]["metrics"]
+    for count in ("n_positive_pairs", "n_null_pairs", "n_excluded"):  # the same pairs
+        assert always_null[f"val_evidence_{count}"] == model[f"val_evidence_{count}"], count
+    assert always_null["val_evidence_f1"] == 0.0
+    assert always_null["val_evidence_null_span_accuracy"] == 1.0
     points = _metric_points(study, report)
     _assert_no_duplicates(points)
     assert [s for s, _ in points["val_criteria_f1_macro"]] == [1, 2]

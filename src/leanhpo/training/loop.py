@@ -304,14 +304,17 @@ def evaluate(
                     margin,
                 )
     labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
-    pairs, margins = _evidence_examples(split, predicted)
+    pairs, margins = evidence_pairs(split, predicted)
     losses = {k: v / max(batches, 1) for k, v in sums.items()}
     return Evaluation(losses, probabilities, labels, pairs, margins)
 
 
-def _evidence_examples(
+def evidence_pairs(
     split: EncodedSplit, predicted: dict[tuple[int, int], tuple[tuple[int, int] | None, float]]
 ) -> tuple[list[EvidenceExample], list[float]]:
+    """Every (post, symptom) pair of the split with its predicted span and null margin (a pair
+    missing from `predicted` is null); pairs whose evidence lies outside the window are
+    marked excluded."""
     excluded = {
         (ex.post_index, symptom)
         for ex in split.examples

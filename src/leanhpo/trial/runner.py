@@ -32,11 +32,12 @@ from leanhpo.training.loop import (
     EpochResult,
     epoch_shuffle_seed,
     evaluate,
+    evidence_pairs,
     make_loader,
     resolve_null_threshold,
     train_one_epoch,
 )
-from leanhpo.training.metrics import EvidenceExample, baseline_criteria_metrics, evidence_metrics
+from leanhpo.training.metrics import baseline_criteria_metrics, evidence_metrics
 from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
 
@@ -82,16 +83,7 @@ def compute_baseline(
     """Trivial predictors on the validation split, and the strongest one's optimisation value."""
     labels = np.array([p["labels"] for p in val.posts], dtype=np.int64)
     criteria = baseline_criteria_metrics(np.array(train_prevalence(train_posts)), labels)
-    all_null = [
-        EvidenceExample(
-            text=post["text"],
-            gold_spans=tuple((s, e) for s, e in post["evidence"][i]) if post["labels"][i] else (),
-            pred_span=None,
-            excluded=bool(post["labels"][i]) and not post["evidence"][i],
-        )
-        for post in val.posts
-        for i in range(len(post["labels"]))
-    ]
+    all_null, _ = evidence_pairs(val, {})  # the model's pairs and exclusions, all predicted null
     baselines: dict[str, dict[str, float]] = {
         name: _finite({f"val_criteria_{k}": v for k, v in values.items()})
         for name, values in criteria.items()
