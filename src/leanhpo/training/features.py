@@ -172,14 +172,10 @@ def sentence_char_spans(text: str) -> list[tuple[int, int]]:
     split exactly as an unannotated one would be (a gold span maps to the candidate it
     overlaps most, which may be longer or shorter than the annotated sentence).
     """
-    return _split_gap(text, 0, len(text))
-
-
-def _split_gap(text: str, low: int, high: int) -> list[tuple[int, int]]:
     spans = []
-    line_start = low
-    for line_break in [*LINE_BREAKS.finditer(text, low, high), None]:
-        line_end = line_break.start() if line_break else high
+    line_start = 0
+    for line_break in [*LINE_BREAKS.finditer(text), None]:
+        line_end = line_break.start() if line_break else len(text)
         line = text[line_start:line_end]
         for start, end in SENTENCE_SPLITTER.span_tokenize(line):
             piece = line[start:end]
