@@ -21,12 +21,14 @@ class StudyConfig:
     storage: str
     metric: str
     parallel: bool
+    storage_timeout_s: float
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     uri: str
     experiment: str
+    write_timeout_s: float
 
 
 @dataclass(frozen=True)
