@@ -28,6 +28,17 @@ RUN_NAME_TAG = "mlflow.runName"
 LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
 
 
+SPOOL_FILE = "tracking_spool.sqlite"
+
+
+def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
+    """The study's tracker: every MLflow write of a trial or of the study goes through it.
+
+    A database store would put artifacts in ./mlruns of whatever folder runs the job, so they
+    are kept beside the studies, in experiments/mlartifacts."""
+    return Tracker(tracking["uri"], tracking["experiment"], study_dir.parent / "mlartifacts")
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay whole values."""
     flat: dict[str, Any] = {}

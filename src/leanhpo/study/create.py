@@ -15,15 +15,10 @@ from leanhpo.config import validate_config
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event, mask_secrets, setup_logging
 from leanhpo.study.setup import CREATED_AT_ATTR, STUDY_UUID_ATTR, create_or_load_study
-from leanhpo.tracking import Tracker
+from leanhpo.tracking import open_tracker
 
 STUDY_ROLE_TAG = "leanhpo.role"
 STUDY_UUID_TAG = "leanhpo.study_uuid"
-
-
-def artifact_root(study_dir: Path) -> Path:
-    """MLflow artifacts of a database store live beside the studies, in experiments/mlartifacts."""
-    return study_dir.parent / "mlartifacts"
 
 
 def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
@@ -32,7 +27,7 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
     study_cfg, tracking = config["study"], config["tracking"]
     study = create_or_load_study(study_cfg["name"], study_cfg["storage"])
     study_uuid = study.user_attrs[STUDY_UUID_ATTR]
-    tracker = Tracker(tracking["uri"], tracking["experiment"], artifact_root(study_json.parent))
+    tracker = open_tracker(tracking, study_json.parent)
     parent = tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"}, name=f"study-{study_cfg['name']}"
     )

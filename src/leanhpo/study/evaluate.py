@@ -23,7 +23,7 @@ from leanhpo.metric_names import CRITERIA_PER_SYMPTOM, CRITERIA_SUMMARY, EVIDENC
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.setup import open_study, trial_counts
-from leanhpo.tracking import Tracker
+from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import evaluate
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
@@ -178,7 +178,7 @@ def evaluate_study(
         "generated_at": datetime.now(UTC).isoformat(),
     }
     write_report(output, report, STUDY_SCHEMA)
-    _track(config, study_info, primary["flat"], best)
+    _track(config, study_file.parent, study_info, primary["flat"], best)
     event(
         log,
         f"study report written: {output}",
@@ -190,11 +190,12 @@ def evaluate_study(
 
 def _track(
     config: dict[str, Any],
+    study_dir: Path,
     study_info: dict[str, Any],
     flat: dict[str, float | None],
     best: dict[str, Any],
 ) -> None:
-    tracker = Tracker(config["tracking"]["uri"], config["tracking"]["experiment"])
+    tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
     tracker.log_metrics_once(
         parent, {f"test_{k}": v for k, v in flat.items() if v is not None}, step=0

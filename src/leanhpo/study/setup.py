@@ -8,11 +8,14 @@ slot owns; a rerun finds the slot's trial again by that attr and re-attaches to 
 from __future__ import annotations
 
 import uuid
+import zlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.logs import mask_secrets
@@ -38,11 +41,59 @@ def storage_for(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url)
 
 
+class ParamSeededSampler(optuna.samplers.BaseSampler):
+    """Draws every parameter from its own sampler, seeded by (seed, slot, parameter name).
+
+    Why: with one random stream per trial, a kill between two `suggest` calls made the resumed
+    trial draw the remaining parameters at other positions of that stream, so it differed from
+    an uninterrupted run. Seeded per parameter, each draw depends only on the study's finished
+    trials (the same in a sequential study) and never on what this process drew before it.
+    Each trial job is a fresh process, hence the slot in the seed: trials still differ.
+    Independent sampling only; a relative (multivariate) sampler would need another scheme.
+    """
+
+    def __init__(
+        self, seed: int, slot: int, make: Callable[[int], optuna.samplers.BaseSampler]
+    ) -> None:
+        self.seed, self.slot, self.make = seed, slot, make
+
+    def seed_for(self, param_name: str) -> int:
+        return zlib.crc32(f"{self.seed}:{self.slot}:{param_name}".encode())
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        sampler = self.make(self.seed_for(param_name))
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.make(self.seed).after_trial(study, trial, state, values)
+
+
 def sampler_for(seed: int, slot: int | None = None) -> optuna.samplers.BaseSampler:
-    """Each trial job is a fresh process, so a sampler seeded with the study seed alone would
-    draw the same first values in every job; offsetting by the slot keeps the study
-    reproducible and the trials different."""
-    return optuna.samplers.TPESampler(seed=seed + (slot or 0))
+    """TPE, drawn per parameter (see ParamSeededSampler) so a resumed trial gets exactly the
+    parameters an uninterrupted one would."""
+    return ParamSeededSampler(seed, slot or 0, lambda s: optuna.samplers.TPESampler(seed=s))
 
 
 def open_study(name: str, storage_url: str, seed: int, slot: int | None = None) -> optuna.Study:

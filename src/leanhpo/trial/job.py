@@ -30,11 +30,11 @@ from leanhpo.logs import event, setup_logging
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
 from leanhpo.storage.preflight import NoSpaceError
-from leanhpo.study.create import STUDY_UUID_TAG, artifact_root
+from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.pressure import StorageGuard, effective_retention, policy_of
 from leanhpo.study.prune import prune_study_checkpoints
 from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study, progress
-from leanhpo.tracking import Tracker, flatten
+from leanhpo.tracking import Tracker, flatten, open_tracker
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
@@ -153,9 +153,7 @@ def _run_locked(
         "started_at": datetime.now(UTC).isoformat(),
     }
     state.update({"status": "running", "params": params, "config": resolved.to_dict()})
-    tracker = Tracker(
-        config["tracking"]["uri"], config["tracking"]["experiment"], artifact_root(trial_dir.parent)
-    )
+    tracker = open_tracker(config["tracking"], trial_dir.parent)
     run_id = tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(slot)},
         name=trial_dir.name,
