@@ -34,12 +34,14 @@ SLOTS = [f"{slot:04d}" for slot in range(N_TRIALS)]
 TRIAL_REPORTS = expand(f"{STUDY}/trial_{{slot}}/report.json", slot=SLOTS)
 announce_n_trials(N_TRIALS)  # for "trial i/N" progress lines only; see trial_params()
 
-STUDY_IDENTITY = ("name", "seed", "storage", "metric")
+# What identifies the study, and how its jobs reach its storage (the retry budget).
+STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s")
 
 
 def study_params():
-    """What identifies the study. It never changes while a study grows, so study.json (the
-    create_study output every trial reads) stays put and finished trials stay up to date."""
+    """What identifies the study and reaches its services (live URLs, unmasked: jobs get them
+    only here). It never changes while a study grows, so study.json (the create_study output
+    every trial reads) stays put and finished trials stay up to date."""
     study = {k: config["study"][k] for k in STUDY_IDENTITY}
     return canonical({"study": study, "tracking": config["tracking"]})
 

@@ -12,6 +12,8 @@ rule evaluate_study:
         ),
     log:
         f"{LOGS}/evaluate_study.log",
+    params:
+        config=study_params(),
     threads: workflow.cores
     conda:
         "../envs/leanhpo.yaml"

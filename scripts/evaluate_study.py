@@ -11,4 +11,5 @@ with job(snakemake.log[0]):
         data_dir=Path(snakemake.input.test).parent,
         report_paths=[Path(p) for p in snakemake.input.reports],
         output=Path(snakemake.output.report),
+        config=snakemake.params.config,
     )

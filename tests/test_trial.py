@@ -243,7 +243,11 @@ def test_study_evaluation_reads_the_best_checkpoint_once(tmp_path):
     assert len(retention["kept"]) == 1
     output = study.dir / "study_report.json"
     report = evaluate_study(
-        study.study_json, study.data, [study.report_path(s) for s in range(2)], output
+        study.study_json,
+        study.data,
+        [study.report_path(s) for s in range(2)],
+        output,
+        study.config,
     )
     validate_report(report, STUDY_SCHEMA)
     best = max(reports, key=lambda r: (r["best_validation_score"], -r["slot"]))
@@ -282,7 +286,7 @@ def test_dry_run_without_checkpoints_evaluates_the_same_model(tmp_path):
         assert bool([c for c in report["checkpoints"] if c["retained"]]) == checkpointing
         output = study.dir / "study_report.json"
         results[checkpointing] = evaluate_study(
-            study.study_json, study.data, [study.report_path(0)], output
+            study.study_json, study.data, [study.report_path(0)], output, study.config
         )
     assert results[True]["test_metrics"] == results[False]["test_metrics"]
 

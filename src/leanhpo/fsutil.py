@@ -17,7 +17,9 @@ from typing import Any
 HASH_CHUNK_BYTES = 1 << 20
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, mtime_ns: int | None = None) -> None:
+    """`mtime_ns` stamps the new file before the rename, so the stamp is as atomic as the
+    content (for files whose change must not look new to Snakemake)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -25,6 +27,8 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             tmp_file.write(payload)
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
+        if mtime_ns is not None:
+            os.utime(tmp_name, ns=(mtime_ns, mtime_ns))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -33,12 +37,13 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, mtime_ns: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mtime_ns)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+def atomic_write_json(path: Path, obj: Any, mtime_ns: int | None = None) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_text(path, text, mtime_ns)
 
 
 def read_json(path: Path) -> Any:

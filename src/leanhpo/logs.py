@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -43,7 +44,48 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Secrets with no recognisable shape (a plain password) are masked by value: those in these
+# variables, and those registered by the code that meets them (passwords in the config's URLs).
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "PGPASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+)
+MIN_LITERAL_SECRET = 4  # shorter values would mask ordinary words
+_registered: set[str] = set()
+URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^:/@\s]+:(?P<password>[^@/\s]+)@")
+
+
+def register_secret(value: str | None) -> None:
+    """Mask `value` wherever it appears from now on, in every sink of this process."""
+    if value and len(value) >= MIN_LITERAL_SECRET:
+        _registered.add(value)
+
+
+def register_url_secrets(url: str) -> None:
+    """Register the password of a URL (user:password@host), also in its percent-decoded form."""
+    from urllib.parse import unquote
+
+    for match in URL_PASSWORD.finditer(url):
+        register_secret(match.group("password"))
+        register_secret(unquote(match.group("password")))
+
+
+def _literal_secrets() -> list[str]:
+    values = set(_registered)
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name, "")
+        if len(value) >= MIN_LITERAL_SECRET:
+            values.add(value)
+    return sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+
+
 def mask_secrets(text: str) -> str:
+    for value in _literal_secrets():
+        text = text.replace(value, MASK)
     for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -14,6 +14,7 @@ the root, which would break a save running in another process on the same root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -140,9 +141,14 @@ class CheckpointStore:
         if not source.is_dir():
             return False
         trash = self.root / f"{TRASH_PREFIX}{epoch_id(epoch)}-{uuid.uuid4().hex}"
-        os.rename(source, trash)
+        try:
+            os.rename(source, trash)
+        except FileNotFoundError:  # another process deleted it first
+            return False
         fsync_dir(self.root)
-        shutil.rmtree(trash)
+        # Another process opening this store clears trash folders too; gone is gone.
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(trash)
         return True
 
     def quarantine(self, epoch: int, reason: str) -> Path:
@@ -246,10 +252,11 @@ class CheckpointStore:
             if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX))
         ]
         for entry in leftovers:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+            with contextlib.suppress(FileNotFoundError):  # cleared by another process
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         if leftovers:
             self.log.warning(
                 "removed %d uncommitted checkpoint folder(s) from %s", len(leftovers), self.root

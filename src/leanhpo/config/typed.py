@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leanhpo.config.validate import parse_size, validate_config
+from leanhpo.logs import mask_value
 
 
 @dataclass(frozen=True)
@@ -123,4 +124,8 @@ class Config:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The dict form, secrets masked (a password in study.storage or tracking.uri, tokens):
+        it is what is logged and stored (state.json, reports, checkpoints), and nothing that
+        reads it back needs a secret: jobs get the live URLs from their Snakemake params."""
+        masked: dict[str, Any] = mask_value(dataclasses.asdict(self))
+        return masked

@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT
+from leanhpo.logs import register_url_secrets
 from leanhpo.metric_names import MAXIMISABLE_METRICS
 
 SCHEMA_PATH = Path(str(resources.files("leanhpo.config").joinpath("schema.yaml")))
@@ -115,6 +116,10 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
     problems = list(_semantic_problems(config))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    # A password in a URL is masked by value from here on, in every log line and file, even
+    # where a library quotes it in a shape the patterns do not know.
+    register_url_secrets(config["study"]["storage"])
+    register_url_secrets(config["tracking"]["uri"])
     return config
 
 

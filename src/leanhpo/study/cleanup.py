@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.checkpoints import plan_retention
+from leanhpo.reports import refresh_retained
 from leanhpo.storage.preflight import human
 from leanhpo.study.pressure import effective_retention, is_running, policy_of
-from leanhpo.study.prune import epoch_values, finished_trials, ranked
+from leanhpo.study.prune import epoch_values, finished_trials, ranked, retention_lock
 
 TMP_PREFIXES = (".tmp-", ".trash-")
 
@@ -123,17 +124,20 @@ def quarantined(study_dir: Path) -> list[Orphan]:
 def cleanup(
     study_dir: Path, retention: dict[str, Any], metric: str, n_trials: int, apply: bool
 ) -> dict[str, Any]:
-    orphans = find_orphans(study_dir, retention, metric, n_trials)
     kept_aside = quarantined(study_dir)
     removed = 0
-    if apply:
-        for orphan in orphans:
+    with retention_lock(study_dir):  # no trial job prunes the study meanwhile
+        orphans = find_orphans(study_dir, retention, metric, n_trials)
+        for orphan in orphans if apply else []:
             path = Path(orphan.path)
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=False)
             elif path.exists():
                 path.unlink()
             removed += orphan.bytes
+        if apply:
+            for report in study_dir.glob("trial_[0-9][0-9][0-9][0-9]/report.json"):
+                refresh_retained(report)
     total = sum(o.bytes for o in orphans)
     verb = "removed" if apply else "would remove"
     lines = [f"{o.kind:<13} {human(o.bytes):>12}  {o.path}  ({o.reason})" for o in orphans]

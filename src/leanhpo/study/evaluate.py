@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo import __version__
-from leanhpo.checkpoints import CheckpointStore
-from leanhpo.config import Config
+from leanhpo.checkpoints import CheckpointStore, CorruptCheckpointError, LoadedCheckpoint
+from leanhpo.config import Config, validate_config
 from leanhpo.data import load_split
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
@@ -80,17 +80,20 @@ def validation_null_threshold(validation_metrics: dict[str, Any], config: Config
 def _networks(
     best: dict[str, Any], study_dir: Path, data_dir: Path, log: logging.Logger
 ) -> list[tuple[dict[str, Any], Network, Config, float]]:
-    """(checkpoint entry, restored network, config, null threshold) for each co-best retained
-    checkpoint."""
+    """(checkpoint entry, restored network, config, null threshold) for each co-best
+    checkpoint that is on disk and verifies."""
     trial_dir = study_dir / f"trial_{best['slot']:04d}"
-    wanted = [c for c in best["checkpoints"] if c["co_best"] and c["retained"]]
+    store = CheckpointStore(trial_dir / "checkpoints", log=log)
+    wanted = _verified_co_best(best, store, log)
     seed = best["seeds"]["trial"]
     if not wanted:
         config = Config.from_dict(best["config"])
         epoch = min(best["best_epochs"])
         event(
             log,
-            f"no checkpoint kept (checkpointing off?): retraining slot {best['slot']} to epoch {epoch}",
+            f"no verified best checkpoint on disk (checkpointing off?): retraining slot "
+            f"{best['slot']} to epoch {epoch}",
+            logging.WARNING if config.train.checkpointing else logging.INFO,
         )
         network = replay_training(config, seed, load_split(data_dir, "train"), epoch)
         metrics = next(h["metrics"] for h in best["history"] if h["epoch"] == epoch)
@@ -102,14 +105,8 @@ def _networks(
                 validation_null_threshold(metrics, config),
             )
         ]
-    store = CheckpointStore(trial_dir / "checkpoints", log=log)
     result = []
-    for entry in wanted:
-        loaded = store.load(entry["epoch"])  # verifies every file against the manifest
-        if loaded.info.sha256 != entry["sha256"]:
-            raise RuntimeError(
-                f"checkpoint {loaded.info.path} differs from the one its trial report lists"
-            )
+    for entry, loaded in wanted:
         config = Config.from_dict(loaded.meta["config"])
         network = build_network(config, seed)
         ckpt_state.check_compatible(
@@ -121,23 +118,60 @@ def _networks(
     return result
 
 
+def _verified_co_best(
+    best: dict[str, Any], store: CheckpointStore, log: logging.Logger
+) -> list[tuple[dict[str, Any], LoadedCheckpoint]]:
+    """The best trial's co-best checkpoints as they are on disk now, each loaded and verified.
+
+    What is on disk decides, not the report's `retained` flags: disk pressure (step 3) may have
+    removed a co-best after the report was written. A checkpoint that is gone is skipped; one
+    that fails verification, or is not the one the report lists, is too, with a warning."""
+    found = []
+    for entry in (c for c in best["checkpoints"] if c["co_best"]):
+        if not (store.root / entry["id"]).is_dir():
+            continue
+        try:
+            loaded = store.load(entry["epoch"])  # verifies every file against the manifest
+        except CorruptCheckpointError as error:
+            event(log, f"skipping co-best checkpoint {entry['id']}: {error}", logging.WARNING)
+            continue
+        if loaded.info.sha256 != entry["sha256"]:
+            event(
+                log,
+                f"skipping {loaded.info.path}: it differs from the checkpoint its trial report lists",
+                logging.WARNING,
+            )
+            continue
+        found.append((entry, loaded))
+    return found
+
+
 def evaluate_study(
-    study_file: Path, data_dir: Path, report_paths: list[Path], output: Path
+    study_file: Path,
+    data_dir: Path,
+    report_paths: list[Path],
+    output: Path,
+    config: dict[str, Any],
 ) -> dict[str, Any]:
+    """`config` holds at least the study and tracking sections: the live storage and tracking
+    URLs, which the stored configs only hold masked."""
+    config = validate_config(config)
     log = setup_logging()
     study_info = read_json(study_file)
     reports = [read_json(p) for p in report_paths]
     best = pick_best(reports)
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluated = []
-    for entry, network, config, threshold in _networks(best, study_file.parent, data_dir, log):
-        split = encode(network, config, test_posts)
-        weights = class_weights(config, train_posts, network.device)
+    for entry, network, model_config, threshold in _networks(
+        best, study_file.parent, data_dir, log
+    ):
+        split = encode(network, model_config, test_posts)
+        weights = class_weights(model_config, train_posts, network.device)
         evaluation = evaluate(
             network.model,
             split,
-            config.model,
-            config.train,
+            model_config.model,
+            model_config.train,
             network.device,
             network.pad_token_id,
             weights,
@@ -152,8 +186,12 @@ def evaluate_study(
             }
         )
     primary = min(evaluated, key=lambda e: e["epoch"])
-    config = best["config"]
-    study = open_study(study_info["name"], config["study"]["storage"], study_info["seed"])
+    study = open_study(
+        study_info["name"],
+        config["study"]["storage"],
+        study_info["seed"],
+        timeout_s=config["study"]["storage_timeout_s"],
+    )
     report = {
         "schema_version": 1,
         "study_id": study_info["study_id"],
@@ -166,7 +204,7 @@ def evaluate_study(
         "optimization_metric": study_info["optimization_metric"],
         "best_validation_score": best["best_validation_score"],
         "baseline_validation_score": best["baseline"]["optimization_metric_value"],
-        "config": config,
+        "config": best["config"],
         "checkpoints": [{k: v for k, v in e.items() if k != "flat"} for e in evaluated],
         "test_metrics": primary["test_metrics"],
         "test_split": {"posts": len(test_posts)},
@@ -178,7 +216,7 @@ def evaluate_study(
         "generated_at": datetime.now(UTC).isoformat(),
     }
     write_report(output, report, STUDY_SCHEMA)
-    _track(config, study_file.parent, study_info, primary["flat"], best)
+    _track(config, study_file.parent, study_info, primary["flat"], best, len(reports))
     event(
         log,
         f"study report written: {output}",
@@ -194,13 +232,22 @@ def _track(
     study_info: dict[str, Any],
     flat: dict[str, float | None],
     best: dict[str, Any],
+    n_trials: int,
 ) -> None:
+    """The test metrics on the study's parent run, at step = the number of trial slots
+    evaluated: a grown study's evaluation is a new point (MLflow shows the latest step), while
+    a rerun of the same evaluation adds nothing, so MLflow and study_report.json agree."""
     tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
     tracker.log_metrics_once(
-        parent, {f"test_{k}": v for k, v in flat.items() if v is not None}, step=0
+        parent, {f"test_{k}": v for k, v in flat.items() if v is not None}, step=n_trials
     )
     tracker.set_tags(
-        parent, {"leanhpo.best_slot": best["slot"], "leanhpo.best_trial_uuid": best["trial_uuid"]}
+        parent,
+        {
+            "leanhpo.best_slot": best["slot"],
+            "leanhpo.best_trial_uuid": best["trial_uuid"],
+            "leanhpo.evaluated_trials": n_trials,
+        },
     )
     tracker.set_status(parent, "FINISHED")

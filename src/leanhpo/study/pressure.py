@@ -15,6 +15,7 @@ that are running (their lock is held) are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -27,9 +28,10 @@ from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
 from leanhpo.config import parse_size
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event
+from leanhpo.reports import refresh_retained
 from leanhpo.storage.disk import disk_usage, largest_artifacts
 from leanhpo.storage.preflight import NoSpaceError, fixes
-from leanhpo.study.prune import epoch_values, finished_trials, ranked
+from leanhpo.study.prune import epoch_values, finished_trials, ranked, retention_lock
 
 POLICY_FILE = "storage_policy.json"
 AGGRESSIVE = {"keep_last_n": 0, "keep_best_k": 1, "keep_best_k_max": 1}
@@ -59,7 +61,10 @@ def checkpoint_folder_bytes(study_dir: Path) -> int:
     for folder in study_dir.glob(
         "trial_[0-9][0-9][0-9][0-9]/checkpoints/epoch_[0-9][0-9][0-9][0-9]"
     ):
-        total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        # Read without the retention lock: another job may delete the folder meanwhile, and
+        # a folder gone is simply no longer counted.
+        with contextlib.suppress(FileNotFoundError):
+            total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     return total
 
 
@@ -183,13 +188,15 @@ class StorageGuard:
                 "reason": "disk pressure",
             }
             atomic_write_json(self.study_dir / POLICY_FILE, record)
-        return sum(self._prune_finished(trial, keep_single=False) for trial in self._finished())
+        with retention_lock(self.study_dir):
+            return sum(self._prune_finished(t, keep_single=False) for t in self._finished())
 
     def _keep_single_best(self) -> int:
         freed = 0
-        for position, trial in enumerate(ranked(self._finished())):
-            best = position == 0 and trial["score"] is not None
-            freed += self._prune_finished(trial, keep_single=best, drop_all=not best)
+        with retention_lock(self.study_dir):
+            for position, trial in enumerate(ranked(self._finished())):
+                best = position == 0 and trial["score"] is not None
+                freed += self._prune_finished(trial, keep_single=best, drop_all=not best)
         return freed
 
     def _finished(self) -> list[dict[str, Any]]:
@@ -216,6 +223,7 @@ class StorageGuard:
             if info.epoch not in keep:
                 freed += info.bytes
                 store.delete(info.epoch)
+        refresh_retained(trial["dir"] / "report.json")
         return freed
 
     def write_failed(self, error: OSError) -> NoSpaceError:

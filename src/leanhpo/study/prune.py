@@ -7,8 +7,12 @@ the store of a running trial would remove the temporary folder of a save in prog
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,37 @@ from typing import Any
 from leanhpo.checkpoints import CheckpointStore
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
+from leanhpo.reports import refresh_retained
 
 FINISHED_STATUSES = ("completed", "failed")
+RETENTION_LOCK = ".retention.lock"
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def retention_lock(study_dir: Path) -> Iterator[None]:
+    """Serialise every delete in the finished trials of a study, across processes.
+
+    Parallel trial jobs each prune the study when they end, and disk pressure prunes it before
+    a save; two deletes of one folder raced (rename / rmtree FileNotFoundError) and crashed a
+    trial. The lock is a blocking flock (deletes are short) and re-entrant within a thread,
+    since flock itself is not re-entrant across two opens in one process."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with (study_dir / RETENTION_LOCK).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def epoch_values(history: list[dict[str, Any]], metric: str) -> dict[int, float | None]:
@@ -58,6 +91,13 @@ def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def prune_study_checkpoints(
     study_dir: Path, keep_best_trials: int, metric: str, log: logging.Logger
 ) -> dict[str, Any]:
+    with retention_lock(study_dir):
+        return _prune_study_checkpoints(study_dir, keep_best_trials, metric, log)
+
+
+def _prune_study_checkpoints(
+    study_dir: Path, keep_best_trials: int, metric: str, log: logging.Logger
+) -> dict[str, Any]:
     keep_n = int(keep_best_trials)
     order = ranked(finished_trials(study_dir))
     kept, pruned = [], []
@@ -77,6 +117,7 @@ def prune_study_checkpoints(
             continue
         for info in infos:
             store.delete(info.epoch)
+        refresh_retained(trial["dir"] / "report.json")
         if infos:
             event(
                 log,

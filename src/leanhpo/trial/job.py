@@ -42,6 +42,8 @@ from leanhpo.workflow import planned_trials
 
 # Sections whose change makes a finished trial meaningless for the study (fingerprinted).
 TRAINING_SECTIONS = ("data", "model", "train", "search_space")
+STUDY_FINGERPRINT_ATTR = "leanhpo.fingerprint"
+STUDY_FINGERPRINT_CONFIG_ATTR = "leanhpo.fingerprint_config"
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
 
@@ -91,6 +93,28 @@ def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
+def check_study_fingerprint(study: optuna.Study, value: str, config: dict[str, Any]) -> None:
+    """Every slot of a study trains on the config and data the study started with.
+
+    The study keeps its fingerprint (and the sections it covers) as Optuna user attrs, so the
+    check holds for a new slot too, on any host that shares the storage; the first slot to
+    run records it."""
+    sections = {k: config[k] for k in TRAINING_SECTIONS}
+    recorded = study.user_attrs.get(STUDY_FINGERPRINT_ATTR)
+    if recorded is None:
+        study.set_user_attr(STUDY_FINGERPRINT_ATTR, value)
+        study.set_user_attr(STUDY_FINGERPRINT_CONFIG_ATTR, sections)
+        return
+    if recorded != value:
+        old = study.user_attrs.get(STUDY_FINGERPRINT_CONFIG_ATTR) or {}
+        changed = _changed_keys(old, sections)
+        raise StudyConfigMismatchError(
+            f"study {config['study']['name']!r} was started with another config or data "
+            f"(changed: {', '.join(changed) or 'the prepared data or the seed'}). All trials of a "
+            "study share one config: revert the change, or set a new study.name to start a new study."
+        )
+
+
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     old_flat, new_flat = flatten(old), flatten(new)
     return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
@@ -122,7 +146,13 @@ def _run_locked(
     data_report = read_json(data_dir / "data_report.json")
     trial_fingerprint = fingerprint(config, data_report["fingerprint"])
     study_cfg = config["study"]
-    study = open_study(study_cfg["name"], study_cfg["storage"], study_cfg["seed"], slot)
+    study = open_study(
+        study_cfg["name"],
+        study_cfg["storage"],
+        study_cfg["seed"],
+        slot,
+        timeout_s=study_cfg["storage_timeout_s"],
+    )
     frozen = attach_slot(study, slot)
     state_path = trial_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
@@ -135,9 +165,12 @@ def _run_locked(
             f"(changed: {', '.join(changed) or 'the prepared data'}). All trials of a study share one "
             "config: revert the change, or set a new study.name to start a new study."
         )
+    check_study_fingerprint(study, trial_fingerprint, config)
     if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or (
         state is not None and state.get("status") in ("completed", "failed")
     ):
+        if state is not None and state.get("status") in ("completed", "failed"):
+            _close_tracking(state_path, state, study_info, config, log)
         return _finish(study, frozen, state, study_info, config, report_path, log)
     trial = optuna.trial.Trial(study, frozen._trial_id)
     params = sample_params(trial, config)
@@ -213,7 +246,7 @@ def _run_locked(
             }
         )
         atomic_write_json(state_path, state)
-        tracker.set_status(run_id, "FAILED")
+        _close_tracking(state_path, state, study_info, config, log, tracker)
         return _finish(study, frozen, state, study_info, config, report_path, log)
     state.update(
         {
@@ -228,16 +261,49 @@ def _run_locked(
         }
     )
     atomic_write_json(state_path, state)
-    tracker.log_metrics_once(
-        run_id,
-        {"best_validation_score": outcome.best_value} if outcome.best_value is not None else {},
-        step=0,
-    )
-    tracker.set_tags(
-        run_id, {"leanhpo.status": "completed", "leanhpo.best_epochs": outcome.best_epochs}
-    )
-    tracker.set_status(run_id, "FINISHED")
+    _close_tracking(state_path, state, study_info, config, log, tracker)
     return _finish(study, frozen, state, study_info, config, report_path, log)
+
+
+def _close_tracking(
+    state_path: Path,
+    state: dict[str, Any],
+    study_info: dict[str, Any],
+    config: dict[str, Any],
+    log: logging.Logger,
+    tracker: Tracker | None = None,
+) -> None:
+    """Finish the trial's MLflow record: score, status tags, terminal status.
+
+    Every step is idempotent, and it is redone on every rerun until state.json records it
+    done: a kill (or an MLflow error) between the final state write and the terminal status
+    would otherwise leave the run RUNNING forever, without its score."""
+    record = state.setdefault("mlflow", {})
+    if record.get("closed"):
+        return
+    tracker = tracker or open_tracker(config["tracking"], state_path.parent.parent)
+    run_id = record.get("run_id") or tracker.find_or_create_run(
+        {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(state["slot"])},
+        name=state_path.parent.name,
+        parent_run_id=study_info["mlflow"]["parent_run_id"],
+    )
+    if state["status"] == "completed":
+        best = state["outcome"]["best_value"]
+        scores = {"best_validation_score": best} if best is not None else {}
+        tracker.log_metrics_once(run_id, scores, step=0)
+        tags = {
+            "leanhpo.status": "completed",
+            "leanhpo.best_epochs": state["outcome"]["best_epochs"],
+        }
+        status = "FINISHED"
+    else:
+        tags = {"leanhpo.status": "failed", "leanhpo.failure": state["failure"]["reason"]}
+        status = "FAILED"
+    tracker.set_tags(run_id, tags)
+    tracker.set_status(run_id, status)
+    record.update({"run_id": run_id, "closed": True})
+    atomic_write_json(state_path, state)
+    event(log, f"MLflow run {run_id} closed as {status}", kind="tracking_closed")
 
 
 def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
