@@ -5,17 +5,13 @@ Whatever the source, the result is the same pair of CSV paths plus the identity 
 """
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
-import requests
-from huggingface_hub import constants, snapshot_download
+from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
-    GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -24,12 +20,21 @@ from leanhpo.data.errors import DataError
 from leanhpo.data.redsm5 import ANNOTATIONS_FILE, POSTS_FILE
 from leanhpo.data.sample import SAMPLE_VERSION, generate_sample
 from leanhpo.fsutil import atomic_write_bytes, sha256_file
-from leanhpo.hub import HUB_RETRY_WAITS, hub_offline, hub_retrying
+from leanhpo.hub import (
+    HUB_RETRY_WAITS,
+    describe_hub_error,
+    error_chain,
+    hub_cache_dir,
+    hub_error_kind,
+    hub_offline,
+    hub_retrying,
+    hub_status,
+    redact,
+    single_shot_hub_requests,
+)
 
 SOURCES: tuple[str, ...] = ("sample", "local", "hub")
 SAMPLE_DATASET_ID = "leanhpo-sample"
-AUTH_STATUS_CODES = (401, 403)
-TRANSIENT_STATUS_CODES = (408, 429)
 
 
 def materialize_source(data_cfg: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
@@ -129,17 +134,6 @@ def _materialize_hub(data_cfg: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
     return _result(posts, annotations, "hub", repo_id, str(revision), snapshot.name)
 
 
-def hub_cache_dir() -> Path:
-    """The hub cache as the environment says NOW (huggingface_hub reads it once, at import)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(home).expanduser() / "hub"
-    return Path(constants.HF_HUB_CACHE)
-
-
 def _download_snapshot(repo_id: str, revision: str) -> Path:
     """The snapshot folder: the cache first (works offline), then the hub with retries."""
     cache = hub_cache_dir()
@@ -158,65 +152,69 @@ def _download_snapshot(repo_id: str, revision: str) -> Path:
     except LocalEntryNotFoundError:
         pass  # a cache miss: the normal first-run case
     if hub_offline():
-        reason = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so the hub was not tried (unset it to download)"
+        reason = (
+            "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so the hub was not tried "
+            "(unset it to download)"
+        )
         raise DataError(_unreachable_message(repo_id, revision, cache, reason))
     retrying = hub_retrying(_is_transient, HUB_RETRY_WAITS)
     try:
-        return Path(retrying(snapshot_download, **kwargs))
+        with single_shot_hub_requests():
+            return Path(retrying(snapshot_download, **kwargs))
     except Exception as error:
-        raise _hub_error(error, repo_id, revision, cache) from None
+        attempts = retrying.statistics.get("attempt_number", 1)
+        # `from None`: the chained hub errors quote server messages, which may hold the token.
+        raise _hub_error(error, repo_id, revision, cache, attempts) from None
 
 
 def _is_transient(error: BaseException) -> bool:
     """Retry what may pass (connection drops, timeouts, 5xx, 429), not auth or missing repos."""
-    if isinstance(error, RepositoryNotFoundError | RevisionNotFoundError | OfflineModeIsEnabled):
-        return False
-    if isinstance(error, LocalEntryNotFoundError):
-        # snapshot_download wraps a failed API call this way; the cause says why it failed.
-        return error.__cause__ is not None and _is_transient(error.__cause__)
-    if isinstance(error, requests.exceptions.SSLError | requests.exceptions.ProxyError):
-        return False
-    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return True
-    if isinstance(error, requests.HTTPError):
-        status = _status_code(error)
-        return status is not None and (status >= 500 or status in TRANSIENT_STATUS_CODES)
-    return False
+    return hub_error_kind(error) == "transient"
 
 
-def _status_code(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None) if response is not None else None
-
-
-def _hub_error(error: Exception, repo_id: str, revision: str, cache: Path) -> DataError:
+def _hub_error(
+    error: Exception, repo_id: str, revision: str, cache: Path, attempts: int
+) -> DataError:
     """Turn a hub failure into the fix the user needs; the error text never holds a token."""
     page = f"https://huggingface.co/datasets/{repo_id}"
-    status = _status_code(error)
-    if isinstance(error, GatedRepoError) or (
-        isinstance(error, HfHubHTTPError) and status in AUTH_STATUS_CODES
-    ):
+    kind = hub_error_kind(error)
+    chain = error_chain(error)
+    if kind == "refused":
+        status = hub_status(error)
         return DataError(
             f"Tried to download dataset '{repo_id}' (revision '{revision}') from the Hugging "
-            f"Face hub and was refused ({type(error).__name__}, HTTP {status}): the dataset is "
-            f"gated or you are not logged in. Fix: accept the terms on {page}, then run "
-            "`huggingface-cli login` or set the HF_TOKEN environment variable, and run again."
+            f"Face hub and was refused ({_last_hub_error_name(chain)}, HTTP {status}; not "
+            f"retried, since waiting does not grant access): the dataset is gated or you are "
+            f"not logged in. Fix: accept the terms on {page}, then run `huggingface-cli login` "
+            "or set the HF_TOKEN environment variable to a token that can read it, and run "
+            f"again. Or fill the cache at {cache} on a machine that has access (`huggingface-cli "
+            f"download {repo_id} --repo-type dataset --revision {revision} --cache-dir {cache}`) "
+            "and run here with HF_HUB_OFFLINE=1."
         )
-    if isinstance(error, RevisionNotFoundError):
+    if any(isinstance(link, RevisionNotFoundError) for link in chain):
         return DataError(
             f"Tried to download dataset '{repo_id}' at revision '{revision}', but the hub has "
             f"no such revision. Fix: set data.revision to a branch, tag or commit listed on "
             f"{page}/commits/main."
         )
-    if isinstance(error, RepositoryNotFoundError):
+    if any(isinstance(link, RepositoryNotFoundError) for link in chain):
         return DataError(
             f"Tried to download dataset '{repo_id}' and the hub says it does not exist or is "
             f"private. Searched the cache at {cache} too. Fix: check data.id; if it is gated, "
             f"accept the terms on {page} and run `huggingface-cli login` (or set HF_TOKEN)."
         )
-    attempts = len(HUB_RETRY_WAITS) + 1
-    reason = f"the hub did not answer ({attempts} attempts, last: {type(error).__name__})"
+    plural = "s" if attempts != 1 else ""
+    reason = (
+        f"the hub did not answer ({attempts} attempt{plural}, last: "
+        f"{redact(describe_hub_error(error))})"
+    )
     return DataError(_unreachable_message(repo_id, revision, cache, reason))
+
+
+def _last_hub_error_name(chain: list[BaseException]) -> str:
+    """The hub's own error type (HfHubHTTPError, GatedRepoError), not the wrapper around it."""
+    typed = [link for link in chain if isinstance(link, HfHubHTTPError)]
+    return type(typed[-1] if typed else chain[0]).__name__
 
 
 def _unreachable_message(repo_id: str, revision: str, cache: Path, reason: str) -> str:
@@ -226,7 +224,9 @@ def _unreachable_message(repo_id: str, revision: str, cache: Path, reason: str) 
         f"`huggingface-cli download {repo_id} --repo-type dataset --revision {revision} "
         f"--cache-dir {cache}` (copy that folder over if needed), or download {POSTS_FILE} and "
         f"{ANNOTATIONS_FILE} by hand and set data.source: local with data.path pointing at "
-        "their folder."
+        "their folder. A filled cache loads with HF_HUB_OFFLINE=1 and no network. If the "
+        f"dataset is gated, accept its terms on https://huggingface.co/datasets/{repo_id} and "
+        "log in with `huggingface-cli login` (or set HF_TOKEN) before downloading."
     )
 
 

@@ -8,7 +8,6 @@ final failure names the cache, how to log in and how to download by hand.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,18 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
 
-from leanhpo.hub import HUB_ALIASES, HUB_RETRY_WAITS, hub_offline, hub_retrying
+from leanhpo.exit_codes import EXIT_BAD_INPUT
+from leanhpo.hub import (
+    HUB_ALIASES,
+    HUB_RETRY_WAITS,
+    hub_cache_dir,
+    hub_error_kind,
+    hub_offline,
+    hub_retrying,
+    hub_status,
+    redact,
+    single_shot_hub_requests,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -30,10 +40,27 @@ TINY_BERT = {
     "hidden_dropout_prob": 0.1,
     "attention_probs_dropout_prob": 0.1,
 }
+# What transformers says, in a bare OSError, about a repo or file that will not appear by waiting.
+PERMANENT_WORDS = (
+    "gated",
+    "401",
+    "403",
+    "404",
+    "not a valid model identifier",
+    "not a valid git identifier",
+    "does not exist",
+    "does not appear to have",
+)
 
 
 class ModelLoadError(RuntimeError):
-    """The encoder could not be loaded; the message says where we looked and what to do."""
+    """The encoder could not be loaded; the message says where we looked and what to do.
+
+    Exits with leanhpo.exit_codes.EXIT_BAD_INPUT: the config names a model this machine cannot
+    load, and a rerun without a fix (a login, a licence, a filled cache) fails the same way.
+    """
+
+    exit_code = EXIT_BAD_INPUT
 
 
 @dataclass(frozen=True)
@@ -126,42 +153,69 @@ def _from_hub(hub_id: str, revision: str) -> tuple[Any, Any, str | None]:
         raise ModelLoadError(
             _hub_help(hub_id, revision, "it is not in the cache and HF_HUB_OFFLINE is set")
         )
+    retrying = hub_retrying(_transient, HUB_RETRY_WAITS)
     try:
-        result: tuple[Any, Any, str | None] = hub_retrying(_transient, HUB_RETRY_WAITS)(
-            _hub_attempt, hub_id, revision, local_only=False
-        )
+        with single_shot_hub_requests():
+            result: tuple[Any, Any, str | None] = retrying(
+                _hub_attempt, hub_id, revision, local_only=False
+            )
     except OSError as error:
-        raise ModelLoadError(
-            _hub_help(hub_id, revision, f"the download failed: {error}")
-        ) from error
+        attempts = retrying.statistics.get("attempt_number", 1)
+        # `from None`: the chained hub errors quote server messages, which may hold the token.
+        raise ModelLoadError(_failure_help(hub_id, revision, error, attempts)) from None
     return result
 
 
 def _transient(error: BaseException) -> bool:
-    """Network trouble is worth a retry; a gated or missing repo is not."""
+    """Network trouble is worth a retry; a refused, gated or missing repo is not."""
+    kind = hub_error_kind(error)
+    if kind is not None:
+        return kind == "transient"
+    # No typed cause (transformers raises some errors as bare OSError): judge by the words.
     message = str(error).lower()
-    permanent = ("gated", "401", "403", "404", "not a valid model identifier", "does not exist")
-    return isinstance(error, OSError) and not any(word in message for word in permanent)
+    return isinstance(error, OSError) and not any(word in message for word in PERMANENT_WORDS)
 
 
 def _hub_attempt(hub_id: str, revision: str, local_only: bool) -> tuple[Any, Any, str | None]:
-    encoder = AutoModel.from_pretrained(hub_id, revision=revision, local_files_only=local_only)
-    tokenizer = AutoTokenizer.from_pretrained(
-        hub_id, revision=revision, local_files_only=local_only
+    # The cache as the environment says now: transformers fixed its default at import.
+    cache = str(hub_cache_dir())
+    encoder = AutoModel.from_pretrained(
+        hub_id, revision=revision, local_files_only=local_only, cache_dir=cache
     )
+    tokenizer = AutoTokenizer.from_pretrained(
+        hub_id, revision=revision, local_files_only=local_only, cache_dir=cache
+    )
+    # The commit the hub resolved `revision` to (its X-Repo-Commit), from the snapshot folder.
     commit = getattr(encoder.config, "_commit_hash", None)
     return encoder, tokenizer, commit
 
 
-def _hub_help(hub_id: str, revision: str, what: str) -> str:
-    from huggingface_hub import constants
+def _failure_help(hub_id: str, revision: str, error: OSError, attempts: int) -> str:
+    if hub_error_kind(error) == "refused":
+        status = hub_status(error)
+        what = (
+            f"the hub refused access (HTTP {status}; not retried, since waiting does not grant "
+            f"access): {redact(str(error))}"
+        )
+    else:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        what = f"the download failed after {tries}: {redact(str(error))}"
+    return _hub_help(hub_id, revision, what)
 
-    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+
+def _hub_help(hub_id: str, revision: str, what: str) -> str:
+    cache = hub_cache_dir()
     return (
         f"cannot load model {hub_id!r} (revision {revision!r}): {what}.\n"
         f"  Looked in the Hugging Face cache: {cache}\n"
-        "  To fix: log in with `huggingface-cli login` (or set HF_TOKEN) if the model is gated, "
-        "and check the network; or download it by hand on a connected machine with "
-        f"`huggingface-cli download {hub_id} --revision {revision}` and copy the cache folder here; "
-        "or set model.id to a local folder made with save_pretrained."
+        "  To fix:\n"
+        "  - if the model is gated or private, accept its licence on "
+        f"https://huggingface.co/{hub_id} and log in with `huggingface-cli login` (or set "
+        "HF_TOKEN to a token that can read it);\n"
+        "  - if the network is down or flaky, run again later;\n"
+        "  - or download it by hand on a connected machine with "
+        f"`huggingface-cli download {hub_id} --revision {revision} --cache-dir {cache}`, copy "
+        "that cache folder here and set HF_HUB_OFFLINE=1 (with HF_HUB_CACHE or HF_HOME "
+        "pointing at it);\n"
+        "  - or set model.id to a local folder made with save_pretrained."
     )
