@@ -25,7 +25,9 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
     config = validate_config(config)
     log = setup_logging()
     study_cfg, tracking = config["study"], config["tracking"]
-    study = create_or_load_study(study_cfg["name"], study_cfg["storage"])
+    study = create_or_load_study(
+        study_cfg["name"], study_cfg["storage"], timeout_s=study_cfg["storage_timeout_s"]
+    )
     study_uuid = study.user_attrs[STUDY_UUID_ATTR]
     tracker = open_tracker(tracking, study_json.parent)
     parent = tracker.find_or_create_run(

@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.logs import mask_secrets
+from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
 
 SLOT_ATTR = "leanhpo.slot"
 TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
@@ -26,6 +27,7 @@ STUDY_UUID_ATTR = "leanhpo.study_uuid"
 CREATED_AT_ATTR = "leanhpo.created_at"
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+DEFAULT_STORAGE_TIMEOUT_S = 600.0  # study.storage_timeout_s's default
 
 
 def ensure_sqlite_folder(url: str) -> None:
@@ -36,9 +38,25 @@ def ensure_sqlite_folder(url: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def storage_for(url: str) -> optuna.storages.BaseStorage:
+def engine_kwargs_for(url: str) -> dict[str, Any]:
+    # pre_ping: after a server restart the pooled connections are dead; test each one on
+    # checkout and replace it, instead of failing the first call after every outage.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> RetryingStorage:
+    """The Optuna storage at `url`, every call retried on transient database errors for at most
+    `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69)."""
     ensure_sqlite_folder(url)
-    return optuna.storages.RDBStorage(url)
+    retrier = StorageRetrier(url, timeout_s)
+    rdb = retrier.call(
+        "connect", lambda _attempt: optuna.storages.RDBStorage(url, engine_kwargs_for(url))
+    )
+    # The cache Optuna itself puts over an RDBStorage (see retry.py for why it sits inside).
+    return RetryingStorage(optuna.storages._CachedStorage(rdb), retrier, TRIAL_UUID_ATTR)
 
 
 class ParamSeededSampler(optuna.samplers.BaseSampler):
@@ -96,10 +114,19 @@ def sampler_for(seed: int, slot: int | None = None) -> optuna.samplers.BaseSampl
     return ParamSeededSampler(seed, slot or 0, lambda s: optuna.samplers.TPESampler(seed=s))
 
 
-def open_study(name: str, storage_url: str, seed: int, slot: int | None = None) -> optuna.Study:
+def open_study(
+    name: str,
+    storage_url: str,
+    seed: int,
+    slot: int | None = None,
+    *,
+    timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+) -> optuna.Study:
     try:
         study = optuna.load_study(
-            study_name=name, storage=storage_for(storage_url), sampler=sampler_for(seed, slot)
+            study_name=name,
+            storage=storage_for(storage_url, timeout_s),
+            sampler=sampler_for(seed, slot),
         )
     except KeyError as error:
         raise RuntimeError(
@@ -109,9 +136,14 @@ def open_study(name: str, storage_url: str, seed: int, slot: int | None = None) 
     return study
 
 
-def create_or_load_study(name: str, storage_url: str) -> optuna.Study:
+def create_or_load_study(
+    name: str, storage_url: str, *, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S
+) -> optuna.Study:
     study = optuna.create_study(
-        study_name=name, storage=storage_for(storage_url), direction=DIRECTION, load_if_exists=True
+        study_name=name,
+        storage=storage_for(storage_url, timeout_s),
+        direction=DIRECTION,
+        load_if_exists=True,
     )
     if study.direction != DIRECTION:
         raise RuntimeError(
