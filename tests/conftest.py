@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
+from services.fake_hub import fake_hub, fake_hub_repos  # noqa: F401
+from services.mlflow_server import mlflow_server  # noqa: F401
+from services.postgres import postgres, postgres_cluster  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"

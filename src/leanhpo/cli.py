@@ -15,7 +15,7 @@ from typing import Any
 
 from leanhpo import paths
 from leanhpo.config import load_config_file
-from leanhpo.exit_codes import EXIT_BAD_INPUT, exit_code_for
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, exit_code_for
 from leanhpo.workflow import describe
 
 
@@ -70,7 +70,11 @@ def _cmd_evaluate(config: dict[str, Any], args: argparse.Namespace) -> Any:
     folder = paths.study_dir(name)
     reports = sorted(folder.glob("trial_[0-9][0-9][0-9][0-9]/report.json"))
     return evaluate_study(
-        folder / "study.json", paths.data_dir(name), reports, folder / "study_report.json"
+        folder / "study.json",
+        paths.data_dir(name),
+        reports,
+        folder / "study_report.json",
+        _study_config(config),
     )
 
 
@@ -87,6 +91,14 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
     )
 
 
+def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.tracking import open_tracker
+
+    tracker = open_tracker(config["tracking"], paths.study_dir(config["study"]["name"]))
+    replayed = tracker.drain()
+    return {"replayed": replayed, **tracker.spool_stats()}
+
+
 COMMANDS = {
     "validate-config": (_cmd_validate, "check config.yaml (and overlays) and exit"),
     "prepare-data": (_cmd_prepare, "write the prepared splits and data_report.json"),
@@ -94,6 +106,10 @@ COMMANDS = {
     "run-trial": (_cmd_trial, "run (or resume) one trial slot"),
     "prune-study": (_cmd_prune, "enforce study-wide retention and write retention.json"),
     "evaluate": (_cmd_evaluate, "evaluate the best trial on the test split"),
+    "sync-tracking": (
+        _cmd_sync_tracking,
+        "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down)",
+    ),
     "cleanup": (
         _cmd_cleanup,
         "list (or --apply: remove) checkpoints, temp folders and logs no trial references",
@@ -140,4 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.command == "cleanup":
         print(result["summary"])
+    elif args.command == "sync-tracking":
+        print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
+        if result["pending"]:
+            return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
     return 0

@@ -1,0 +1,148 @@
+"""What an MLflow failure means for us: an outage (buffer and go on), wrong credentials (stop the
+study with a clear message), or a bug (raise as is). And the bound on how long one MLflow HTTP
+call may block, which MLflow itself would stretch to minutes of retries."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from leanhpo.logs import mask_secrets, register_secret
+from leanhpo.urls import expand_env_references, without_credentials
+
+# Read by mlflow.utils.rest_utils.http_request on every call (mlflow 3.17): defaults are 7
+# retries with backoff factor 2 and a 120 s timeout, minutes per failed write. Our own retry is
+# the spool, so MLflow's is switched off while a Tracker call runs.
+MAX_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"  # an int in seconds, for connect and for read
+OUTAGE_STATUS = frozenset({408, 429})  # plus every 5xx
+AUTH_STATUS = frozenset({401, 403})
+# Database URIs MLflow reaches over the network (SQLite is a local file).
+NETWORK_DB_SCHEMES = ("postgresql", "mysql")
+REASON_CHARS = 300
+
+
+class TrackingAuthError(RuntimeError):
+    """The server answered, but refused who we are: no buffering can fix that."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow did not answer in time (or answered 5xx/429): an outage, not a bug."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+@contextmanager
+def bounded_http(timeout_s: float) -> Iterator[None]:
+    """No MLflow-internal retries and a per-request timeout of about `timeout_s` (whole seconds,
+    as MLflow parses the variable as an int). The old values come back afterwards, so other
+    MLflow use in the process keeps its own settings."""
+    wanted = {MAX_RETRIES_ENV: "0", TIMEOUT_ENV: str(max(1, math.ceil(timeout_s)))}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def http_status(error: BaseException) -> int | None:
+    if isinstance(error, MlflowException):
+        return int(error.get_http_status_code())
+    return None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_transport_failure(error: BaseException) -> bool:
+    """Connection refused/reset, timeouts, a database that cannot be reached or is locked."""
+    import requests
+    import sqlalchemy.exc
+
+    transient = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return any(isinstance(link, transient) for link in _chain(error))
+
+
+def reason_of(error: BaseException) -> str:
+    return mask_secrets(f"{type(error).__name__}: {error}")[:REASON_CHARS]
+
+
+def classify(error: Exception, uri: str) -> Exception:
+    """The exception to raise instead of `error`: TrackingUnavailable for an outage,
+    TrackingAuthError for refused credentials, `error` itself for anything else (a bug)."""
+    if isinstance(error, TrackingUnavailable | TrackingAuthError):
+        return error
+    status = http_status(error)
+    if status in AUTH_STATUS:
+        return TrackingAuthError(
+            f"MLflow at {mask_secrets(uri)} refused our credentials (HTTP {status}); this is "
+            "not an outage, so nothing was buffered. Set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account that may write "
+            "to this server, then rerun."
+        )
+    if _is_transport_failure(error) or (
+        status is not None and (status >= 500 or status in OUTAGE_STATUS)
+    ):
+        return TrackingUnavailable(reason_of(error))
+    return error
+
+
+def make_client(uri: str, timeout_s: float) -> MlflowClient:
+    """An MlflowClient, but first one bounded connection attempt for a database URI: MLflow's
+    constructor retries a dead database 10 times with backoff (about 100 s) before it raises."""
+    if uri.startswith(NETWORK_DB_SCHEMES):
+        import sqlalchemy
+
+        seconds = max(1, math.ceil(timeout_s))
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": seconds})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    return MlflowClient(tracking_uri=uri)
+
+
+def client_uri(uri: str) -> str:
+    """The URI the MLflow client gets: `${NAME}` references filled in, and for HTTP without
+    user:password, which go to MLFLOW_TRACKING_USERNAME/PASSWORD (this process only) instead.
+    Why: MLflow prints and logs the URI it was given ("View run ... at: URI", retry warnings)
+    on paths our masking never sees."""
+    live = expand_env_references(uri, "tracking.uri")
+    # Noise in every job log, and on older MLflow versions it carried the URI's password.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    if not live.startswith(("http://", "https://")):
+        return live
+    bare, user, password = without_credentials(live)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password is not None:
+        register_secret(password)
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return bare

@@ -1,0 +1,236 @@
+"""The durable spool: MLflow writes that could not reach the server, in the order they were made,
+and the runs that were created while it was down.
+
+SQLite, because several processes of one study (trial jobs, evaluate, sync-tracking) append to
+it at once and a kill -9 must never leave half an entry. synchronous=FULL makes an append
+durable before the training goes on. The default rollback journal, not WAL: a study folder may
+sit on a network file system shared by cluster nodes, where WAL's shared-memory index does not
+work. A run's placeholder id stays mapped to its MLflow id here for good, so any later process
+handed a placeholder (from state.json or study.json) finds the real run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("leanhpo.tracking")
+BUSY_TIMEOUT_S = 30.0  # appends from other jobs wait this long for the write lock
+WARN_BYTES = 100 * 1024 * 1024
+PLACEHOLDER_PREFIX = "pending-"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    placeholder TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    parent TEXT,
+    created_ms INTEGER NOT NULL,
+    run_id TEXT
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_ref TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_run ON entries (run_ref);
+"""
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    placeholder: str
+    experiment: str
+    name: str
+    tags: dict[str, str]
+    parent: str | None
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    run_ref: str
+    kind: str
+    payload: dict[str, Any]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def placeholder_id(experiment: str, tags: dict[str, str]) -> str:
+    """Stable across processes, so a job rerun while MLflow is still down gets the same one."""
+    digest = hashlib.sha256(json.dumps([experiment, tags], sort_keys=True).encode()).hexdigest()
+    return PLACEHOLDER_PREFIX + digest[:24]
+
+
+def is_placeholder(run_id: str) -> bool:
+    return run_id.startswith(PLACEHOLDER_PREFIX)
+
+
+class Spool:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._warned_size = False
+
+    def _open(self, create: bool) -> sqlite3.Connection | None:
+        """The connection, made (with the file) only when something is first spooled, so a study
+        whose MLflow never failed has no spool file."""
+        if self._db is None and (create or self.path.exists()):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._open(create=True)
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = self._open(create=False)
+        return db.execute(sql, args).fetchall() if db is not None else []
+
+    def append(self, run_ref: str, kind: str, payload: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO entries (run_ref, kind, payload, created_ms) VALUES (?, ?, ?, ?)",
+                (run_ref, kind, json.dumps(payload, separators=(",", ":")), now_ms()),
+            )
+        self._warn_if_large()
+
+    def add_run(self, run: PendingRun) -> None:
+        """Record a run created while MLflow is down; a second call for the same tags keeps
+        the first record (and so its creation time)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    run.placeholder,
+                    run.experiment,
+                    run.name,
+                    json.dumps(run.tags, sort_keys=True),
+                    run.parent,
+                    run.created_ms,
+                ),
+            )
+
+    def pending_run(self, placeholder: str) -> PendingRun | None:
+        rows = self._rows(
+            "SELECT placeholder, experiment, name, tags, parent, created_ms FROM runs"
+            " WHERE placeholder = ?",
+            placeholder,
+        )
+        if not rows:
+            return None
+        ph, experiment, name, tags, parent, created = rows[0]
+        return PendingRun(ph, experiment, name, json.loads(tags), parent, created)
+
+    def has_run(self, placeholder: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM runs WHERE placeholder = ?", placeholder))
+
+    def real_id(self, placeholder: str) -> str | None:
+        rows = self._rows("SELECT run_id FROM runs WHERE placeholder = ?", placeholder)
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    def map_run(self, placeholder: str, run_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET run_id = ? WHERE placeholder = ?", (run_id, placeholder))
+
+    def unmapped_runs(self) -> list[str]:
+        rows = self._rows("SELECT placeholder FROM runs WHERE run_id IS NULL ORDER BY created_ms")
+        return [str(row[0]) for row in rows]
+
+    def has_pending(self) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM entries)"
+                " OR EXISTS (SELECT 1 FROM runs WHERE run_id IS NULL)"
+            )
+        )
+
+    def holds_entries_for(self, run_id: str) -> bool:
+        """Whether a write to this run must queue behind spooled ones (under the id itself or
+        under a placeholder that became it)."""
+        return bool(
+            self._rows(
+                "SELECT 1 FROM entries WHERE run_ref = ?1 OR run_ref IN"
+                " (SELECT placeholder FROM runs WHERE run_id = ?1) LIMIT 1",
+                run_id,
+            )
+        )
+
+    def next_entries(self, limit: int) -> list[Entry]:
+        rows = self._rows(
+            "SELECT seq, run_ref, kind, payload FROM entries ORDER BY seq LIMIT ?", limit
+        )
+        return [Entry(seq, ref, kind, json.loads(payload)) for seq, ref, kind, payload in rows]
+
+    def delete(self, seqs: list[int]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM entries WHERE seq = ?", [(seq,) for seq in seqs])
+
+    def pending_count(self) -> int:
+        rows = self._rows(
+            "SELECT (SELECT COUNT(*) FROM entries)"
+            " + (SELECT COUNT(*) FROM runs WHERE run_id IS NULL)"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def size_bytes(self) -> int:
+        files = (self.path, self.path.with_name(self.path.name + "-journal"))
+        return sum(f.stat().st_size for f in files if f.exists())
+
+    def _warn_if_large(self) -> None:
+        if not self._warned_size and self.size_bytes() > WARN_BYTES:
+            self._warned_size = True
+            LOG.warning(
+                "MLflow spool %s has passed %d MB; it keeps growing until MLflow answers again"
+                " (run `python -m leanhpo sync-tracking` then)",
+                self.path,
+                WARN_BYTES // (1024 * 1024),
+            )
+
+    @contextlib.contextmanager
+    def drain_lock(self, wait_s: float) -> Iterator[bool]:
+        """One drainer at a time, so two processes never check-then-upload the same point.
+        flock on a side file (SQLite's own locks are fcntl locks on the database, which an NFS
+        client would mix up with ours) dies with its process, so a kill -9 leaves no stale lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.1)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
