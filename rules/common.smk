@@ -8,6 +8,7 @@ from leanhpo.workflow import (
     announce_n_trials,
     canonical,
     environment_problems,
+    without_passwords,
     recover_stale_locks,
 )
 
@@ -39,11 +40,12 @@ STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s")
 
 
 def study_params():
-    """What identifies the study and reaches its services (live URLs, unmasked: jobs get them
-    only here). It never changes while a study grows, so study.json (the create_study output
-    every trial reads) stays put and finished trials stay up to date."""
+    """What identifies the study and how its jobs reach its services (URLs whose passwords are
+    `${...}` references to this process's environment, see leanhpo.urls). It never changes
+    while a study grows, so study.json (the create_study output every trial reads) stays put
+    and finished trials stay up to date."""
     study = {k: config["study"][k] for k in STUDY_IDENTITY}
-    return canonical({"study": study, "tracking": config["tracking"]})
+    return canonical(without_passwords({"study": study, "tracking": config["tracking"]}))
 
 
 def trial_params():
@@ -52,7 +54,7 @@ def trial_params():
     data, model, train or search_space reruns them, and the trial job refuses it (a study's
     trials share one config). A change of retention or tracking reruns them cheaply: a finished
     trial only re-applies retention and rewrites its report."""
-    sections = ("tracking", "data", "model", "train", "search_space", "retention")
+    sections = ("data", "model", "train", "search_space", "retention")
     return canonical({**study_params(), **{k: config[k] for k in sections}})
 
 

@@ -15,7 +15,7 @@ from leanhpo.reports import TRIAL_SCHEMA, validate_report
 from leanhpo.study.evaluate import evaluate_study, pick_best
 from leanhpo.study.pressure import StorageGuard
 from leanhpo.tracking import Tracker
-from leanhpo.trial.job import StudyConfigMismatchError
+from leanhpo.trial.fingerprint import StudyConfigMismatchError
 
 
 class Crash(Exception):

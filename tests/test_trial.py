@@ -15,7 +15,8 @@ from leanhpo.reports import TRIAL_SCHEMA, validate_report
 from leanhpo.study.setup import SLOT_ATTR
 from leanhpo.tracking import Tracker
 from leanhpo.trial import runner
-from leanhpo.trial.job import StudyConfigMismatchError, TrialLock, TrialLockedError
+from leanhpo.trial.fingerprint import StudyConfigMismatchError
+from leanhpo.trial.job import TrialLock, TrialLockedError
 
 
 class Crash(Exception):

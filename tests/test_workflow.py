@@ -188,20 +188,26 @@ def _in_epoch(log: Path, epoch: int) -> bool:
     return False
 
 
-def _start(workdir: Path, *overlays: Path) -> subprocess.Popen:
+def _command(workdir: Path, *overlays: Path) -> list[str]:
     configs = [
         str(REPO / "config.yaml"),
         str(REPO / "tests" / "config" / "tiny.yaml"),
         *map(str, overlays),
     ]
     command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *configs, "--cores", "1"]
-    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
+    return [*command, "--configfile", *configs, "--cores", "1"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
+
+
+def _start(workdir: Path, *overlays: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        command,
+        _command(workdir, *overlays),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=_env(),
         start_new_session=True,
     )
 
@@ -277,3 +283,56 @@ def test_growing_n_trials_runs_only_the_new_slots(finished):
     assert result.returncode == 0, result.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished trials untouched
     assert len(_optuna(finished).get_trials()) == N_TRIALS + 2
+
+
+KILL_ROUNDS = int(os.environ.get("LEANHPO_KILL_ROUNDS", "6"))
+
+
+def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(finished, tmp_path):
+    """Issue 8 acceptance: kill -9 (the whole process group: Snakemake and its job) at seeded
+    random instants over a whole study, each followed by the resume command, until it ends.
+    Every slot COMPLETE once, no duplicate or missing epoch in MLflow, no run left RUNNING,
+    and the test metrics of the uninterrupted study. LEANHPO_KILL_ROUNDS sets the kill count."""
+    import random
+
+    workdir = tmp_path / "storm"
+    workdir.mkdir()
+    rng = random.Random(8)
+    kills = []
+    for _ in range(KILL_ROUNDS):
+        process = subprocess.Popen(
+            [*_command(workdir), "--rerun-incomplete"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_env(),
+            start_new_session=True,
+        )
+        instant = rng.uniform(2.0, 14.0)
+        try:
+            process.wait(timeout=instant)
+        except subprocess.TimeoutExpired:
+            _kill(process)
+            kills.append(round(instant, 1))
+            continue
+        break  # finished before this round's instant came
+    final = snakemake(workdir, "--rerun-incomplete")
+    assert final.returncode == 0, final.stderr[-4000:]
+    assert len(kills) >= min(3, KILL_ROUNDS), kills
+
+    trials = _optuna(workdir).get_trials()
+    assert sorted(t.user_attrs["leanhpo.slot"] for t in trials) == list(range(N_TRIALS))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    tracker = _tracker(workdir)
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == N_TRIALS + 1  # no run created twice
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        for key, points in tracker.metric_history(run.info.run_id).items():
+            steps = [s for s, _ in points]
+            assert len(steps) == len(set(steps)), f"duplicate point {key} in {run.info.run_name}"
+            if key.startswith(("val_", "train_")):
+                assert steps == [1, 2], (key, run.info.run_name)
+    assert _histories(workdir) == _histories(finished)
+    stormed = json.loads((_study_dir(workdir) / "study_report.json").read_text())
+    clean = json.loads((_study_dir(finished) / "study_report.json").read_text())
+    assert stormed["test_metrics"] == clean["test_metrics"]

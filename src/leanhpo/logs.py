@@ -53,6 +53,8 @@ SECRET_ENV_VARS = (
     "MLFLOW_TRACKING_TOKEN",
     "PGPASSWORD",
     "AWS_SECRET_ACCESS_KEY",
+    "LEANHPO_STORAGE_PASSWORD",  # where the Snakefile moves the passwords of the config's URLs
+    "LEANHPO_TRACKING_PASSWORD",
 )
 MIN_LITERAL_SECRET = 4  # shorter values would mask ordinary words
 _registered: set[str] = set()

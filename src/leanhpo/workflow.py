@@ -134,6 +134,19 @@ def planned_trials() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def without_passwords(sections: dict[str, Any]) -> dict[str, Any]:
+    """The study and tracking sections with the passwords of their URLs moved into this
+    process's environment (jobs inherit it), so that Snakemake's params, which it records in
+    .snakemake/metadata, hold `${LEANHPO_..._PASSWORD}` references instead (see leanhpo.urls).
+    On a cluster, the job environment must carry those variables (SLURM exports it by default)."""
+    from leanhpo.urls import STORAGE_PASSWORD_ENV, TRACKING_PASSWORD_ENV, move_password_to_env
+
+    study, tracking = dict(sections["study"]), dict(sections["tracking"])
+    study["storage"] = move_password_to_env(study["storage"], STORAGE_PASSWORD_ENV)
+    tracking["uri"] = move_password_to_env(tracking["uri"], TRACKING_PASSWORD_ENV)
+    return {**sections, "study": study, "tracking": tracking}
+
+
 def augmentation_possible(config: dict[str, Any]) -> bool:
     """Whether some trial of this (validated) config may rewrite evidence sentences."""
     if config["train"]["augmentation_prob"] > 0:

@@ -251,3 +251,4 @@ def _track(
         },
     )
     tracker.set_status(parent, "FINISHED")
+    tracker.drain()  # what an outage kept from MLflow during the study

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.logs import mask_secrets
 from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
+from leanhpo.urls import expand_env_references
 
 SLOT_ATTR = "leanhpo.slot"
 TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
@@ -49,11 +50,13 @@ def engine_kwargs_for(url: str) -> dict[str, Any]:
 
 def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> RetryingStorage:
     """The Optuna storage at `url`, every call retried on transient database errors for at most
-    `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69)."""
-    ensure_sqlite_folder(url)
+    `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69). A
+    `${NAME}` in `url` (a password the Snakefile moved out of the params) is filled in here."""
+    live = expand_env_references(url, "study.storage")
+    ensure_sqlite_folder(live)
     retrier = StorageRetrier(url, timeout_s)
     rdb = retrier.call(
-        "connect", lambda _attempt: optuna.storages.RDBStorage(url, engine_kwargs_for(url))
+        "connect", lambda _attempt: optuna.storages.RDBStorage(live, engine_kwargs_for(live))
     )
     # The cache Optuna itself puts over an RDBStorage (see retry.py for why it sits inside).
     return RetryingStorage(optuna.storages._CachedStorage(rdb), retrier, TRIAL_UUID_ATTR)

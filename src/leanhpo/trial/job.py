@@ -8,8 +8,6 @@ resumes from its checkpoint, or finds a finished trial and only rewrites its rep
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import time
@@ -21,10 +19,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from leanhpo import __version__
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.data import load_split
-from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_LOCKED
+from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.reports import TRIAL_SCHEMA, write_report
@@ -33,26 +30,25 @@ from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.pressure import StorageGuard, effective_retention, policy_of
 from leanhpo.study.prune import prune_study_checkpoints
-from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study, progress
-from leanhpo.tracking import Tracker, flatten, open_tracker
+from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study
+from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import NonFiniteLossError
+from leanhpo.trial.fingerprint import (
+    TRAINING_SECTIONS,
+    check_study_fingerprint,
+    check_trial_fingerprint,
+    fingerprint,
+)
+from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
 from leanhpo.workflow import planned_trials
 
-# Sections whose change makes a finished trial meaningless for the study (fingerprinted).
-TRAINING_SECTIONS = ("data", "model", "train", "search_space")
-STUDY_FINGERPRINT_ATTR = "leanhpo.fingerprint"
-STUDY_FINGERPRINT_CONFIG_ATTR = "leanhpo.fingerprint_config"
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
 
 class TrialLockedError(RuntimeError):
     exit_code = EXIT_LOCKED
-
-
-class StudyConfigMismatchError(RuntimeError):
-    exit_code = EXIT_BAD_INPUT
 
 
 class TrialLock:
@@ -82,42 +78,6 @@ class TrialLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
-
-
-def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:
-    """Hash of what decides a trial's result: changing it mid-study is an error, not a rerun."""
-    relevant = {k: config[k] for k in TRAINING_SECTIONS}
-    relevant["seed"] = config["study"]["seed"]
-    relevant["metric"] = config["study"]["metric"]
-    relevant["data_fingerprint"] = data_fingerprint
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
-def check_study_fingerprint(study: optuna.Study, value: str, config: dict[str, Any]) -> None:
-    """Every slot of a study trains on the config and data the study started with.
-
-    The study keeps its fingerprint (and the sections it covers) as Optuna user attrs, so the
-    check holds for a new slot too, on any host that shares the storage; the first slot to
-    run records it."""
-    sections = {k: config[k] for k in TRAINING_SECTIONS}
-    recorded = study.user_attrs.get(STUDY_FINGERPRINT_ATTR)
-    if recorded is None:
-        study.set_user_attr(STUDY_FINGERPRINT_ATTR, value)
-        study.set_user_attr(STUDY_FINGERPRINT_CONFIG_ATTR, sections)
-        return
-    if recorded != value:
-        old = study.user_attrs.get(STUDY_FINGERPRINT_CONFIG_ATTR) or {}
-        changed = _changed_keys(old, sections)
-        raise StudyConfigMismatchError(
-            f"study {config['study']['name']!r} was started with another config or data "
-            f"(changed: {', '.join(changed) or 'the prepared data or the seed'}). All trials of a "
-            "study share one config: revert the change, or set a new study.name to start a new study."
-        )
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    old_flat, new_flat = flatten(old), flatten(new)
-    return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
 
 
 def run_trial_job(
@@ -156,21 +116,13 @@ def _run_locked(
     frozen = attach_slot(study, slot)
     state_path = trial_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
-    if state is not None and state.get("fingerprint") != trial_fingerprint:
-        changed = _changed_keys(
-            state["fingerprint_config"], {k: config[k] for k in TRAINING_SECTIONS}
-        )
-        raise StudyConfigMismatchError(
-            f"{trial_dir.name} of study {study_cfg['name']!r} was started with another config or data "
-            f"(changed: {', '.join(changed) or 'the prepared data'}). All trials of a study share one "
-            "config: revert the change, or set a new study.name to start a new study."
-        )
+    check_trial_fingerprint(state, trial_fingerprint, config, trial_dir.name)
     check_study_fingerprint(study, trial_fingerprint, config)
     if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or (
         state is not None and state.get("status") in ("completed", "failed")
     ):
         if state is not None and state.get("status") in ("completed", "failed"):
-            _close_tracking(state_path, state, study_info, config, log)
+            close_tracking(state_path, state, study_info, config, log)
         return _finish(study, frozen, state, study_info, config, report_path, log)
     trial = optuna.trial.Trial(study, frozen._trial_id)
     params = sample_params(trial, config)
@@ -194,7 +146,7 @@ def _run_locked(
     )
     state["mlflow"] = {"run_id": run_id, "experiment_id": tracker.experiment_id}
     atomic_write_json(state_path, state)
-    _announce(tracker, study, study_info, config, slot, run_id, state, params, resolved, log)
+    announce(tracker, study, study_info, config, slot, run_id, state, params, resolved, log)
 
     reported = set(frozen.intermediate_values)
 
@@ -246,7 +198,7 @@ def _run_locked(
             }
         )
         atomic_write_json(state_path, state)
-        _close_tracking(state_path, state, study_info, config, log, tracker)
+        close_tracking(state_path, state, study_info, config, log, tracker)
         return _finish(study, frozen, state, study_info, config, report_path, log)
     state.update(
         {
@@ -261,49 +213,8 @@ def _run_locked(
         }
     )
     atomic_write_json(state_path, state)
-    _close_tracking(state_path, state, study_info, config, log, tracker)
+    close_tracking(state_path, state, study_info, config, log, tracker)
     return _finish(study, frozen, state, study_info, config, report_path, log)
-
-
-def _close_tracking(
-    state_path: Path,
-    state: dict[str, Any],
-    study_info: dict[str, Any],
-    config: dict[str, Any],
-    log: logging.Logger,
-    tracker: Tracker | None = None,
-) -> None:
-    """Finish the trial's MLflow record: score, status tags, terminal status.
-
-    Every step is idempotent, and it is redone on every rerun until state.json records it
-    done: a kill (or an MLflow error) between the final state write and the terminal status
-    would otherwise leave the run RUNNING forever, without its score."""
-    record = state.setdefault("mlflow", {})
-    if record.get("closed"):
-        return
-    tracker = tracker or open_tracker(config["tracking"], state_path.parent.parent)
-    run_id = record.get("run_id") or tracker.find_or_create_run(
-        {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(state["slot"])},
-        name=state_path.parent.name,
-        parent_run_id=study_info["mlflow"]["parent_run_id"],
-    )
-    if state["status"] == "completed":
-        best = state["outcome"]["best_value"]
-        scores = {"best_validation_score": best} if best is not None else {}
-        tracker.log_metrics_once(run_id, scores, step=0)
-        tags = {
-            "leanhpo.status": "completed",
-            "leanhpo.best_epochs": state["outcome"]["best_epochs"],
-        }
-        status = "FINISHED"
-    else:
-        tags = {"leanhpo.status": "failed", "leanhpo.failure": state["failure"]["reason"]}
-        status = "FAILED"
-    tracker.set_tags(run_id, tags)
-    tracker.set_status(run_id, status)
-    record.update({"run_id": run_id, "closed": True})
-    atomic_write_json(state_path, state)
-    event(log, f"MLflow run {run_id} closed as {status}", kind="tracking_closed")
 
 
 def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -311,43 +222,6 @@ def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
         k: report.get(k)
         for k in ("source", "dataset_id", "revision", "resolved_revision", "fingerprint")
     }
-
-
-def _announce(
-    tracker: Tracker,
-    study: optuna.Study,
-    study_info: dict[str, Any],
-    config: dict[str, Any],
-    slot: int,
-    run_id: str,
-    state: dict[str, Any],
-    params: dict[str, Any],
-    resolved: Config,
-    log: logging.Logger,
-) -> None:
-    info = progress(study, slot, config["study"]["n_trials"])
-    event(
-        log,
-        f"trial {info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
-        kind="trial_start",
-        params=params,
-        **info,
-    )
-    tracker.set_tags(
-        study_info["mlflow"]["parent_run_id"], {f"leanhpo.{k}": v for k, v in info.items()}
-    )
-    tracker.set_tags(
-        run_id,
-        {
-            "leanhpo.trial_uuid": state["trial_uuid"],
-            "optuna.trial_number": state["optuna_number"],
-            "leanhpo.status": "running",
-            "leanhpo.code_version": __version__,
-            **{f"leanhpo.dataset.{k}": v for k, v in state["data"].items()},
-        },
-    )
-    tracker.log_params_once(run_id, {**params, "config": resolved.to_dict()})
-    tracker.log_dict(run_id, resolved.to_dict(), "resolved_config.json")
 
 
 def _finish(

@@ -123,5 +123,6 @@ def build_report(
         },
         "evidence_window": outcome["evidence_window"],
         "failure": state.get("failure"),
+        "tracking": state.get("tracking", {"spool_pending": 0, "max_wait_s": 0.0}),
         "generated_at": datetime.now(UTC).isoformat(),
     }

@@ -1,0 +1,120 @@
+"""The trial's MLflow record: announced when training starts, closed when the trial ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from leanhpo import __version__
+from leanhpo.config import Config
+from leanhpo.fsutil import atomic_write_json
+from leanhpo.logs import event
+from leanhpo.study.create import STUDY_UUID_TAG
+from leanhpo.study.setup import progress
+from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
+
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000 characters
+
+
+def announce(
+    tracker: Tracker,
+    study: optuna.Study,
+    study_info: dict[str, Any],
+    config: dict[str, Any],
+    slot: int,
+    run_id: str,
+    state: dict[str, Any],
+    params: dict[str, Any],
+    resolved: Config,
+    log: logging.Logger,
+) -> None:
+    info = progress(study, slot, config["study"]["n_trials"])
+    event(
+        log,
+        f"trial {info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
+        kind="trial_start",
+        params=params,
+        **info,
+    )
+    tracker.set_tags(
+        study_info["mlflow"]["parent_run_id"], {f"leanhpo.{k}": v for k, v in info.items()}
+    )
+    tracker.set_tags(
+        run_id,
+        {
+            "leanhpo.trial_uuid": state["trial_uuid"],
+            "optuna.trial_number": state["optuna_number"],
+            "leanhpo.status": "running",
+            "leanhpo.code_version": __version__,
+            **{f"leanhpo.dataset.{k}": v for k, v in state["data"].items()},
+        },
+    )
+    tracker.log_params_once(run_id, {**params, "config": resolved.to_dict()})
+    tracker.log_dict(run_id, resolved.to_dict(), "resolved_config.json")
+
+
+def close_tracking(
+    state_path: Path,
+    state: dict[str, Any],
+    study_info: dict[str, Any],
+    config: dict[str, Any],
+    log: logging.Logger,
+    tracker: Tracker | None = None,
+) -> None:
+    """Finish the trial's MLflow record (score, status tags, terminal status), then drain the
+    spool, which holds what an MLflow outage kept from the server.
+
+    Every step is idempotent, and closing is redone on every rerun until state.json records it
+    done: a kill (or an MLflow error) between the final state write and the terminal status
+    would otherwise leave the run RUNNING forever, without its score."""
+    record = state.setdefault("mlflow", {})
+    tracker = tracker or open_tracker(config["tracking"], state_path.parent.parent)
+    run_id = record.get("run_id") or tracker.find_or_create_run(
+        {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(state["slot"])},
+        name=state_path.parent.name,
+        parent_run_id=study_info["mlflow"]["parent_run_id"],
+    )
+    if not record.get("closed"):
+        if state["status"] == "completed":
+            best = state["outcome"]["best_value"]
+            scores = {"best_validation_score": best} if best is not None else {}
+            tracker.log_metrics_once(run_id, scores, step=0)
+            tags = {
+                "leanhpo.status": "completed",
+                "leanhpo.best_epochs": state["outcome"]["best_epochs"],
+            }
+            status = "FINISHED"
+        else:
+            reason = state["failure"]["reason"][:MAX_TAG_CHARS]
+            tags, status = {"leanhpo.status": "failed", "leanhpo.failure": reason}, "FAILED"
+        tracker.set_tags(run_id, tags)
+        tracker.set_status(run_id, status)
+        event(log, f"MLflow run closed as {status}", kind="tracking_closed", run_id=run_id)
+    tracker.drain()
+    spool = tracker.spool_stats()
+    record.update(
+        {
+            "run_id": tracker.real_run_id(run_id),
+            "experiment_id": tracker.experiment_id or record.get("experiment_id"),
+            "closed": True,
+        }
+    )
+    state["tracking"] = {
+        "spool_pending": spool["pending"],
+        "max_wait_s": round(
+            max(spool["max_wait_s"], state.get("tracking", {}).get("max_wait_s", 0)), 3
+        ),
+    }
+    atomic_write_json(state_path, state)
+    if spool["pending"]:
+        event(
+            log,
+            f"{spool['pending']} MLflow write(s) still spooled in {SPOOL_FILE}: they are replayed "
+            "by the next job that reaches MLflow, or by `python -m leanhpo sync-tracking`",
+            logging.WARNING,
+            kind="tracking_spooled",
+            **spool,
+        )
