@@ -232,46 +232,6 @@ def test_a_second_live_instance_is_refused(tmp_path):
     assert "LockException" in second.stdout + second.stderr or "cannot be locked" in second.stderr
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_result(finished, tmp_path):
-    workdir = tmp_path / "killed"
-    workdir.mkdir()
-    process = _start(workdir)
-    trial_log = _study_dir(workdir) / "trial_0001" / "logs" / "trial.jsonl"
-    try:
-        assert _wait_for(lambda: _in_epoch(trial_log, 2), timeout=600), (
-            "trial 1 never reached epoch 2"
-        )
-    finally:
-        _kill(process)
-    assert not (_study_dir(workdir) / "trial_0001" / "report.json").exists(), (
-        "the kill landed too late"
-    )
-    assert list((workdir / ".snakemake" / "locks").glob("*.lock")), (
-        "kill -9 should leave Snakemake's locks"
-    )
-
-    resumed = snakemake(workdir, "--rerun-incomplete")  # no --unlock needed
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-
-    trials = _optuna(workdir).get_trials()
-    assert sorted(t.user_attrs["leanhpo.slot"] for t in trials) == list(range(N_TRIALS))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    tracker = _tracker(workdir)
-    for run in tracker.client.search_runs([tracker.experiment_id]):
-        for key, points in tracker.metric_history(run.info.run_id).items():
-            steps = [s for s, _ in points]
-            assert len(steps) == len(set(steps)), (
-                f"duplicate point {key} in run {run.info.run_name}"
-            )
-            if key == "val_loss":
-                assert steps == [1, 2]
-    assert _histories(workdir) == _histories(finished)
-    killed_report = json.loads((_study_dir(workdir) / "study_report.json").read_text())
-    clean_report = json.loads((_study_dir(finished) / "study_report.json").read_text())
-    assert killed_report["test_metrics"] == clean_report["test_metrics"]
-    assert killed_report["best_trial"]["slot"] == clean_report["best_trial"]["slot"]
-
-
 def test_growing_n_trials_runs_only_the_new_slots(finished):
     overlay = finished / "grow.yaml"
     overlay.write_text(yaml.safe_dump({"study": {"n_trials": N_TRIALS + 2}}))
@@ -298,7 +258,8 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
     workdir = tmp_path / "storm"
     workdir.mkdir()
     rng = random.Random(8)
-    kills = []
+    kills: list[float] = []
+    locks_left: list[bool] = []  # a kill -9 leaves Snakemake's locks; no --unlock is needed
     for _ in range(KILL_ROUNDS):
         process = subprocess.Popen(
             [*_command(workdir), "--rerun-incomplete"],
@@ -313,11 +274,13 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
         except subprocess.TimeoutExpired:
             _kill(process)
             kills.append(round(instant, 1))
+            locks_left.append(bool(list((workdir / ".snakemake" / "locks").glob("*.lock"))))
             continue
         break  # finished before this round's instant came
     final = snakemake(workdir, "--rerun-incomplete")
     assert final.returncode == 0, final.stderr[-4000:]
     assert len(kills) >= min(3, KILL_ROUNDS), kills
+    assert any(locks_left), "no kill landed while Snakemake held its locks"
 
     trials = _optuna(workdir).get_trials()
     assert sorted(t.user_attrs["leanhpo.slot"] for t in trials) == list(range(N_TRIALS))
