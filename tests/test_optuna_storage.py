@@ -17,7 +17,7 @@ from studyhelper import Study
 
 from leanhpo.config import sample_params
 from leanhpo.exit_codes import EXIT_UNAVAILABLE, exit_code_for
-from leanhpo.study.retry import StorageUnavailableError, is_transient
+from leanhpo.study.retry import StorageRefusedError, StorageUnavailableError, is_transient
 from leanhpo.study.setup import (
     SLOT_ATTR,
     attach_slot,
@@ -173,10 +173,11 @@ def test_a_database_that_stays_down_stops_with_exit_69(postgres, study_log):
 def test_errors_that_are_not_outages_are_not_retried(postgres, study_log):
     wrong_password = postgres.url.replace(postgres.password, "not-the-password")
     started = time.monotonic()
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(StorageRefusedError) as caught:
         storage_for(wrong_password, timeout_s=60)
-    assert not isinstance(caught.value, StorageUnavailableError)
+    assert caught.value.exit_code == 2  # bad input, not "temporarily unavailable"
     assert "password authentication failed" in str(caught.value)
+    assert "not-the-password" not in str(caught.value)
     assert time.monotonic() - started < 5
 
     storage = storage_for(postgres.url, timeout_s=60)

@@ -30,7 +30,7 @@ import tenacity
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from leanhpo.exit_codes import EXIT_UNAVAILABLE
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from leanhpo.logs import event, mask_secrets
 
 LOGGER = logging.getLogger("leanhpo.study")
@@ -58,6 +58,21 @@ class StorageUnavailableError(RuntimeError):
     """The Optuna database stayed unreachable for `storage_timeout_s`; a rerun resumes."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class StorageRefusedError(RuntimeError):
+    """The database answered and refused us (credentials, a missing database): bad input."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def _refused(error: BaseException) -> bool:
+    cause = _root_cause(error)
+    # Connection-time refusals only: every driver (psycopg, pymysql) calls them this.
+    if isinstance(cause, sqlite3.Error) or type(cause).__name__ != "OperationalError":
+        return False
+    text = str(cause).lower()
+    return any(marker in text for marker in PERMANENT_MARKERS)
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -136,6 +151,12 @@ class StorageRetrier:
                 with try_:
                     result = attempt(try_.retry_state.attempt_number)
         except Exception as error:
+            if _refused(error):
+                raise StorageRefusedError(
+                    f"The Optuna storage {self.url} refused the connection: {describe(error)}. "
+                    "This is not an outage, so it was not retried: check the user, password and "
+                    "database in study.storage (or the environment variable its ${...} names)."
+                ) from error
             if not is_transient(error):
                 raise
             self.outage_started = None
