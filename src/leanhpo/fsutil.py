@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,39 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///relative` or `sqlite:////absolute` URL; None for other URLs and
+    in-memory databases."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def create_sqlite_atomically(url: str, initialise: Callable[[str], None]) -> None:
+    """Make the SQLite database of `url` whole or not at all.
+
+    A library creating its tables commits them step by step (MLflow's alembic migrations do on
+    SQLite), so a kill -9 in the middle left a database every later run refused ("table
+    _alembic_tmp_experiment_tags already exists"). `initialise(tmp_url)` builds the tables in
+    a temporary file, which is then linked into place: a link never replaces a database that
+    another process made meanwhile, so the first one made wins and the other is dropped.
+    """
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        initialise(f"sqlite:///{tmp}")
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # made by another process meanwhile
+            os.link(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()

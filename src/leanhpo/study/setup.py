@@ -18,6 +18,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
 from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
 from leanhpo.urls import expand_env_references
@@ -48,12 +49,17 @@ def engine_kwargs_for(url: str) -> dict[str, Any]:
     return kwargs
 
 
+def _create_optuna_tables(url: str) -> None:
+    optuna.storages.RDBStorage(url).engine.dispose()
+
+
 def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> RetryingStorage:
     """The Optuna storage at `url`, every call retried on transient database errors for at most
     `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69). A
     `${NAME}` in `url` (a password the Snakefile moved out of the params) is filled in here."""
     live = expand_env_references(url, "study.storage")
     ensure_sqlite_folder(live)
+    create_sqlite_atomically(live, _create_optuna_tables)
     retrier = StorageRetrier(url, timeout_s)
     rdb = retrier.call(
         "connect", lambda _attempt: optuna.storages.RDBStorage(live, engine_kwargs_for(live))

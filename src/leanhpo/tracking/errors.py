@@ -8,11 +8,13 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets, register_secret
 from leanhpo.urls import expand_env_references, without_credentials
 
@@ -113,9 +115,18 @@ def classify(error: Exception, uri: str) -> Exception:
     return error
 
 
+def _create_mlflow_tables(url: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # The artifact root only names the Default experiment's folder, which leanhpo never uses.
+    store = SqlAlchemyStore(url, str(Path(url.removeprefix("sqlite:///")).parent / "mlruns"))
+    store.engine.dispose()
+
+
 def make_client(uri: str, timeout_s: float) -> MlflowClient:
     """An MlflowClient, but first one bounded connection attempt for a database URI: MLflow's
     constructor retries a dead database 10 times with backoff (about 100 s) before it raises."""
+    create_sqlite_atomically(uri, _create_mlflow_tables)
     if uri.startswith(NETWORK_DB_SCHEMES):
         import sqlalchemy
 
