@@ -277,6 +277,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
             locks_left.append(bool(list((workdir / ".snakemake" / "locks").glob("*.lock"))))
             continue
         break  # finished before this round's instant came
+    print(f"kill -9 at {kills} s after each start")
     final = snakemake(workdir, "--rerun-incomplete")
     assert final.returncode == 0, final.stderr[-4000:]
     assert len(kills) >= min(3, KILL_ROUNDS), kills
