@@ -34,7 +34,7 @@ def _overlay(workdir: Path, study: dict | None = None, tracking: dict | None = N
     """The test's overlay; each test has its own MLflow experiment on the shared server."""
     values = {
         "train": {"epochs": EPOCHS},
-        "study": study or {},
+        "study": {"n_trials": N_TRIALS, **(study or {})},
         "tracking": {"experiment": workdir.name, **(tracking or {})},
     }
     path = workdir / "services.yaml"
@@ -86,10 +86,10 @@ def _finish(process: subprocess.Popen, timeout: float = 900) -> str:
     return output
 
 
-def _assert_exactly_once(tracker: Tracker) -> None:
+def _assert_exactly_once(tracker: Tracker, n_trials: int = N_TRIALS) -> None:
     runs = tracker.client.search_runs([tracker.experiment_id])
     trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == N_TRIALS + 1 and len(trials) == N_TRIALS
+    assert len(runs) == n_trials + 1 and len(trials) == n_trials
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
     for run in trials:
@@ -212,7 +212,7 @@ def test_mlflow_server_stopped_mid_study_finishes_without_rerun(mlflow_server, t
 
 
 def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_path):
-    overlay = _overlay(tmp_path, tracking={"uri": mlflow_server.uri})
+    overlay = _overlay(tmp_path, {"n_trials": 2}, {"uri": mlflow_server.uri})
     mlflow_server.stop()
     try:
         _finish(_start(tmp_path, overlay, dict(os.environ)))
@@ -232,4 +232,4 @@ def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_p
     synced = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert _spool_pending(tmp_path, mlflow_server.uri) == 0
-    _assert_exactly_once(Tracker(mlflow_server.uri, tmp_path.name))
+    _assert_exactly_once(Tracker(mlflow_server.uri, tmp_path.name), n_trials=2)

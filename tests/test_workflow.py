@@ -245,7 +245,7 @@ def test_growing_n_trials_runs_only_the_new_slots(finished):
     assert len(_optuna(finished).get_trials()) == N_TRIALS + 2
 
 
-KILL_ROUNDS = int(os.environ.get("LEANHPO_KILL_ROUNDS", "6"))
+KILL_ROUNDS = int(os.environ.get("LEANHPO_KILL_ROUNDS", "6"))  # 20 in docs/benchmarks.md
 
 
 def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(finished, tmp_path):
