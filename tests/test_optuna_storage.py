@@ -66,7 +66,7 @@ def study_log():
 def test_a_study_on_postgresql_runs_two_slots_to_complete(postgres, tiny_config):
     create_or_load_study("pg", postgres.url, timeout_s=30)
     for slot in (0, 1):
-        study = open_study("pg", postgres.url, 7, slot, timeout_s=30)
+        study = open_study("pg", postgres.url, 7, timeout_s=30)
         frozen = attach_slot(study, slot)
         assert attach_slot(study, slot)._trial_id == frozen._trial_id  # re-attach, no new trial
         trial = optuna.trial.Trial(study, frozen._trial_id)
@@ -212,7 +212,7 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path):
     """The first attempt commits, then the connection drops before its answer arrives."""
     url = f"sqlite:///{tmp_path}/optuna.db"
     create_or_load_study("lost", url, timeout_s=30)
-    study = open_study("lost", url, 0, 0, timeout_s=30)
+    study = open_study("lost", url, 0, timeout_s=30)
     frozen = attach_slot(study, 0)
     inner = study._storage.inner  # type: ignore[attr-defined]
     commit = inner.set_trial_state_values

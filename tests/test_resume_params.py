@@ -38,7 +38,7 @@ class StopAfter:
 def _params(storage: str, slot: int, config: dict, stop_after: int | None = None) -> dict:
     import optuna
 
-    study = open_study("s", storage, seed=42, slot=slot)
+    study = open_study("s", storage, seed=42)
     frozen = attach_slot(study, slot)
     trial = optuna.trial.Trial(study, frozen._trial_id)
     if stop_after is not None:

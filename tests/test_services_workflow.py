@@ -27,7 +27,7 @@ N_TRIALS = 3
 EPOCHS = int(os.environ.get("LEANHPO_SERVICE_EPOCHS", "2"))  # raise it with LEANHPO_OUTAGE_S
 # Long enough to span a trial's epochs and a trial boundary on two cores; the issue's own
 # acceptance runs use 30 s (database) and 60 s (MLflow).
-OUTAGE_S = float(os.environ.get("LEANHPO_OUTAGE_S", "20"))
+OUTAGE_S = float(os.environ.get("LEANHPO_OUTAGE_S", "15"))
 
 
 def _overlay(workdir: Path, study: dict | None = None, tracking: dict | None = None) -> Path:

@@ -69,23 +69,22 @@ def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> Retry
 
 
 class ParamSeededSampler(optuna.samplers.BaseSampler):
-    """Draws every parameter from its own sampler, seeded by (seed, slot, parameter name).
+    """Draws every parameter from its own sampler, seeded by (study seed, Optuna trial number,
+    parameter name).
 
     Why: with one random stream per trial, a kill between two `suggest` calls made the resumed
     trial draw the remaining parameters at other positions of that stream, so it differed from
     an uninterrupted run. Seeded per parameter, each draw depends only on the study's finished
-    trials (the same in a sequential study) and never on what this process drew before it.
-    Each trial job is a fresh process, hence the slot in the seed: trials still differ.
-    Independent sampling only; a relative (multivariate) sampler would need another scheme.
+    trials (the same in a sequential study) and never on what this process drew before it. The
+    trial number (stable across resumes: the slot re-attaches to its own trial) keeps trials
+    apart. Independent sampling only; a relative (multivariate) sampler needs another scheme.
     """
 
-    def __init__(
-        self, seed: int, slot: int, make: Callable[[int], optuna.samplers.BaseSampler]
-    ) -> None:
-        self.seed, self.slot, self.make = seed, slot, make
+    def __init__(self, seed: int, make: Callable[[int], optuna.samplers.BaseSampler]) -> None:
+        self.seed, self.make = seed, make
 
-    def seed_for(self, param_name: str) -> int:
-        return zlib.crc32(f"{self.seed}:{self.slot}:{param_name}".encode())
+    def seed_for(self, trial_number: int, param_name: str) -> int:
+        return zlib.crc32(f"{self.seed}:{trial_number}:{param_name}".encode())
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -104,7 +103,7 @@ class ParamSeededSampler(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        sampler = self.make(self.seed_for(param_name))
+        sampler = self.make(self.seed_for(trial.number, param_name))
         return sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
@@ -117,17 +116,16 @@ class ParamSeededSampler(optuna.samplers.BaseSampler):
         self.make(self.seed).after_trial(study, trial, state, values)
 
 
-def sampler_for(seed: int, slot: int | None = None) -> optuna.samplers.BaseSampler:
+def sampler_for(seed: int) -> optuna.samplers.BaseSampler:
     """TPE, drawn per parameter (see ParamSeededSampler) so a resumed trial gets exactly the
     parameters an uninterrupted one would."""
-    return ParamSeededSampler(seed, slot or 0, lambda s: optuna.samplers.TPESampler(seed=s))
+    return ParamSeededSampler(seed, lambda s: optuna.samplers.TPESampler(seed=s))
 
 
 def open_study(
     name: str,
     storage_url: str,
     seed: int,
-    slot: int | None = None,
     *,
     timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
 ) -> optuna.Study:
@@ -135,7 +133,7 @@ def open_study(
         study = optuna.load_study(
             study_name=name,
             storage=storage_for(storage_url, timeout_s),
-            sampler=sampler_for(seed, slot),
+            sampler=sampler_for(seed),
         )
     except KeyError as error:
         raise RuntimeError(

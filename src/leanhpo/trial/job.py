@@ -110,7 +110,6 @@ def _run_locked(
         study_cfg["name"],
         study_cfg["storage"],
         study_cfg["seed"],
-        slot,
         timeout_s=study_cfg["storage_timeout_s"],
     )
     frozen = attach_slot(study, slot)

@@ -87,7 +87,8 @@ def build_report(
         "seeds": {
             "study": study_info["seed"],
             "trial": study_info["seed"],
-            "sampler": study_info["seed"] + state["slot"],
+            # Each parameter's draw is seeded by (this, the trial number, its name).
+            "sampler": study_info["seed"],
             "data_split": config.get("data", {}).get("split", {}).get("seed", 0),
         },
         "dataset": {
