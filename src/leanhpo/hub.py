@@ -30,7 +30,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from leanhpo.logs import MASK, mask_secrets
+from leanhpo.logs import mask_secrets, register_secret
 
 LOG = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ HUB_ALIASES = {
     "clinicalbert": "emilyalsentzer/Bio_ClinicalBERT",
 }
 TRUE_ENV_VALUES = ("1", "ON", "YES", "TRUE")
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 REFUSED_STATUS_CODES = (401, 403)
 TRANSIENT_STATUS_CODES = (408, 429)  # and every 5xx
 MAX_CAUSE_DEPTH = 10  # transformers and huggingface_hub wrap errors two or three deep
@@ -229,12 +228,10 @@ def describe_hub_error(error: BaseException) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` without the hub token: the exact value first (whatever its shape), then every
-    pattern leanhpo.logs masks. Server messages, which the hub's errors quote, may echo it."""
+    """`text` without the hub token: server messages, which the hub's errors quote, may echo it.
+    leanhpo.logs masks the token variables by value already; the token huggingface_hub may
+    read from its own token file (`huggingface-cli login`) is registered with them here."""
     from huggingface_hub import get_token
 
-    tokens = {os.environ.get(name, "").strip() for name in TOKEN_ENV_VARS} | {get_token() or ""}
-    for token in tokens:
-        if len(token) >= 8:  # a shorter value would mask ordinary words
-            text = text.replace(token, MASK)
+    register_secret(get_token())
     return mask_secrets(text)

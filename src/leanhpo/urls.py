@@ -15,13 +15,9 @@ import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT
-from leanhpo.logs import register_secret
+from leanhpo.logs import URL_PASSWORD, register_secret
 
 ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
-# scheme://user:password@ ; the password is whatever stands between the first ':' and the '@'.
-CREDENTIALS = re.compile(
-    r"^(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<password>[^@/\s]+)(?P<tail>@.*)$"
-)
 STORAGE_PASSWORD_ENV = "LEANHPO_STORAGE_PASSWORD"
 TRACKING_PASSWORD_ENV = "LEANHPO_TRACKING_PASSWORD"
 
@@ -32,11 +28,11 @@ class MissingSecretError(ValueError):
 
 def move_password_to_env(url: str, env_name: str) -> str:
     """`url` with a literal password replaced by `${env_name}`, which is set to it here."""
-    match = CREDENTIALS.match(url)
+    match = URL_PASSWORD.match(url)
     if match is None or ENV_REFERENCE.fullmatch(match.group("password")):
         return url
     os.environ[env_name] = match.group("password")
-    return f"{match.group('head')}${{{env_name}}}{match.group('tail')}"
+    return f"{url[: match.start('password')]}${{{env_name}}}{url[match.end('password') :]}"
 
 
 def expand_env_references(url: str, what: str) -> str:

@@ -126,6 +126,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The dict form, secrets masked (a password in study.storage or tracking.uri, tokens):
         it is what is logged and stored (state.json, reports, checkpoints), and nothing that
-        reads it back needs a secret: jobs get the live URLs from their Snakemake params."""
+        reads it back needs a secret: jobs get the URLs from their Snakemake params, passwords
+        as ${...} references filled in only to connect (leanhpo.urls)."""
         masked: dict[str, Any] = mask_value(dataclasses.asdict(self))
         return masked

@@ -11,7 +11,6 @@ import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,14 +31,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DEFAULT_STORAGE_TIMEOUT_S = 600.0  # study.storage_timeout_s's default
 
 
-def ensure_sqlite_folder(url: str) -> None:
-    """SQLite creates the file but not its folder; make the folder for relative and absolute URLs."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-
-
 def engine_kwargs_for(url: str) -> dict[str, Any]:
     # pre_ping: after a server restart the pooled connections are dead; test each one on
     # checkout and replace it, instead of failing the first call after every outage.
@@ -58,8 +49,7 @@ def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> Retry
     `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69). A
     `${NAME}` in `url` (a password the Snakefile moved out of the params) is filled in here."""
     live = expand_env_references(url, "study.storage")
-    ensure_sqlite_folder(live)
-    create_sqlite_atomically(live, _create_optuna_tables)
+    create_sqlite_atomically(live, _create_optuna_tables)  # folder included
     retrier = StorageRetrier(url, timeout_s)
     rdb = retrier.call(
         "connect", lambda _attempt: optuna.storages.RDBStorage(live, engine_kwargs_for(live))

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
-from leanhpo.fsutil import create_sqlite_atomically
+from leanhpo.fsutil import create_sqlite_atomically, sqlite_path
 from leanhpo.logs import mask_secrets, register_secret
 from leanhpo.urls import expand_env_references, without_credentials
 
@@ -119,7 +119,7 @@ def _create_mlflow_tables(url: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     # The artifact root only names the Default experiment's folder, which leanhpo never uses.
-    store = SqlAlchemyStore(url, str(Path(url.removeprefix("sqlite:///")).parent / "mlruns"))
+    store = SqlAlchemyStore(url, str(Path(str(sqlite_path(url))).parent / "mlruns"))
     store.engine.dispose()
 
 

@@ -117,10 +117,9 @@ def _run_locked(
     state = read_json(state_path) if state_path.exists() else None
     check_trial_fingerprint(state, trial_fingerprint, config, trial_dir.name)
     check_study_fingerprint(study, trial_fingerprint, config)
-    if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) or (
-        state is not None and state.get("status") in ("completed", "failed")
-    ):
-        if state is not None and state.get("status") in ("completed", "failed"):
+    trained = state is not None and state.get("status") in ("completed", "failed")
+    if trained or frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+        if trained and state is not None:  # (narrows the type for mypy)
             close_tracking(state_path, state, study_info, config, log)
         return _finish(study, frozen, state, study_info, config, report_path, log)
     trial = optuna.trial.Trial(study, frozen._trial_id)
