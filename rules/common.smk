@@ -36,7 +36,7 @@ TRIAL_REPORTS = expand(f"{STUDY}/trial_{{slot}}/report.json", slot=SLOTS)
 announce_n_trials(N_TRIALS)  # for "trial i/N" progress lines only; see trial_params()
 
 # What identifies the study, and how its jobs reach its storage (the retry budget).
-STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s")
+STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s", "lease_grace_s")
 
 
 def study_params():

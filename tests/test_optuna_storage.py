@@ -229,3 +229,29 @@ def test_a_tell_whose_answer_was_lost_is_not_an_error(tmp_path):
     study.tell(frozen.number, 0.5)
     assert len(calls) == 2
     assert study._storage.get_trial(frozen._trial_id).value == 0.5
+
+
+@pytest.mark.slow
+def test_drivers_creating_the_optuna_tables_at_once_all_succeed(postgres_cluster) -> None:
+    """Two drivers started together on a fresh PostgreSQL database both create Optuna's tables;
+    the loser of that race got 'relation "studies" already exists' (or a duplicate
+    pg_type key for CREATE TYPE studydirection) and its create_study failed."""
+    for _ in range(3):  # a fresh database each round: the race is only on the first creation
+        url = postgres_cluster.create_database().url
+        barrier, errors = threading.Barrier(4), []
+
+        def open_storage(
+            url: str = url, barrier: threading.Barrier = barrier, errors: list = errors
+        ) -> None:
+            barrier.wait()
+            try:
+                storage_for(url, timeout_s=30)
+            except Exception as error:  # reported below, with its message
+                errors.append(f"{type(error).__name__}: {error}")
+
+        threads = [threading.Thread(target=open_storage) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []

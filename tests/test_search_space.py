@@ -83,3 +83,9 @@ def test_a_12_trial_study_with_the_default_space_reaches_the_structure(tmp_path,
         metrics = report["validation_metrics"]
         assert metrics["val_evidence_null_threshold"] is not None
         assert report["config"]["model"]["null_threshold"] == "auto"
+
+
+def test_parallel_trials_lie_about_running_ones():
+    """Parallel trial jobs (issue 9): TPE counts a running trial as a bad result (constant liar),
+    so a new trial does not pile onto the parameters of one still running."""
+    assert sampler_for(11).make(5)._constant_liar is True

@@ -23,6 +23,7 @@ class StudyConfig:
     metric: str
     parallel: bool
     storage_timeout_s: float
+    lease_grace_s: float
 
 
 @dataclass(frozen=True)

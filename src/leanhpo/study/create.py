@@ -14,7 +14,13 @@ from leanhpo import __version__
 from leanhpo.config import validate_config
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event, mask_secrets, setup_logging
-from leanhpo.study.setup import CREATED_AT_ATTR, STUDY_UUID_ATTR, create_or_load_study
+from leanhpo.study.setup import (
+    CREATED_AT_ATTR,
+    STUDY_LEASE_SLOT,
+    STUDY_UUID_ATTR,
+    create_or_load_study,
+    slot_lease,
+)
 from leanhpo.tracking import open_tracker
 
 STUDY_ROLE_TAG = "leanhpo.role"
@@ -30,9 +36,14 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
     )
     study_uuid = study.user_attrs[STUDY_UUID_ATTR]
     tracker = open_tracker(tracking, study_json.parent)
-    parent = tracker.find_or_create_run(
-        {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"}, name=f"study-{study_cfg['name']}"
-    )
+    # Drivers on other hosts may create the same study at the same instant: one at a time, so
+    # the second finds the first's parent run instead of making another.
+    lease = slot_lease(study, STUDY_LEASE_SLOT, study_cfg["lease_grace_s"], log)
+    with lease.acquire(wait_for_live_s=study_cfg["lease_grace_s"]):
+        parent = tracker.find_or_create_run(
+            {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"},
+            name=f"study-{study_cfg['name']}",
+        )
     tracker.log_params_once(parent, {"study": study_cfg})
     tracker.set_tags(
         parent, {"leanhpo.study_name": study_cfg["name"], "leanhpo.code_version": __version__}

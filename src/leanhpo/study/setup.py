@@ -7,6 +7,7 @@ slot owns; a rerun finds the slot's trial again by that attr and re-attaches to 
 
 from __future__ import annotations
 
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
@@ -14,11 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
+from leanhpo.study.lease import SlotLease
 from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
 from leanhpo.urls import expand_env_references
 
@@ -26,6 +29,8 @@ SLOT_ATTR = "leanhpo.slot"
 TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
 STUDY_UUID_ATTR = "leanhpo.study_uuid"
 CREATED_AT_ATTR = "leanhpo.created_at"
+OWNER_ATTR = "leanhpo.trained_by"  # host, pid, process start, working folder
+STUDY_LEASE_SLOT = -1  # the lease that serialises study-wide set-up across drivers
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DEFAULT_STORAGE_TIMEOUT_S = 600.0  # study.storage_timeout_s's default
@@ -44,6 +49,21 @@ def _create_optuna_tables(url: str) -> None:
     optuna.storages.RDBStorage(url).engine.dispose()
 
 
+def _rdb_storage(live: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage, whose first use creates its tables. Several drivers starting on a
+    fresh database race to create them (CREATE TYPE/TABLE is not idempotent on PostgreSQL);
+    the losers see the winner's objects as duplicates, and trying again finds them made."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(live, engine_kwargs_for(live))
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            text = str(error)
+            if attempt == attempts or not ("already exists" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> RetryingStorage:
     """The Optuna storage at `url`, every call retried on transient database errors for at most
     `timeout_s` (study.storage_timeout_s), then StorageUnavailableError (exit 69). A
@@ -51,9 +71,7 @@ def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> Retry
     live = expand_env_references(url, "study.storage")
     create_sqlite_atomically(live, _create_optuna_tables)  # folder included
     retrier = StorageRetrier(url, timeout_s)
-    rdb = retrier.call(
-        "connect", lambda _attempt: optuna.storages.RDBStorage(live, engine_kwargs_for(live))
-    )
+    rdb = retrier.call("connect", lambda _attempt: _rdb_storage(live))
     # The cache Optuna itself puts over an RDBStorage (see retry.py for why it sits inside).
     return RetryingStorage(optuna.storages._CachedStorage(rdb), retrier, TRIAL_UUID_ATTR)
 
@@ -151,6 +169,17 @@ def create_or_load_study(
         study.set_user_attr(STUDY_UUID_ATTR, str(uuid.uuid4()))
         study.set_user_attr(CREATED_AT_ATTR, datetime.now(UTC).isoformat())
     return study
+
+
+def slot_lease(study: optuna.Study, slot: int, grace_s: float, log: Any = None) -> SlotLease:
+    """The lease that makes this process the slot's only trainer (see study/lease.py), in the
+    study's own database, through the same connection pool and retry policy as Optuna's calls."""
+    storage = study._storage
+    if not isinstance(storage, RetryingStorage):
+        raise TypeError("slot_lease needs a study opened with open_study()")
+    engine = storage.inner._backend.engine  # type: ignore[attr-defined]  # the cached RDBStorage
+    extra = {"log": log} if log is not None else {}
+    return SlotLease(engine, storage.retrier, study._study_id, slot, grace_s, **extra)
 
 
 def slot_trials(study: optuna.Study, slot: int) -> list[FrozenTrial]:

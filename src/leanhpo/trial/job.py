@@ -28,9 +28,10 @@ from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
 from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
+from leanhpo.study.lease import SlotLease
 from leanhpo.study.pressure import StorageGuard, effective_retention, policy_of
 from leanhpo.study.prune import prune_study_checkpoints
-from leanhpo.study.setup import TRIAL_UUID_ATTR, attach_slot, open_study
+from leanhpo.study.setup import OWNER_ATTR, TRIAL_UUID_ATTR, attach_slot, open_study, slot_lease
 from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.fingerprint import (
@@ -49,6 +50,10 @@ TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
 class TrialLockedError(RuntimeError):
     exit_code = EXIT_LOCKED
+
+
+class SlotTrainedElsewhereError(RuntimeError):
+    """The slot finished in another driver's working folder (no shared filesystem)."""
 
 
 class TrialLock:
@@ -102,9 +107,6 @@ def _run_locked(
     report_path: Path,
     log: logging.Logger,
 ) -> dict[str, Any]:
-    trial_dir = report_path.parent
-    data_report = read_json(data_dir / "data_report.json")
-    trial_fingerprint = fingerprint(config, data_report["fingerprint"])
     study_cfg = config["study"]
     study = open_study(
         study_cfg["name"],
@@ -112,6 +114,26 @@ def _run_locked(
         study_cfg["seed"],
         timeout_s=study_cfg["storage_timeout_s"],
     )
+    # One owner anywhere (other drivers, other hosts), before the slot's trial is even looked
+    # up: two drivers must not both create or both train it (see study/lease.py).
+    with slot_lease(study, slot, study_cfg["lease_grace_s"], log) as lease:
+        return _run_owned(slot, config, study, lease, study_info, data_dir, report_path, log)
+
+
+def _run_owned(
+    slot: int,
+    config: dict[str, Any],
+    study: optuna.Study,
+    lease: SlotLease,
+    study_info: dict[str, Any],
+    data_dir: Path,
+    report_path: Path,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    trial_dir = report_path.parent
+    study_cfg = config["study"]
+    data_report = read_json(data_dir / "data_report.json")
+    trial_fingerprint = fingerprint(config, data_report["fingerprint"])
     frozen = attach_slot(study, slot)
     state_path = trial_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
@@ -121,8 +143,10 @@ def _run_locked(
     if trained or frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
         if trained and state is not None:  # (narrows the type for mypy)
             close_tracking(state_path, state, study_info, config, log)
-        return _finish(study, frozen, state, study_info, config, report_path, log)
+        return _finish(study, frozen, state, study_info, config, report_path, log, lease)
     trial = optuna.trial.Trial(study, frozen._trial_id)
+    # Who trains it, for people (dashboards) and for a driver that later finds it finished.
+    study._storage.set_trial_user_attr(frozen._trial_id, OWNER_ATTR, lease.owner.to_dict())
     params = sample_params(trial, config)
     resolved = Config.from_dict(apply_params(config, params))
     state = state or {
@@ -149,6 +173,7 @@ def _run_locked(
     reported = set(frozen.intermediate_values)
 
     def publish(epoch: int, metrics: dict[str, float]) -> None:
+        lease.fence()  # never publish for a slot another process has taken over
         tracker.log_metrics_once(run_id, metrics, step=epoch)
         value = metrics.get(study_cfg["metric"])
         if epoch > 0 and value is not None and epoch not in reported:
@@ -165,11 +190,20 @@ def _run_locked(
         trial_dir=trial_dir,
         policy=policy_of(retention),
         guard=guard,
+        fence=lease.fence,
         identity={
             "slot": slot,
             "trial_uuid": state["trial_uuid"],
             "study_id": study_info["study_id"],
         },
+    )
+    # Snakemake sets OMP_NUM_THREADS from the rule's threads (--cores, or --set-threads
+    # run_trial=N); torch takes its intra-op threads from it.
+    event(
+        log,
+        f"{torch.get_num_threads()} CPU thread(s)",
+        kind="threads",
+        threads=torch.get_num_threads(),
     )
     started = time.monotonic()
     splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
@@ -197,7 +231,7 @@ def _run_locked(
         )
         atomic_write_json(state_path, state)
         close_tracking(state_path, state, study_info, config, log, tracker)
-        return _finish(study, frozen, state, study_info, config, report_path, log)
+        return _finish(study, frozen, state, study_info, config, report_path, log, lease)
     state.update(
         {
             "status": "completed",
@@ -212,7 +246,7 @@ def _run_locked(
     )
     atomic_write_json(state_path, state)
     close_tracking(state_path, state, study_info, config, log, tracker)
-    return _finish(study, frozen, state, study_info, config, report_path, log)
+    return _finish(study, frozen, state, study_info, config, report_path, log, lease)
 
 
 def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +264,21 @@ def _finish(
     config: dict[str, Any],
     report_path: Path,
     log: logging.Logger,
+    lease: SlotLease,
 ) -> dict[str, Any]:
     """Tell Optuna (if not yet told), prune study-wide, and write the report."""
+    trained_by = frozen.user_attrs.get(OWNER_ATTR)
+    if state is None and frozen.state != TrialState.RUNNING and trained_by:
+        where = f"{trained_by['host']}:{trained_by['workdir']}"
+        if where != f"{lease.owner.host}:{lease.owner.workdir}":
+            raise SlotTrainedElsewhereError(
+                f"slot {report_path.parent.name} (Optuna trial {frozen.number}, "
+                f"{frozen.state.name}) was trained by pid {trained_by['pid']} on "
+                f"{trained_by['host']} in {trained_by['workdir']}; its state and checkpoints are "
+                "in that folder, not in this one, so this driver did not train it again. To "
+                "report or evaluate the study here, copy that trial folder into "
+                f"{report_path.parent.parent} and rerun (see docs/scale.md)."
+            )
     if state is None or state.get("status") not in ("completed", "failed"):
         raise RuntimeError(
             f"Optuna trial {frozen.number} of slot {report_path.parent.name} is {frozen.state.name} but its "
@@ -240,6 +287,7 @@ def _finish(
         )
     current = study._storage.get_trial(frozen._trial_id)
     if current.state == TrialState.RUNNING:
+        lease.fence()
         if state["status"] == "completed" and state["outcome"]["best_value"] is not None:
             study.tell(current.number, state["outcome"]["best_value"])
         else:

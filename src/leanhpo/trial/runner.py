@@ -55,6 +55,8 @@ class TrialSpec:
     policy: RetentionPolicy
     identity: dict[str, Any]  # slot, uuid, study id: stored in every checkpoint
     guard: StorageGuard | None = None  # disk pressure and preflight; None in unit tests
+    # Raises unless this process still owns the slot (study/lease.py); before every save.
+    fence: Callable[[], None] | None = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ def run_training(
         if store is not None:
             _ensure_room(spec, network, optimisation, store, history)
             meta = _meta(spec, compat, epoch, optimisation, history, ledger, train_seconds)
+            if spec.fence is not None:
+                spec.fence()
             info = _save(store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard)
             ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
         # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
