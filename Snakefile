@@ -15,6 +15,17 @@ include: "rules/retention.smk"
 include: "rules/evaluate.smk"
 
 
+# On a cluster (profiles/slurm) only the trials are submitted; these short steps run where
+# Snakemake runs.
+localrules:
+    all,
+    prepare_dataset,
+    create_study,
+    prune_study,
+    evaluate_study,
+    plot_study,
+
+
 rule all:
     default_target: True
     input:

@@ -29,6 +29,13 @@ rule run_trial:
     # Sequential trials may use every core Snakemake was given (it caps threads at --cores and
     # sets OMP_NUM_THREADS from it); parallel ones take one each (raise with --set-threads).
     threads: trial_threads
+    # What a cluster executor asks its scheduler for (SLURM: --mem, --time, --gpus); not params,
+    # so changing them never reruns finished trials. gpu_model None leaves the resource unset.
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+        gpu=config["resources"]["gpu"],
+        gpu_model=config["resources"]["gpu_model"],
     params:
         config=trial_params(),
     conda:

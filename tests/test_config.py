@@ -84,6 +84,8 @@ def test_every_schema_key_has_description_and_default():
         ({"retention": {"keep_best_k": 3, "keep_best_k_max": 2}}, "keep_best_k_max"),
         ({"retention": {"keep_best_k": 0}}, "retention.keep_best_k"),
         ({"retention": {"max_total_size": "lots"}}, "retention.max_total_size"),
+        ({"resources": {"gpu_model": "a100"}}, "resources.gpu_model"),
+        ({"resources": {"mem_mb": 0}}, "resources.mem_mb"),
         ({"search_space": {"lr": {"type": "float", "low": 1, "high": 2}}}, "search_space.lr"),
         ({"search_space": {"dropout": {"type": "float", "low": 0.1, "high": 0.95}}}, "high=0.95"),
         (

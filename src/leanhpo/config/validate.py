@@ -149,6 +149,12 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
             f"config key 'retention.keep_best_k_max': {retention['keep_best_k_max']} is smaller "
             f"than retention.keep_best_k ({retention['keep_best_k']}); raise it or lower keep_best_k"
         )
+    resources = config["resources"]
+    if resources["gpu_model"] and resources["gpu"] < 1:
+        yield (
+            f"config key 'resources.gpu_model': {resources['gpu_model']!r} asks for a GPU type but "
+            "resources.gpu is 0; set resources.gpu to the GPUs per trial, or gpu_model to null"
+        )
     yield from _retention_problems(config)
     yield from _augmentation_problems(config)
     yield from search_space_problems(config)
