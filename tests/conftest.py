@@ -10,8 +10,13 @@ from typing import Any
 import pytest
 import yaml
 from services.fake_hub import fake_hub, fake_hub_repos  # noqa: F401
-from services.mlflow_server import mlflow_server  # noqa: F401
+from services.mlflow_server import (  # noqa: F401
+    mlflow_auth_server,
+    mlflow_backend_store,
+    mlflow_server,
+)
 from services.postgres import postgres, postgres_cluster  # noqa: F401
+from services.slurm import slurm_cluster  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "config" / "tiny.yaml"

@@ -197,8 +197,8 @@ class _FixedAnswer(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def answering(status: int) -> Iterator[int]:
-    """A real HTTP server on 127.0.0.1 that gives one status to every request (the MLflow
-    basic-auth app needs Flask-WTF, which is not installed)."""
+    """A real HTTP server on 127.0.0.1 that gives one status to every request (any status, in
+    milliseconds; the real basic-auth app is tested in test_mlflow_auth.py)."""
     handler = type("Handler", (_FixedAnswer,), {"status": status})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

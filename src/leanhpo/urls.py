@@ -6,18 +6,24 @@ that prints the URL it was given. So the Snakefile moves it into an environment 
 own process (jobs inherit it) and leaves a `${NAME}` reference; the package expands the
 reference only at the moment it connects. Users may write such references themselves:
 `postgresql+psycopg://hpo:${PGPASSWORD}@db/hpo`.
+
+The variable holds the password as it is (as PGPASSWORD does), not percent-encoded: a reference
+in the user:password part is encoded when it is filled in, so '@', '/', ':' or '#' in a password
+cannot turn into a host, a path or a fragment of the URL.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.logs import URL_PASSWORD, register_secret
 
 ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+# The user:password part of a URL as written, references unexpanded (they hold no '/' or '@').
+USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?P<userinfo>[^/@\s]*)@")
 STORAGE_PASSWORD_ENV = "LEANHPO_STORAGE_PASSWORD"
 TRACKING_PASSWORD_ENV = "LEANHPO_TRACKING_PASSWORD"
 
@@ -27,16 +33,20 @@ class MissingSecretError(ValueError):
 
 
 def move_password_to_env(url: str, env_name: str) -> str:
-    """`url` with a literal password replaced by `${env_name}`, which is set to it here."""
+    """`url` with a literal password replaced by `${env_name}`, which is set to it here,
+    decoded (expand_env_references encodes it again)."""
     match = URL_PASSWORD.match(url)
     if match is None or ENV_REFERENCE.fullmatch(match.group("password")):
         return url
-    os.environ[env_name] = match.group("password")
+    os.environ[env_name] = unquote(match.group("password"))
     return f"{url[: match.start('password')]}${{{env_name}}}{url[match.end('password') :]}"
 
 
 def expand_env_references(url: str, what: str) -> str:
-    """Fill each `${NAME}` of `url` from the environment; the values become masked secrets."""
+    """Fill each `${NAME}` of `url` from the environment, percent-encoded inside user:password;
+    the values become masked secrets."""
+    userinfo = USERINFO.match(url)
+    credentials_end = userinfo.end("userinfo") if userinfo else -1
 
     def value(match: re.Match[str]) -> str:
         name = match.group("name")
@@ -45,9 +55,11 @@ def expand_env_references(url: str, what: str) -> str:
                 f"{what} refers to ${{{name}}}, but the environment variable {name} is not set; "
                 f"export it in the shell (or the cluster job's environment) that runs the study"
             )
-        register_secret(os.environ[name])
-        register_secret(unquote(os.environ[name]))
-        return os.environ[name]
+        raw = os.environ[name]
+        filled = quote(raw, safe="") if match.end() <= credentials_end else raw
+        for form in (raw, unquote(raw), filled):
+            register_secret(form)
+        return filled
 
     return ENV_REFERENCE.sub(value, url)
 

@@ -118,6 +118,28 @@ class PostgresCluster:
             for statement in statements:
                 connection.execute(statement)
 
+    def create_database(self) -> PostgresDatabase:
+        """A new database owned by a new password user of the same name."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        password = secrets.token_hex(12)
+        self.admin_execute(
+            f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+            f"CREATE DATABASE {name} OWNER {name}",
+        )
+        return PostgresDatabase(
+            url=self.url(name, password, name),
+            name=name,
+            user=name,
+            password=password,
+            stop=self.stop,
+            start=self.start,
+        )
+
+    def drop_database(self, name: str) -> None:
+        self.admin_execute(
+            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"DROP ROLE IF EXISTS {name}"
+        )
+
     def remove(self) -> None:
         if self.is_running():
             self.stop()
@@ -154,22 +176,8 @@ def postgres(postgres_cluster: PostgresCluster) -> Iterator[PostgresDatabase]:
     """A fresh database on the running session cluster, with its own password user."""
     if not postgres_cluster.is_running():  # a test that stopped the server and then failed
         postgres_cluster.start()
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    password = secrets.token_hex(12)
-    postgres_cluster.admin_execute(
-        f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
-        f"CREATE DATABASE {name} OWNER {name}",
-    )
-    yield PostgresDatabase(
-        url=postgres_cluster.url(name, password, name),
-        name=name,
-        user=name,
-        password=password,
-        stop=postgres_cluster.stop,
-        start=postgres_cluster.start,
-    )
+    database = postgres_cluster.create_database()
+    yield database
     if not postgres_cluster.is_running():
         postgres_cluster.start()
-    postgres_cluster.admin_execute(
-        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"DROP ROLE IF EXISTS {name}"
-    )
+    postgres_cluster.drop_database(database.name)

@@ -95,6 +95,22 @@ def reason_of(error: BaseException) -> str:
     return mask_secrets(f"{type(error).__name__}: {error}")[:REASON_CHARS]
 
 
+def _refusal(status: int) -> str:
+    """Whom the server refused, and why, as far as the HTTP status tells (the credentials are
+    in MLflow's variables by now, see client_uri)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    # MLflow's own order: basic auth when both halves are set, else the bearer token.
+    if user and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        who = f"user {user!r}"
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        who = "the token in MLFLOW_TRACKING_TOKEN"
+    else:
+        return f"a request without credentials (HTTP {status}): it asks for a login"
+    if status == 403:
+        return f"{who} (HTTP 403): logged in, but without permission for this"
+    return f"the login of {who} (HTTP {status}): wrong user name or password"
+
+
 def classify(error: Exception, uri: str) -> Exception:
     """The exception to raise instead of `error`: TrackingUnavailable for an outage,
     TrackingAuthError for refused credentials, `error` itself for anything else (a bug)."""
@@ -103,10 +119,10 @@ def classify(error: Exception, uri: str) -> Exception:
     status = http_status(error)
     if status in AUTH_STATUS:
         return TrackingAuthError(
-            f"MLflow at {mask_secrets(uri)} refused our credentials (HTTP {status}); this is "
-            "not an outage, so nothing was buffered. Set MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account that may write "
-            "to this server, then rerun."
+            f"MLflow at {mask_secrets(uri)} refused {_refusal(status)}; this is not an outage, "
+            "so nothing was buffered. Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(or MLFLOW_TRACKING_TOKEN), or write tracking.uri as http://USER:${VAR}@HOST with "
+            "VAR exported, for an account that may write to this experiment; then rerun."
         )
     if _is_transport_failure(error) or (
         status is not None and (status >= 500 or status in OUTAGE_STATUS)
