@@ -180,3 +180,27 @@ def test_a_dead_owner_elsewhere_is_taken_over_after_the_grace_period(
     for key, points in study.tracker().metric_history(report["mlflow"]["run_id"]).items():
         steps = [step for step, _ in points]
         assert len(steps) == len(set(steps)), key
+
+
+def test_a_terminated_job_releases_its_lease(tmp_path) -> None:
+    """SIGTERM (Snakemake stopping a job, scancel, a SLURM time limit) must not leave the slot
+    to wait out the grace period: the job unwinds and releases its lease, exit status 143."""
+    import signal
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = _study(url)
+    ready = tmp_path / "ready"
+    script = (
+        "import time; from pathlib import Path; from leanhpo.workflow import job;"
+        "from leanhpo.study.setup import open_study, slot_lease\n"
+        f"with job({str(tmp_path / 'job.log')!r}):\n"
+        f"    with slot_lease(open_study('leases', {url!r}, 0), 2, 3600):\n"
+        f"        Path({str(ready)!r}).touch(); time.sleep(600)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert lease_holders(study._storage.inner._backend.engine, study._study_id)[2]["released"]

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -179,11 +180,20 @@ def describe(error: BaseException) -> str:
     return render() if callable(render) else f"leanhpo: {error}"
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def job(log_path: str | Path) -> Iterator[None]:
     """What every Snakemake script adapter runs in: output to the rule's log, and a known stop
     (bad input, no space, a held lock) becomes its exit code with a readable message instead
-    of a traceback."""
+    of a traceback.
+
+    SIGTERM (Snakemake stopping its jobs, scancel, a SLURM time limit) unwinds like an error,
+    so the job lets go of what it holds, its slot lease above all: the resubmitted job takes
+    the slot at once instead of waiting out study.lease_grace_s. Exit status 143 as before."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     with output_to(log_path):
         try:
             yield
@@ -193,3 +203,5 @@ def job(log_path: str | Path) -> Iterator[None]:
                 raise
             print(describe(error), file=sys.stderr, flush=True)
             raise SystemExit(code) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)

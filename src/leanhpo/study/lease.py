@@ -282,7 +282,7 @@ class SlotLease:
     def _takeover_reason(self, row: Any, age: float) -> str | None:
         me = self.owner
         if row.released or row.token == me.token:
-            return "released" if row.released else None
+            return "released" if row.released else "this lease"
         if row.host == me.host:
             if row.pid == me.pid and abs(row.process_start - me.process_start) < 0.01:
                 return "an earlier attempt of this same process"
