@@ -1,5 +1,6 @@
 """The bundled sample generator: deterministic, ReDSM5-shaped, dirty on purpose, learnable."""
 
+import bisect
 import csv
 import hashlib
 import io
@@ -45,16 +46,57 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path) -> No
         assert first[key].read_bytes() != other[key].read_bytes()
 
 
-def test_bytes_are_pinned_across_machines_and_versions(tmp_path: Path) -> None:
+PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3
+    "short": (  # unchanged since v1
+        "7f4d2a44113371f611456ec48f1a5f8d6acaa890759d44a6f086ca8460581225",
+        "a3b553fa1c838a18acd1e1d897081eff62fa0dbe124e208e23a697bfa2856676",
+    ),
+    "long_tailed": (
+        "3552ff01876487c84e62c3a555a2408478c9b9d69c4c794796c1aaa6d625b5a9",
+        "73ccce2add76cc3432c21d9dd1544fd76c745fac008e89548fc4d559f08ebd9d",
+    ),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(PINNED))
+def test_bytes_are_pinned_across_machines_and_versions(tmp_path: Path, profile: str) -> None:
     # The sample is the default dataset, so its bytes are part of every reproducibility claim.
     # If a change here is intended, bump SAMPLE_VERSION in sample.py and update the hashes.
-    paths = generate_sample(tmp_path, 40, seed=3)
-    assert hashlib.sha256(paths["posts_csv"].read_bytes()).hexdigest() == (
-        "7f4d2a44113371f611456ec48f1a5f8d6acaa890759d44a6f086ca8460581225"
+    paths = generate_sample(tmp_path, 40, seed=3, profile=profile)
+    digests = tuple(
+        hashlib.sha256(paths[key].read_bytes()).hexdigest()
+        for key in ("posts_csv", "annotations_csv")
     )
-    assert hashlib.sha256(paths["annotations_csv"].read_bytes()).hexdigest() == (
-        "a3b553fa1c838a18acd1e1d897081eff62fa0dbe124e208e23a697bfa2856676"
-    )
+    assert digests == PINNED[profile]
+
+
+def test_long_tailed_posts_are_as_long_as_real_ones_with_evidence_late(tmp_path: Path) -> None:
+    """Issue 14: the real ReDSM5 (MiniLM tokens) has median 126, p90 738, 14.5% of posts over
+    512 tokens, and 7.7% of evidence sentences starting after token 512; the v1 sample's longest
+    post had 188 tokens, so no test met a long post."""
+    from transformers import AutoTokenizer
+
+    from leanhpo.models.encoder import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    paths = generate_sample(tmp_path, 600, seed=11)
+    posts, _ = load_redsm5(paths["posts_csv"], paths["annotations_csv"])
+    lengths, starts = [], []
+    for post in posts:
+        offsets = tokenizer(
+            post["text"], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
+        lengths.append(len(offsets))
+        ends = [end for _, end in offsets]
+        for spans in post["evidence"]:
+            starts += [bisect.bisect_right(ends, start) for start, _ in spans]
+    lengths.sort()
+    median, p90 = lengths[len(lengths) // 2], lengths[int(0.9 * len(lengths))]
+    assert 90 <= median <= 180 and 450 <= p90 <= 1100, (median, p90)
+    assert 0.08 <= sum(n > 512 for n in lengths) / len(lengths) <= 0.22
+    assert 3_000 <= lengths[-1] <= 9_100  # the tail reaches thousands of tokens, within the cap
+    late = sum(start > 512 for start in starts) / len(starts)
+    assert 0.03 <= late <= 0.12, late  # evidence a 512-token window cannot reach
 
 
 def test_writes_requested_number_of_posts_with_redsm5_columns(tmp_path: Path) -> None:

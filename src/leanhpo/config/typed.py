@@ -40,6 +40,7 @@ class DataConfig:
     id: str
     revision: str
     sample_posts: int
+    sample_profile: str
     split: dict[str, float]
 
 

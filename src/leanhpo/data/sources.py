@@ -18,7 +18,7 @@ from huggingface_hub.errors import (
 
 from leanhpo.data.errors import DataError
 from leanhpo.data.redsm5 import ANNOTATIONS_FILE, POSTS_FILE
-from leanhpo.data.sample import SAMPLE_VERSION, generate_sample
+from leanhpo.data.sample import DEFAULT_PROFILE, SAMPLE_VERSION, generate_sample
 from leanhpo.fsutil import atomic_write_bytes, sha256_file
 from leanhpo.hub import (
     HUB_RETRY_WAITS,
@@ -57,8 +57,9 @@ def _materialize_sample(data_cfg: dict[str, Any], raw_dir: Path) -> dict[str, An
     # Both are checked by generate_sample, which names the config key to fix.
     n_posts: Any = data_cfg.get("sample_posts")
     seed: Any = (data_cfg.get("split") or {}).get("seed")
-    paths = generate_sample(raw_dir, n_posts, seed=seed)
-    revision = f"{SAMPLE_VERSION}-n{n_posts}-s{seed}"
+    profile: Any = data_cfg.get("sample_profile", DEFAULT_PROFILE)
+    paths = generate_sample(raw_dir, n_posts, seed=seed, profile=profile)
+    revision = f"{SAMPLE_VERSION}-{profile}-n{n_posts}-s{seed}"
     # The generator is deterministic, so its version and arguments fully identify the data.
     return _result(
         paths["posts_csv"],
