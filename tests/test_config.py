@@ -86,6 +86,9 @@ def test_every_schema_key_has_description_and_default():
         ({"retention": {"max_total_size": "lots"}}, "retention.max_total_size"),
         ({"resources": {"gpu_model": "a100"}}, "resources.gpu_model"),
         ({"resources": {"mem_mb": 0}}, "resources.mem_mb"),
+        ({"model": {"long_posts": "windows", "window_stride": 200}}, "model.window_stride"),
+        ({"model": {"long_posts": "slide"}}, "model.long_posts"),
+        ({"model": {"window_pooling": "sum"}}, "model.window_pooling"),
         ({"search_space": {"lr": {"type": "float", "low": 1, "high": 2}}}, "search_space.lr"),
         ({"search_space": {"dropout": {"type": "float", "low": 0.1, "high": 0.95}}}, "high=0.95"),
         (

@@ -49,6 +49,10 @@ class ModelConfig:
     id: str
     revision: str
     max_length: int
+    long_posts: str
+    window_stride: int
+    max_windows: int
+    window_pooling: str
     input_format: str
     pooling: str
     criteria_head: str

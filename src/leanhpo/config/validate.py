@@ -149,6 +149,13 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
             f"config key 'retention.keep_best_k_max': {retention['keep_best_k_max']} is smaller "
             f"than retention.keep_best_k ({retention['keep_best_k']}); raise it or lower keep_best_k"
         )
+    model = config["model"]
+    if model["long_posts"] == "windows" and model["window_stride"] > model["max_length"] // 2:
+        yield (
+            f"config key 'model.window_stride': {model['window_stride']} tokens of overlap "
+            f"leave too little new text per window of model.max_length={model['max_length']}; "
+            "use at most half of max_length (e.g. 64 for 256)"
+        )
     resources = config["resources"]
     if resources["gpu_model"] and resources["gpu"] < 1:
         yield (

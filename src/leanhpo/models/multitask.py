@@ -28,7 +28,7 @@ from leanhpo.models.evidence import (
     EvidenceHead,
     TokenSpans,
 )
-from leanhpo.models.pooling import Pooler
+from leanhpo.models.pooling import Pooler, WindowPool
 from leanhpo.models.sentence_head import SentenceRerankerHead
 from leanhpo.models.span_heads import BiaffineHead, StartEndLinearHead, StartEndMLPHead
 
@@ -57,6 +57,7 @@ class HeadSettings:
     coupling: str = "independent"
     coupling_pooling: str = "mean"
     coupling_method: str = "concat"
+    window_pooling: str = "max"  # how a unit's windows are pooled (model.long_posts windows)
 
     @property
     def n_outputs(self) -> int:
@@ -97,6 +98,7 @@ class MultiTaskModel(nn.Module):
         )
         self.evidence_head: EvidenceHead = evidence_head
         self.coupling = coupling
+        self.window_pool = WindowPool(settings.window_pooling, criteria_in)
 
     def forward(
         self,
@@ -105,8 +107,13 @@ class MultiTaskModel(nn.Module):
         span_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         sentence_spans: torch.Tensor | None = None,
+        window_owner: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`criteria_logits` [B, n_outputs] plus the evidence head's float score tensors."""
+        """`criteria_logits` [U, n_outputs] plus the evidence head's float score tensors [W, ...].
+
+        Rows are windows; `window_owner` [W] gives each window's unit (post or pair), and the
+        criteria are predicted once per unit from its pooled windows (None: a unit per window).
+        """
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
@@ -119,6 +126,8 @@ class MultiTaskModel(nn.Module):
         pooled = self.pooler(hidden, attention_mask, encoded.hidden_states if states else None)
         if self.coupling is not None:
             pooled = self.coupling(pooled, features, span_mask)
+        if window_owner is not None:
+            pooled = self.window_pool(pooled, window_owner)
         outputs["criteria_logits"] = self.criteria_head(pooled).float()
         return outputs
 

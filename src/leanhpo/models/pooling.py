@@ -101,3 +101,44 @@ class TokenPool(nn.Module):
             return masked_max(values, mask)
         pooled: torch.Tensor = self.attention(values, mask)
         return pooled
+
+
+WINDOW_POOLINGS = ("max", "mean", "attention")
+
+
+class WindowPool(nn.Module):
+    """Pools the windows of each unit (a long post read as overlapping windows) into one vector
+    per unit: [W, H] with `owner` [W] (the unit row of each window) -> [n_units, H].
+
+    max (elementwise over windows), mean, or attention (a learned score per window, softmax
+    over the unit's windows). A unit of one window comes out unchanged in every kind.
+    """
+
+    def __init__(self, kind: str, size: int) -> None:
+        super().__init__()
+        if kind not in WINDOW_POOLINGS:
+            raise ValueError(f"unknown window pooling {kind!r}; known: {WINDOW_POOLINGS}")
+        self.kind = kind
+        self.score = nn.Linear(size, 1) if kind == "attention" else None
+
+    def forward(self, values: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        n_units = int(owner.max().item()) + 1 if owner.numel() else 0
+        if n_units == values.shape[0]:
+            return values  # one window per unit (truncate, or short posts): nothing to pool
+        index = owner.unsqueeze(-1).expand_as(values)
+        if self.kind == "max":
+            empty = values.new_full((n_units, values.shape[-1]), float("-inf"))
+            return empty.scatter_reduce(0, index, values, reduce="amax", include_self=True)
+        if self.kind == "mean":
+            total = values.new_zeros((n_units, values.shape[-1])).index_add(0, owner, values)
+            counts = torch.bincount(owner, minlength=n_units).to(values.dtype).unsqueeze(-1)
+            return total / counts
+        assert self.score is not None
+        scores = self.score(values).squeeze(-1).float()
+        top = scores.new_full((n_units,), float("-inf")).scatter_reduce(
+            0, owner, scores, reduce="amax", include_self=True
+        )
+        weights = torch.exp(scores - top[owner])
+        norm = weights.new_zeros(n_units).index_add(0, owner, weights)
+        weights = (weights / norm[owner]).to(values.dtype).unsqueeze(-1)
+        return values.new_zeros((n_units, values.shape[-1])).index_add(0, owner, weights * values)

@@ -85,27 +85,47 @@ class LengthGroupedBatches(Sampler[list[int]]):
             yield batches[index]
 
 
+class UnitBatches(Sampler[list[int]]):
+    """Batches of `batch_size` units (posts or pairs) with all their windows, as example
+    indices: a unit's windows are never split across batches, so its criteria are pooled from
+    all of them. Units in training order (length-grouped by total tokens) or as given."""
+
+    def __init__(self, units: list[list[int]], unit_batches: Sampler[list[int]] | None, size: int):
+        self.units, self.unit_batches, self.size = units, unit_batches, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.units) / self.size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.unit_batches is None:
+            order: Iterator[list[int]] = (
+                list(range(i, min(i + self.size, len(self.units))))
+                for i in range(0, len(self.units), self.size)
+            )
+        else:
+            order = iter(self.unit_batches)
+        for batch in order:
+            yield [index for unit in batch for index in self.units[unit]]
+
+
 def make_loader(
     split: EncodedSplit, batch_size: int, pad_token_id: int, shuffle_seed: int | None
 ) -> DataLoader[Any]:
-    """Training order (seeded, length-grouped) or evaluation order (as given).
+    """Training order (seeded, length-grouped) or evaluation order (as given); `batch_size`
+    counts units (posts or pairs), each with all its windows.
 
     The loader owns its generator, so its order never depends on the global RNG.
     """
     generator = torch.Generator().manual_seed(shuffle_seed if shuffle_seed is not None else 0)
     collate_fn = partial(collate, pad_token_id=pad_token_id)
-    if shuffle_seed is None:
-        return DataLoader(
-            split.examples,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=False,
-            generator=generator,
-            collate_fn=collate_fn,
-        )
-    lengths = [len(example.input_ids) for example in split.examples]
+    units = split.units()
+    grouped = None
+    if shuffle_seed is not None:
+        lengths = [sum(len(split.examples[i].input_ids) for i in unit) for unit in units]
+        grouped = LengthGroupedBatches(lengths, batch_size, generator)
     return DataLoader(
         split.examples,  # type: ignore[arg-type]
-        batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
+        batch_sampler=UnitBatches(units, grouped, batch_size),
         generator=generator,
         collate_fn=collate_fn,
     )
@@ -163,6 +183,7 @@ def _losses(
         span_mask=batch["span_mask"],
         token_type_ids=batch.get("token_type_ids"),
         sentence_spans=batch.get("sentence_spans"),
+        window_owner=batch.get("window_owner"),
     )
     pos_weight = class_weights[batch["symptoms"]] if class_weights is not None else None
     crit = criteria_loss(
@@ -285,24 +306,26 @@ def evaluate(
     loader = make_loader(split, train.eval_batch_size, pad_token_id, shuffle_seed=None)
     cursor = 0
     for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
-        rows = split.examples[cursor : cursor + len(batch["labels"])]
+        rows = split.examples[cursor : cursor + len(batch["input_ids"])]  # windows
         cursor += len(rows)
+        owners = batch["window_owner"].tolist()
         batch = _to(batch, device)
         with autocast(device, train.amp):
             outputs, total, crit, evid = _losses(model, batch, train, class_weights)
         batches += 1
         for key, value in zip(sums, (total, crit, evid), strict=True):
             sums[key] += float(value)
-        probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()
+        probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()  # per unit
         candidates = model.evidence_candidates(outputs, batch, model_cfg.max_answer_tokens)
         for row, example in enumerate(rows):
             for out, symptom in enumerate(example.symptom_indices):
-                probabilities[example.post_index, symptom] = probs[row, out]
+                pair = (example.post_index, symptom)
+                probabilities[pair] = probs[owners[row], out]
                 span, margin = candidates[row][out]
-                predicted[(example.post_index, symptom)] = (
-                    char_span(example.offsets, span),
-                    margin,
-                )
+                # A unit's evidence is its most confident window's: the smallest null margin
+                # (a span seen by two overlapping windows is one prediction).
+                if pair not in predicted or margin < predicted[pair][1]:
+                    predicted[pair] = (char_span(example.offsets, span), margin)
     labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
     pairs, margins = evidence_pairs(split, predicted)
     losses = {k: v / max(batches, 1) for k, v in sums.items()}
@@ -315,11 +338,17 @@ def evidence_pairs(
     """Every (post, symptom) pair of the split with its predicted span and null margin (a pair
     missing from `predicted` is null); pairs whose evidence lies outside the window are
     marked excluded."""
+    reached = {
+        (ex.post_index, symptom)
+        for ex in split.examples
+        for out, symptom in enumerate(ex.symptom_indices)
+        if ex.start_positions[out] >= 0
+    }  # a positive pair some window can learn (its gold span, or null beside it elsewhere)
     excluded = {
         (ex.post_index, symptom)
         for ex in split.examples
         for out, symptom in enumerate(ex.symptom_indices)
-        if ex.labels[out] and ex.start_positions[out] < 0
+        if ex.labels[out] and (ex.post_index, symptom) not in reached
     }
     examples, margins = [], []
     for post_index, post in enumerate(split.posts):

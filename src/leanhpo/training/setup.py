@@ -17,7 +17,7 @@ import torch
 from leanhpo.config import Config
 from leanhpo.models import EncoderInfo, HeadSettings, MultiTaskModel, load_encoder
 from leanhpo.models.losses import CLASS_WEIGHTED_LOSSES, positive_class_weights
-from leanhpo.training.features import EncodedSplit, encode_posts, train_prevalence
+from leanhpo.training.features import EncodedSplit, Windowing, encode_posts, train_prevalence
 from leanhpo.training.loop import make_loader, make_optimizer, make_scheduler, pick_device
 
 
@@ -45,6 +45,7 @@ def head_settings(config: Config) -> HeadSettings:
         coupling=model.coupling,
         coupling_pooling=model.coupling_pooling,
         coupling_method=model.coupling_method,
+        window_pooling=model.window_pooling,
     )
 
 
@@ -74,10 +75,13 @@ def build_network(config: Config, seed: int) -> Network:
     return Network(model=model, tokenizer=tokenizer, encoder_info=info, device=device)
 
 
+def windowing(config: Config) -> Windowing:
+    model = config.model
+    return Windowing(model.max_length, model.long_posts, model.window_stride, model.max_windows)
+
+
 def encode(network: Network, config: Config, posts: list[dict[str, Any]]) -> EncodedSplit:
-    return encode_posts(
-        posts, network.tokenizer, config.model.input_format, config.model.max_length
-    )
+    return encode_posts(posts, network.tokenizer, config.model.input_format, windowing(config))
 
 
 def class_weights(
