@@ -22,16 +22,14 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+sys.path.insert(0, str(REPO / "tests"))  # the tests' Snakefile command and SLURM fixture code
+from workflowhelper import job_env, snakemake_command  # noqa: E402
 
 
 def run_study(workdir: Path, overlay: dict, *args: str, env: dict | None = None) -> float:
     (workdir / "bench.yaml").write_text(yaml.safe_dump(overlay))
-    configs = [REPO / "config.yaml", REPO / "tests/config/tiny.yaml", workdir / "bench.yaml"]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *map(str, configs), *args]
-    environment = {**os.environ, **(env or {})}
-    environment["PATH"] = f"{SNAKEMAKE.parent}:{environment['PATH']}"
+    command = [*snakemake_command(workdir, workdir / "bench.yaml"), *args]
+    environment = job_env({**os.environ, **(env or {})})
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     elapsed = time.monotonic() - started
@@ -59,7 +57,6 @@ def main() -> None:
             results[name] = run_study(Path(folder), overlay, *args)
             print(f"{name}: {results[name]:.1f} s", file=sys.stderr)
     if not options.no_slurm:
-        sys.path.insert(0, str(REPO / "tests"))
         from services.slurm import one_node_cluster
 
         started = time.monotonic()

@@ -10,18 +10,16 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from workflowhelper import job_env, snakemake_command
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.tracking import SPOOL_FILE, Tracker, TrackingAuthError, open_tracker
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 USER = "leanhpo"
 PASSWORD = "trk-" + secrets.token_hex(10)  # the writer's password on this module's server
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -146,15 +144,8 @@ def _snakemake(workdir: Path, uri: str, env: dict[str, str], n_trials: int) -> t
         "tracking": {"uri": uri, "experiment": workdir.name},
     }
     overlay.write_text(yaml.safe_dump(values))
-    configs = [
-        str(REPO / "config.yaml"),
-        str(REPO / "tests" / "config" / "tiny.yaml"),
-        str(overlay),
-    ]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *configs, "--cores", "1"]
-    env = {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
-    env["PATH"] = f"{SNAKEMAKE.parent}:{env['PATH']}"
+    command = [*snakemake_command(workdir, overlay), "--cores", "1"]
+    env = job_env({k: v for k, v in env.items() if k not in CREDENTIAL_ENV})
     result = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=600, check=False
     )

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 import yaml
+from workflowhelper import job_env, snakemake_command
 
 from leanhpo.study.lease import lease_holders
 from leanhpo.study.setup import OWNER_ATTR
@@ -25,8 +24,6 @@ from leanhpo.tracking import Tracker
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 N_TRIALS = 4
 KEEP_BEST_TRIALS = 2  # tests/config/tiny.yaml
 
@@ -43,19 +40,12 @@ def _overlay(workdir: Path, storage: str, tracking_uri: str, epochs: int) -> Pat
 
 
 def _start(workdir: Path, overlay: Path, *args: str) -> subprocess.Popen:
-    configs = [
-        str(REPO / "config.yaml"),
-        str(REPO / "tests" / "config" / "tiny.yaml"),
-        str(overlay),
-    ]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *configs, *args]
     return subprocess.Popen(
-        command,
+        [*snakemake_command(workdir, overlay), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"},
+        env=job_env(),
     )
 
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from workflowhelper import REPO, job_env, snakemake_command
 
 from leanhpo.tracking import Tracker, open_tracker
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 N_TRIALS = 3
 EPOCHS = int(os.environ.get("LEANHPO_SERVICE_EPOCHS", "2"))  # raise it with LEANHPO_OUTAGE_S
 # Long enough to span a trial's epochs and a trial boundary on two cores; the issue's own
@@ -43,19 +42,12 @@ def _overlay(workdir: Path, study: dict | None = None, tracking: dict | None = N
 
 
 def _start(workdir: Path, overlay: Path, env: dict[str, str]) -> subprocess.Popen:
-    configs = [
-        str(REPO / "config.yaml"),
-        str(REPO / "tests" / "config" / "tiny.yaml"),
-        str(overlay),
-    ]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *configs, "--cores", "1"]
     return subprocess.Popen(
-        command,
+        [*snakemake_command(workdir, overlay), "--cores", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**env, "PATH": f"{SNAKEMAKE.parent}:{env['PATH']}"},
+        env=job_env(env),
         start_new_session=True,
     )
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from workflowhelper import REPO, job_env, snakemake_command
 
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
 from leanhpo.tracking import Tracker
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 N_TRIALS = 3  # tests/config/tiny.yaml: 3 trials of 2 epochs
 TRIAL_RESOURCES = {"mem_mb": 1000, "runtime": 10}
 SLURM_TRIAL_RULE = "rule_run_trial"
@@ -30,9 +27,7 @@ def through_slurm(slurm_cluster, tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("slurm_study")
     overlay = workdir / "resources.yaml"
     overlay.write_text(yaml.safe_dump({"resources": TRIAL_RESOURCES}))
-    configs = [REPO / "config.yaml", REPO / "tests" / "config" / "tiny.yaml", overlay]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *map(str, configs)]
+    command = snakemake_command(workdir, overlay)
     command += ["--workflow-profile", str(REPO / "profiles" / "slurm")]
     # What this test cluster needs beyond the profile: a CPU per trial (the node may have two),
     # status checks paced for trials of seconds rather than hours, and the SLURM job logs kept
@@ -40,7 +35,7 @@ def through_slurm(slurm_cluster, tmp_path_factory) -> dict:
     command += ["--cores", "1", "--slurm-init-seconds-before-status-checks", "2"]
     command += ["--slurm-keep-successful-logs", "--latency-wait", "5"]
     # Jobs inherit this environment (sbatch --export=ALL): the venv's python and snakemake.
-    env = {**slurm_cluster.env, "PATH": f"{SNAKEMAKE.parent}:{slurm_cluster.env['PATH']}"}
+    env = job_env(slurm_cluster.env)
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     # Read at once: slurmctld forgets finished jobs after MinJobAge.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from leanhpo.config import Config
+from leanhpo.data import load_split
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import load_encoder
 from leanhpo.models.multitask import NULL_INDEX
@@ -127,6 +128,29 @@ def _config(**model) -> Config:
     )
 
 
+def _forward(network, batch) -> dict[str, torch.Tensor]:
+    return network.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        span_mask=batch["span_mask"],
+        token_type_ids=batch.get("token_type_ids"),
+        sentence_spans=batch["sentence_spans"],
+        window_owner=batch["window_owner"],
+    )
+
+
+def _evaluate(network, split, config: Config):
+    return evaluate(
+        network.model,
+        split,
+        config.model,
+        config.train,
+        network.device,
+        network.pad_token_id,
+        class_weights=torch.ones(len(SYMPTOMS)),
+    )
+
+
 HEADS = ["start_end_linear", "start_end_mlp", "biaffine", "bio_crf", "sentence_reranker"]
 
 
@@ -140,27 +164,12 @@ def test_every_evidence_head_trains_and_decodes_over_windows(evidence_head, inpu
     units = 2 if input_format == "multi_label" else 2 * len(SYMPTOMS)
     assert len(split.units()) == units
     batch = next(iter(make_loader(split, units, network.pad_token_id, shuffle_seed=None)))
-    out = network.model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        span_mask=batch["span_mask"],
-        token_type_ids=batch.get("token_type_ids"),
-        sentence_spans=batch["sentence_spans"],
-        window_owner=batch["window_owner"],
-    )
+    out = _forward(network, batch)
     assert out["criteria_logits"].shape[0] == units < batch["input_ids"].shape[0]
     loss = network.model.evidence_loss(out, batch) + out["criteria_logits"].sum()
     assert torch.isfinite(loss)
     loss.backward()
-    result = evaluate(
-        network.model,
-        split,
-        config.model,
-        config.train,
-        network.device,
-        network.pad_token_id,
-        class_weights=torch.ones(len(SYMPTOMS)),
-    )
+    result = _evaluate(network, split, config)
     assert result.probabilities.shape == (2, len(SYMPTOMS))
     pair = result.candidates[SLEEP]  # post "a", the positive symptom
     assert not pair.excluded  # its evidence is 20 fillers in, far past one window
@@ -184,12 +193,7 @@ def test_window_pooling_and_coupling_give_one_prediction_per_post(window_pooling
         [long_post(20), long_post(1, "short")], network.tokenizer, "multi_label", WINDOWS
     )
     batch = next(iter(make_loader(split, 2, network.pad_token_id, shuffle_seed=None)))
-    out = network.model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        span_mask=batch["span_mask"],
-        window_owner=batch["window_owner"],
-    )
+    out = _forward(network, batch)
     assert out["criteria_logits"].shape == (2, len(SYMPTOMS))
     out["criteria_logits"].sum().backward()
     if window_pooling == "attention":
@@ -206,23 +210,10 @@ def test_a_9000_token_post_trains_and_evaluates_within_max_windows():
     assert len(split.examples) == 16 and split.stats["units_over_max_windows"] == 1
     loader = make_loader(split, 1, network.pad_token_id, shuffle_seed=0)
     batch = next(iter(loader))
-    out = network.model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        span_mask=batch["span_mask"],
-        window_owner=batch["window_owner"],
-    )
+    out = _forward(network, batch)
     loss = network.model.evidence_loss(out, batch) + out["criteria_logits"].sum()
     loss.backward()
-    result = evaluate(
-        network.model,
-        split,
-        config.model,
-        config.train,
-        network.device,
-        network.pad_token_id,
-        class_weights=torch.ones(len(SYMPTOMS)),
-    )
+    result = _evaluate(network, split, config)
     assert result.candidates[SLEEP].excluded  # counted, never silently wrong
 
 
@@ -243,8 +234,6 @@ def test_a_trial_with_windows_reaches_every_evidence_pair_of_the_long_tailed_sam
     assert window.get("validation_evidence_pairs_outside_window", 0) == 0
     assert window["train_windows"] > window["train_posts"]  # long posts took several windows
     assert report["status"] == "completed"
-    from leanhpo.data import load_split
-
     tokenizer = load_encoder("tiny", seed=0)[1]
     truncated = encode_posts(load_split(study.data, "train"), tokenizer, "multi_label", 128)
     assert truncated.stats["evidence_pairs_outside_window"] > 0  # what windows recovered
@@ -259,10 +248,5 @@ def test_window_pooling_changes_the_prediction_of_a_long_post():
         split = encode_posts([long_post(20)], network.tokenizer, "multi_label", WINDOWS)
         batch = collate(split.examples, network.pad_token_id)
         with torch.no_grad():
-            logits[kind] = network.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                span_mask=batch["span_mask"],
-                window_owner=batch["window_owner"],
-            )["criteria_logits"]
+            logits[kind] = _forward(network, batch)["criteria_logits"]
     assert not torch.allclose(logits["max"], logits["mean"])

@@ -9,21 +9,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from workflowhelper import job_env, snakemake_command
 
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
 from leanhpo.tracking import Tracker
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 N_TRIALS = 3
 KEEP_BEST_TRIALS = 2
 
@@ -31,15 +29,10 @@ KEEP_BEST_TRIALS = 2
 def snakemake(
     workdir: Path, *args: str, overlays: tuple[Path, ...] = (), **kwargs
 ) -> subprocess.CompletedProcess:
-    configs = [
-        str(REPO / "config.yaml"),
-        str(REPO / "tests" / "config" / "tiny.yaml"),
-        *map(str, overlays),
-    ]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    command += ["--configfile", *configs, "--cores", "1", *args]
-    env = {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, **kwargs)
+    command = [*snakemake_command(workdir, *overlays), "--cores", "1", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=job_env(), timeout=900, **kwargs
+    )
 
 
 def _study_dir(workdir: Path) -> Path:
@@ -189,17 +182,7 @@ def _in_epoch(log: Path, epoch: int) -> bool:
 
 
 def _command(workdir: Path, *overlays: Path) -> list[str]:
-    configs = [
-        str(REPO / "config.yaml"),
-        str(REPO / "tests" / "config" / "tiny.yaml"),
-        *map(str, overlays),
-    ]
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    return [*command, "--configfile", *configs, "--cores", "1"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{SNAKEMAKE.parent}:{os.environ['PATH']}"}
+    return [*snakemake_command(workdir, *overlays), "--cores", "1"]
 
 
 def _start(workdir: Path, *overlays: Path) -> subprocess.Popen:
@@ -207,7 +190,7 @@ def _start(workdir: Path, *overlays: Path) -> subprocess.Popen:
         _command(workdir, *overlays),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=_env(),
+        env=job_env(),
         start_new_session=True,
     )
 
@@ -265,7 +248,7 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
             [*_command(workdir), "--rerun-incomplete"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_env(),
+            env=job_env(),
             start_new_session=True,
         )
         instant = rng.uniform(2.0, 14.0)

@@ -155,13 +155,13 @@ class SlotLease:
         study_id: int,
         slot: int,
         grace_s: float,
-        log: logging.Logger = LOGGER,
+        log: logging.Logger | None = None,
     ) -> None:
         self.engine, self.retrier = engine, retrier
         self.study_id, self.slot, self.grace_s = study_id, slot, grace_s
         self.interval_s = grace_s / BEATS_PER_GRACE
         self.owner = Owner.this_process()
-        self.log = log
+        self.log = log or LOGGER
         self.previous: Owner | None = None  # whom we took the slot over from, if anyone
         self.takeover_reason: str | None = None
         self.lost: str | None = None
@@ -360,7 +360,7 @@ class SlotLease:
                     .values(released=True)
                 )
         except sa.exc.SQLAlchemyError as error:
-            self.log.warning("could not release the lease of slot %04d: %s", self.slot, error)
+            self.log.warning("could not release the lease of %s: %s", self.name, error)
 
     def __enter__(self) -> SlotLease:
         return self if self._thread is not None else self.acquire()

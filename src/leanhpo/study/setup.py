@@ -7,6 +7,7 @@ slot owns; a rerun finds the slot's trial again by that attr and re-attaches to 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 import zlib
@@ -171,15 +172,16 @@ def create_or_load_study(
     return study
 
 
-def slot_lease(study: optuna.Study, slot: int, grace_s: float, log: Any = None) -> SlotLease:
+def slot_lease(
+    study: optuna.Study, slot: int, grace_s: float, log: logging.Logger | None = None
+) -> SlotLease:
     """The lease that makes this process the slot's only trainer (see study/lease.py), in the
     study's own database, through the same connection pool and retry policy as Optuna's calls."""
     storage = study._storage
     if not isinstance(storage, RetryingStorage):
         raise TypeError("slot_lease needs a study opened with open_study()")
     engine = storage.inner._backend.engine  # type: ignore[attr-defined]  # the cached RDBStorage
-    extra = {"log": log} if log is not None else {}
-    return SlotLease(engine, storage.retrier, study._study_id, slot, grace_s, **extra)
+    return SlotLease(engine, storage.retrier, study._study_id, slot, grace_s, log)
 
 
 def slot_trials(study: optuna.Study, slot: int) -> list[FrozenTrial]:
