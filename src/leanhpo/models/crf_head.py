@@ -123,6 +123,12 @@ class BioCrfHead(EvidenceHead):
         log_likelihood = self.crf(rows[keep], tags[keep], mask=mask[keep], reduction="sum")
         return -log_likelihood / mask[keep].sum()
 
+    def loss_denominator(self, batch: dict[str, Any]) -> int:
+        """Attended tokens summed over the (example, output) rows that have a target."""
+        keep = batch["start_positions"] != IGNORE_INDEX  # [B, n_outputs]
+        tokens = batch["attention_mask"].bool().sum(-1, keepdim=True)  # [B, 1]
+        return int((keep * tokens).sum())
+
     def candidates(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
     ) -> Candidates:

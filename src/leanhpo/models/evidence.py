@@ -9,6 +9,9 @@ Callers (the training loop) never look inside: they call `forward`, `loss` and `
   the per-token representation that task coupling pools.
 - `loss(outputs, batch)` reads the targets from the batch (`start_positions`, `end_positions`
   [B, n_outputs], IGNORE_INDEX = excluded; `sentence_targets` for the reranker).
+- `loss_denominator(batch)`: how many terms `loss` averages over in this batch (0: none, and
+  the loss is a zero). Weighting a part of a batch's loss by its share of the batch's
+  denominator makes the parts add up to the batch's loss (training micro-batches).
 - `candidates(outputs, batch, max_answer_tokens)` -> list (examples) of lists (outputs) of
   (best span, null margin): the best (start_token, end_token) inclusive, or None when no span
   is possible, and the null score minus that span's score (inf when no span is possible).
@@ -28,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from leanhpo.models.losses import IGNORE_INDEX
+
 NULL_INDEX = 0
 # Large but finite, so that masked logits stay finite under bf16 autocast as well.
 MASK_VALUE = -1.0e4
@@ -45,6 +50,9 @@ class EvidenceHead(nn.Module):
     feature_size: int
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss_denominator(self, batch: dict[str, Any]) -> int:
         raise NotImplementedError
 
     def candidates(
@@ -70,6 +78,12 @@ def apply_null_threshold(candidates: Candidates, null_threshold: float) -> Token
         [span if span is not None and margin <= null_threshold else None for span, margin in row]
         for row in candidates
     ]
+
+
+def targeted_outputs(batch: dict[str, Any]) -> int:
+    """(example, output) entries with a span target: what the span cross-entropies average
+    over (start and end are excluded together, so one count serves both)."""
+    return int((batch["start_positions"] != IGNORE_INDEX).sum())
 
 
 def post_tokens(span_mask: torch.Tensor) -> torch.Tensor:

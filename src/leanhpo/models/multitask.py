@@ -136,6 +136,10 @@ class MultiTaskModel(nn.Module):
     ) -> torch.Tensor:
         return self.evidence_head.loss(outputs, batch)
 
+    def evidence_loss_denominator(self, batch: dict[str, Any]) -> int:
+        """How many terms `evidence_loss` averages over in `batch` (see `models.evidence`)."""
+        return self.evidence_head.loss_denominator(batch)
+
     def decode_evidence(
         self,
         outputs: dict[str, torch.Tensor],

@@ -76,6 +76,9 @@ class SentenceRerankerHead(EvidenceHead):
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
 
+    def loss_denominator(self, batch: dict[str, Any]) -> int:
+        return int((batch["sentence_targets"] != IGNORE_INDEX).sum())
+
     def candidates(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
     ) -> Candidates:

@@ -22,6 +22,7 @@ from leanhpo.models.evidence import (
     allowed_pairs,
     apply_null_threshold,
     best_spans,
+    targeted_outputs,
 )
 from leanhpo.models.losses import IGNORE_INDEX, span_loss
 
@@ -80,6 +81,9 @@ class _StartEndHead(EvidenceHead):
             batch["start_positions"],
             batch["end_positions"],
         )
+
+    def loss_denominator(self, batch: dict[str, Any]) -> int:
+        return targeted_outputs(batch)
 
     def candidates(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int
@@ -188,6 +192,9 @@ class BiaffineHead(EvidenceHead):
         return F.cross_entropy(
             scores.reshape(-1, n_tokens * n_tokens), target.reshape(-1), ignore_index=IGNORE_INDEX
         )
+
+    def loss_denominator(self, batch: dict[str, Any]) -> int:
+        return targeted_outputs(batch)
 
     def candidates(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], max_answer_tokens: int

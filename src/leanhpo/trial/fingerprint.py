@@ -16,15 +16,28 @@ from leanhpo.tracking import flatten
 TRAINING_SECTIONS = ("data", "model", "train", "search_space")
 STUDY_FINGERPRINT_ATTR = "leanhpo.fingerprint"
 STUDY_FINGERPRINT_CONFIG_ATTR = "leanhpo.fingerprint_config"
+# Keys of those sections that change how a trial runs, not what it learns: lowering
+# train.max_batch_rows after an out-of-memory stop must resume the study, not be refused.
+EXECUTION_KEYS = {"train": ("max_batch_rows",)}
 
 
 class StudyConfigMismatchError(RuntimeError):
     exit_code = EXIT_BAD_INPUT
 
 
+def training_sections(config: dict[str, Any]) -> dict[str, Any]:
+    """The sections that decide a trial's result, without the EXECUTION_KEYS."""
+    return {
+        section: {
+            k: v for k, v in config[section].items() if k not in EXECUTION_KEYS.get(section, ())
+        }
+        for section in TRAINING_SECTIONS
+    }
+
+
 def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:
     """Hash of what decides a trial's result: changing it mid-study is an error, not a rerun."""
-    relevant = {k: config[k] for k in TRAINING_SECTIONS}
+    relevant = training_sections(config)
     relevant["seed"] = config["study"]["seed"]
     relevant["metric"] = config["study"]["metric"]
     relevant["data_fingerprint"] = data_fingerprint
@@ -37,7 +50,7 @@ def check_study_fingerprint(study: optuna.Study, value: str, config: dict[str, A
     The study keeps its fingerprint (and the sections it covers) as Optuna user attrs, so the
     check holds for a new slot too, on any host that shares the storage; the first slot to
     run records it."""
-    sections = {k: config[k] for k in TRAINING_SECTIONS}
+    sections = training_sections(config)
     recorded = study.user_attrs.get(STUDY_FINGERPRINT_ATTR)
     if recorded is None:
         study.set_user_attr(STUDY_FINGERPRINT_ATTR, value)
@@ -64,7 +77,7 @@ def check_trial_fingerprint(
     """A resumed (or rerun) slot trains on the config and data it started with."""
     if state is None or state.get("fingerprint") == value:
         return
-    changed = changed_keys(state["fingerprint_config"], {k: config[k] for k in TRAINING_SECTIONS})
+    changed = changed_keys(state["fingerprint_config"], training_sections(config))
     raise StudyConfigMismatchError(
         f"{trial_name} of study {config['study']['name']!r} was started with another config or "
         f"data (changed: {', '.join(changed) or 'the prepared data'}). All trials of a study share "

@@ -35,10 +35,10 @@ from leanhpo.study.setup import OWNER_ATTR, TRIAL_UUID_ATTR, attach_slot, open_s
 from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.fingerprint import (
-    TRAINING_SECTIONS,
     check_study_fingerprint,
     check_trial_fingerprint,
     fingerprint,
+    training_sections,
 )
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
@@ -155,7 +155,7 @@ def _run_owned(
         "optuna_trial_id": frozen._trial_id,
         "optuna_number": frozen.number,
         "fingerprint": trial_fingerprint,
-        "fingerprint_config": {k: config[k] for k in TRAINING_SECTIONS},
+        "fingerprint_config": training_sections(config),
         "data": data_report_summary(data_report),
         "started_at": datetime.now(UTC).isoformat(),
     }
