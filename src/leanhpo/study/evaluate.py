@@ -13,9 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from leanhpo import __version__
 from leanhpo.checkpoints import CheckpointStore, CorruptCheckpointError, LoadedCheckpoint
 from leanhpo.config import Config, validate_config
+from leanhpo.config.typed import EvaluationConfig
 from leanhpo.data import load_split
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
@@ -24,7 +27,9 @@ from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.setup import open_study, trial_counts
 from leanhpo.tracking import open_tracker
-from leanhpo.training.loop import evaluate
+from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
+from leanhpo.training.features import train_prevalence
+from leanhpo.training.loop import Evaluation, evaluate
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.runner import replay_training
@@ -61,6 +66,50 @@ def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
     evidence = {k: flat.get(f"evidence_{k}") for k in EVIDENCE_KEYS}
     losses = {k: flat.get(k) for k in ("loss", "criteria_loss", "evidence_loss")}
     return {"criteria_matching": criteria, "evidence_binding": evidence, "losses": losses}
+
+
+def structure_intervals(result: BootstrapResult | None) -> dict[str, Any] | None:
+    """Bootstrap intervals -> `test_metrics_ci`, the test_metrics layout with an interval
+    ({low, high, undefined}) where test_metrics has a figure; None when the bootstrap is off."""
+    if result is None:
+        return None
+    flat: dict[str, Interval | None] = result.intervals
+    criteria: dict[str, Any] = {k: flat[f"criteria_{k}"] for k in CRITERIA_SUMMARY}
+    criteria["per_criterion"] = {
+        symptom: {k: flat[f"criteria_{k}_{symptom}"] for k in CRITERIA_PER_SYMPTOM}
+        for symptom in SYMPTOMS
+    }
+    return {
+        "method": "post-level percentile bootstrap",
+        "samples": result.samples,
+        "level": result.level,
+        "seed": result.seed,
+        "criteria_matching": criteria,
+        "evidence_binding": {k: flat[f"evidence_{k}"] for k in EVIDENCE_SUMMARY},
+    }
+
+
+def bootstrap(
+    evaluation: Evaluation,
+    threshold: float,
+    train_posts: list[dict[str, Any]],
+    settings: EvaluationConfig,
+    seed: int,
+) -> BootstrapResult | None:
+    """The test figures' intervals, on resamples seeded by the study seed (so a rerun, and
+    every co-best checkpoint, gets the same resamples)."""
+    if evaluation.pair_posts is None:
+        raise ValueError("the evaluation does not say which post each evidence pair belongs to")
+    return bootstrap_test_metrics(
+        evaluation.labels,
+        evaluation.probabilities,
+        evaluation.evidence(threshold),
+        evaluation.pair_posts,
+        np.array(train_prevalence(train_posts)),
+        settings.bootstrap_samples,
+        settings.ci_level,
+        seed,
+    )
 
 
 def validation_null_threshold(validation_metrics: dict[str, Any], config: Config) -> float:
@@ -154,8 +203,10 @@ def evaluate_study(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """`config` holds at least the study and tracking sections: the live storage and tracking
-    URLs, which the stored configs only hold masked."""
+    URLs, which the stored configs only hold masked; its `evaluation` section (defaults when
+    absent) sets the bootstrap."""
     config = validate_config(config)
+    settings = EvaluationConfig.from_dict(config)
     log = setup_logging()
     study_info = read_json(study_file)
     reports = [read_json(p) for p in report_paths]
@@ -178,11 +229,14 @@ def evaluate_study(
             "test",
         )
         flat = evaluation.metrics("", threshold)
+        intervals = bootstrap(evaluation, threshold, train_posts, settings, study_info["seed"])
         evaluated.append(
             {
                 **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},
                 "test_metrics": structure_metrics(flat),
+                "test_metrics_ci": structure_intervals(intervals),
                 "flat": flat,
+                "bootstrap": intervals,
             }
         )
     primary = min(evaluated, key=lambda e: e["epoch"])
@@ -205,8 +259,14 @@ def evaluate_study(
         "best_validation_score": best["best_validation_score"],
         "baseline_validation_score": best["baseline"]["optimization_metric_value"],
         "config": best["config"],
-        "checkpoints": [{k: v for k, v in e.items() if k != "flat"} for e in evaluated],
+        "checkpoints": [
+            {k: v for k, v in e.items() if k not in ("flat", "bootstrap")} for e in evaluated
+        ],
         "test_metrics": primary["test_metrics"],
+        "test_metrics_ci": primary["test_metrics_ci"],
+        "baseline_comparison": (
+            None if primary["bootstrap"] is None else primary["bootstrap"].baseline_comparison
+        ),
         "test_split": {"posts": len(test_posts)},
         "dataset": best["dataset"],
         "seeds": best["seeds"],
@@ -216,7 +276,7 @@ def evaluate_study(
         "generated_at": datetime.now(UTC).isoformat(),
     }
     write_report(output, report, STUDY_SCHEMA)
-    _track(config, study_file.parent, study_info, primary["flat"], best, len(reports))
+    _track(config, study_file.parent, study_info, primary, best, len(reports))
     event(
         log,
         f"study report written: {output}",
@@ -230,25 +290,43 @@ def _track(
     config: dict[str, Any],
     study_dir: Path,
     study_info: dict[str, Any],
-    flat: dict[str, float | None],
+    primary: dict[str, Any],
     best: dict[str, Any],
     n_trials: int,
 ) -> None:
-    """The test metrics on the study's parent run, at step = the number of trial slots
-    evaluated: a grown study's evaluation is a new point (MLflow shows the latest step), while
-    a rerun of the same evaluation adds nothing, so MLflow and study_report.json agree."""
+    """The test metrics and their intervals on the study's parent run, at step = the number of
+    trial slots evaluated: a grown study's evaluation is a new point (MLflow shows the latest
+    step), while a rerun of the same evaluation adds nothing (the seeded intervals are the same
+    too), so MLflow and study_report.json agree."""
     tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
-    tracker.log_metrics_once(
-        parent, {f"test_{k}": v for k, v in flat.items() if v is not None}, step=n_trials
-    )
-    tracker.set_tags(
-        parent,
-        {
-            "leanhpo.best_slot": best["slot"],
-            "leanhpo.best_trial_uuid": best["trial_uuid"],
-            "leanhpo.evaluated_trials": n_trials,
-        },
-    )
+    tracker.log_metrics_once(parent, metrics_to_log(primary), step=n_trials)
+    tags = {
+        "leanhpo.best_slot": best["slot"],
+        "leanhpo.best_trial_uuid": best["trial_uuid"],
+        "leanhpo.evaluated_trials": n_trials,
+    }
+    if primary["bootstrap"] is not None:
+        tags["leanhpo.test_baseline"] = primary["bootstrap"].baseline_comparison["baseline"]
+    tracker.set_tags(parent, tags)
     tracker.set_status(parent, "FINISHED")
     tracker.drain()  # what an outage kept from MLflow during the study
+
+
+def metrics_to_log(primary: dict[str, Any]) -> dict[str, float]:
+    """`test_<metric>`, its `test_<metric>_ci_low`/`_ci_high`, and the baseline comparison
+    (`test_baseline_f1_macro`, its interval, `test_baseline_p_not_better`)."""
+    flat: dict[str, float | None] = primary["flat"]
+    result: BootstrapResult | None = primary["bootstrap"]
+    metrics = {f"test_{k}": v for k, v in flat.items() if v is not None}
+    if result is None:
+        return metrics
+    comparison = result.baseline_comparison
+    bounds = {**result.intervals, "baseline_f1_macro": comparison["baseline_ci"]}
+    for key, interval in bounds.items():
+        if interval is not None:
+            metrics[f"test_{key}_ci_low"] = interval["low"]
+            metrics[f"test_{key}_ci_high"] = interval["high"]
+    metrics["test_baseline_f1_macro"] = comparison["baseline_f1_macro"]
+    metrics["test_baseline_p_not_better"] = comparison["p_not_better"]
+    return metrics
