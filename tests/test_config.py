@@ -25,10 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_defaults_fill_an_empty_config():
     config = validate_config({})
-    assert config["study"]["n_trials"] == 4
+    assert config["study"]["n_trials"] == 3
     assert config["retention"]["keep_best_trials"] == 3
     assert config["data"]["split"] == {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 42}
     assert config["search_space"]["learning_rate"]["log"] is True
+
+
+def test_schema_defaults_are_config_yaml_outside_the_search_space():
+    """An overlay on an empty base and one on config.yaml mean the same study; only the search
+    space differs (config.yaml's is the searched one, the schema's a minimal one)."""
+    defaults, shipped = validate_config({}), load_config_file(REPO / "config.yaml")
+    defaults.pop("search_space"), shipped.pop("search_space")
+    assert defaults == shipped
 
 
 def test_config_yaml_is_valid_and_every_key_is_commented():

@@ -318,7 +318,14 @@ def test_every_option_changes_what_is_trained(tiny_encoder, effect_batch, sample
     section, context, values = EFFECTS[name]
     trajectories = []
     for value in values:
-        overrides = {"model": {"id": "tiny", "max_length": EFFECT_LENGTH, "head_hidden_size": 16}}
+        overrides = {
+            "model": {
+                "id": "tiny",
+                "max_length": EFFECT_LENGTH,
+                "window_stride": 16,
+                "head_hidden_size": 16,
+            }
+        }
         overrides["train"] = {"device": "cpu", "loss": "bce"}
         overrides[section] |= {**context, name: value}
         config = Config.from_dict(overrides)
@@ -332,7 +339,14 @@ def test_every_option_changes_what_is_trained(tiny_encoder, effect_batch, sample
 def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
     def predictions(null_threshold, **model_options):
         config = Config.from_dict(
-            {"model": {"id": "tiny", "max_length": EFFECT_LENGTH, **model_options}}
+            {
+                "model": {
+                    "id": "tiny",
+                    "max_length": EFFECT_LENGTH,
+                    "window_stride": 16,
+                    **model_options,
+                }
+            }
         )
         model = _model_from(tiny_encoder, config).eval()
         with torch.no_grad():
@@ -363,6 +377,7 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
             "model": {
                 "id": "tiny",
                 "max_length": 96,
+                "window_stride": 16,
                 "dropout": 0.0,
                 "evidence_head": head,
                 "head_hidden_size": 32,
@@ -408,6 +423,7 @@ def test_evaluate_works_for_every_evidence_head(tiny_encoder, sample_posts, head
             "model": {
                 "id": "tiny",
                 "max_length": 64,
+                "window_stride": 16,
                 "evidence_head": head,
                 "input_format": input_format,
             },

@@ -39,6 +39,7 @@ def config(model: dict[str, Any] | None = None, train: dict[str, Any] | None = N
             "model": {
                 "id": "tiny",
                 "max_length": MAX_LENGTH,
+                "window_stride": 16,
                 "head_hidden_size": 16,
                 **(model or {}),
             },

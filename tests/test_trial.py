@@ -164,6 +164,20 @@ def test_changed_config_mid_trial_is_an_error_naming_the_keys(study, monkeypatch
     assert (study.report_path(0).parent / "checkpoints" / "epoch_0001").is_dir()  # nothing deleted
 
 
+def test_a_lower_row_cap_resumes_the_trial_and_the_study(study, monkeypatch):
+    """train.max_batch_rows changes the memory of a pass, not what is learned: lowering it after
+    an out-of-memory stop resumes the trial (a study-wide fingerprint change would refuse it)."""
+    with monkeypatch.context() as patch:
+        _crash_at_epoch(patch, 2)
+        with pytest.raises(Crash):
+            study.run(0)
+    capped = tiny_config_dict(study.root, train={"max_batch_rows": 3})
+    report = study.run(0, capped)
+    assert report["status"] == "completed"
+    assert report["timings"]["resumed_from_epoch"] == 1
+    assert study.run(1, capped)["status"] == "completed"
+
+
 def test_incompatible_checkpoint_is_never_loaded(study, monkeypatch):
     from leanhpo.config import Config
     from leanhpo.models import compatibility_metadata
@@ -267,12 +281,67 @@ def test_study_evaluation_reads_the_best_checkpoint_once(tmp_path):
         parent.data.metrics["test_criteria_f1_macro"]
         == report["test_metrics"]["criteria_matching"]["f1_macro"]
     )
+    _assert_bootstrap_intervals(study, report, output, parent.data.metrics)
     plot_study(
         [study.report_path(s) for s in range(2)], output, study.dir / "h.png", study.dir / "c.png"
     )
     assert (study.dir / "h.png").stat().st_size > 1000 and (
         study.dir / "c.png"
     ).stat().st_size > 1000
+
+
+def _test_figures(report: dict):
+    """(flat name, point value, interval) of every test figure that carries an interval."""
+    from leanhpo.metric_names import (
+        CRITERIA_PER_SYMPTOM,
+        CRITERIA_SUMMARY,
+        EVIDENCE_SUMMARY,
+        SYMPTOMS,
+    )
+
+    points, intervals = report["test_metrics"], report["test_metrics_ci"]
+    criteria, criteria_ci = points["criteria_matching"], intervals["criteria_matching"]
+    for key in CRITERIA_SUMMARY:
+        yield f"criteria_{key}", criteria[key], criteria_ci[key]
+    for symptom in SYMPTOMS:
+        for key in CRITERIA_PER_SYMPTOM:
+            point = criteria["per_criterion"][symptom][key]
+            yield f"criteria_{key}_{symptom}", point, criteria_ci["per_criterion"][symptom][key]
+    for key in EVIDENCE_SUMMARY:
+        yield f"evidence_{key}", points["evidence_binding"][key], intervals["evidence_binding"][key]
+
+
+def _assert_bootstrap_intervals(study: Study, report: dict, output: Path, logged: dict):
+    """Every test figure has a seeded interval around it, on MLflow too; a rerun gives the same
+    intervals; bootstrap_samples 0 leaves them out."""
+    import copy
+
+    from leanhpo.study.evaluate import evaluate_study
+
+    seed = read_json(study.study_json)["seed"]
+    assert (
+        report["test_metrics_ci"]["samples"] == 1000 and report["test_metrics_ci"]["seed"] == seed
+    )
+    for name, point, interval in _test_figures(report):
+        assert (interval is None) == (point is None), name
+        if interval is not None:
+            assert interval["low"] - 1e-12 <= point <= interval["high"] + 1e-12, name
+            assert logged[f"test_{name}_ci_low"] == interval["low"], name
+            assert logged[f"test_{name}_ci_high"] == interval["high"], name
+    comparison = report["baseline_comparison"]
+    assert comparison["baseline"] in ("prevalence", "all_positive")
+    assert comparison["model_f1_macro"] == report["test_metrics"]["criteria_matching"]["f1_macro"]
+    assert logged["test_baseline_p_not_better"] == comparison["p_not_better"]
+    reports = sorted(study.dir.glob("trial_*/report.json"))
+    again = evaluate_study(study.study_json, study.data, reports, output, study.config)
+    assert again["test_metrics_ci"] == report["test_metrics_ci"]
+    assert again["baseline_comparison"] == comparison
+    config = copy.deepcopy(study.config)
+    config["evaluation"]["bootstrap_samples"] = 0
+    off = evaluate_study(study.study_json, study.data, reports, study.dir / "off.json", config)
+    assert off["test_metrics_ci"] is None and off["baseline_comparison"] is None
+    assert off["test_metrics"] == report["test_metrics"]
+    assert read_json(study.dir / "off.json")["test_metrics_ci"] is None
 
 
 def test_dry_run_without_checkpoints_evaluates_the_same_model(tmp_path):

@@ -72,6 +72,7 @@ class TrainConfig:
     epochs: int
     batch_size: int
     eval_batch_size: int
+    max_batch_rows: int | None  # rows per forward/backward (micro-batches); None = no cap
     learning_rate: float
     head_learning_rate: float
     weight_decay: float
@@ -103,6 +104,20 @@ class RetentionConfig:
     @property
     def max_total_bytes(self) -> int:
         return parse_size(self.max_total_size)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The `evaluation` section. Not a field of `Config`: a Config is what every trial stores
+    and logs, and nothing here changes a trial; only the study evaluation reads it."""
+
+    bootstrap_samples: int
+    ci_level: float
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> EvaluationConfig:
+        """From a whole config (validated here, so a missing section gets its defaults)."""
+        return cls(**validate_config(raw)["evaluation"])
 
 
 @dataclass(frozen=True)

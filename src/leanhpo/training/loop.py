@@ -16,6 +16,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from leanhpo.config import ModelConfig, TrainConfig
+from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import MultiTaskModel, criteria_loss
 from leanhpo.training.calibrate import calibrate_null_threshold
@@ -26,6 +27,7 @@ from leanhpo.training.metrics import (
     criteria_metrics,
     evidence_metrics,
 )
+from leanhpo.training.microbatch import split_batch
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 DATA_ORDER_STRIDE = 1_000_003  # keeps per-epoch shuffle seeds of nearby study seeds apart
@@ -42,10 +44,21 @@ class EpochResult:
     steps: int
 
 
+class DeviceUnavailableError(RuntimeError):
+    """The config asks for a GPU this machine does not have: a stop with what to do, not a
+    crash (nothing ran, nothing on disk changed)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise DeviceUnavailableError(
+            f"train.device is 'cuda' but no CUDA device is visible here (torch "
+            f"{torch.__version__}, {build}). Run the trials on a GPU machine (on SLURM: "
+            "resources.gpu: 1, see docs/scale.md) with a CUDA build of torch, or set "
+            "train.device: auto (a GPU when there is one, else the CPU) or cpu"
         )
     if requested in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
@@ -219,26 +232,33 @@ def train_one_epoch(
     progress: str = "train",
     on_step: Callable[[int], None] | None = None,
 ) -> EpochResult:
+    """One optimiser step per batch; a batch of more than `train.max_batch_rows` rows runs as
+    micro-batches whose gradients add up to its own (`training.microbatch`)."""
     model.train()
     sums = {"train_loss": 0.0, "train_criteria_loss": 0.0, "train_evidence_loss": 0.0}
     steps = 0
     for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
-        batch = _to(batch, device)
         done = training_progress(scheduler, len(loader), train.epochs)
-        with autocast(device, train.amp):
-            _, total, crit, evid = _losses(model, batch, train, class_weights, done)
-        if not torch.isfinite(total):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({total.item()}) at step {steps + 1}"
-            )
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        for part in split_batch(batch, train.max_batch_rows, model.evidence_loss_denominator):
+            with autocast(device, train.amp):
+                _, total, crit, evid = _losses(
+                    model, _to(part.batch, device), train, class_weights, done
+                )
+            if part.shares is not None:  # a micro-batch: its share of the batch's means
+                crit, evid = crit * part.shares[0], evid * part.shares[1]
+                total = train.lambda_criteria * crit + train.lambda_evidence * evid
+            if not torch.isfinite(total):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({total.item()}) at step {steps + 1}"
+                )
+            total.backward()
+            for key, value in zip(sums, (total, crit, evid), strict=True):
+                sums[key] += float(value.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         steps += 1
-        for key, value in zip(sums, (total, crit, evid), strict=True):
-            sums[key] += float(value.detach())
         if on_step:
             on_step(steps)
     return EpochResult({k: v / max(steps, 1) for k, v in sums.items()}, steps)
@@ -251,6 +271,7 @@ class Evaluation:
     labels: np.ndarray  # [n_posts, 9]
     candidates: list[EvidenceExample]  # every pair with its BEST span (no null threshold)
     margins: list[float]  # per pair: null score - best span score (inf: no span possible)
+    pair_posts: np.ndarray | None = None  # per pair: its post's row in probabilities/labels
 
     def evidence(self, null_threshold: float) -> list[EvidenceExample]:
         """The pairs as decoded under `null_threshold` (null where the margin exceeds it)."""
@@ -329,7 +350,8 @@ def evaluate(
     labels = np.array([p["labels"] for p in split.posts], dtype=np.int64).reshape(n_posts, -1)
     pairs, margins = evidence_pairs(split, predicted)
     losses = {k: v / max(batches, 1) for k, v in sums.items()}
-    return Evaluation(losses, probabilities, labels, pairs, margins)
+    pair_posts = np.repeat(np.arange(n_posts), len(SYMPTOMS))  # evidence_pairs: post by post
+    return Evaluation(losses, probabilities, labels, pairs, margins, pair_posts)
 
 
 def evidence_pairs(
