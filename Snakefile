@@ -20,9 +20,11 @@ include: "rules/evaluate.smk"
 localrules:
     all,
     prepare_dataset,
+    length_report,
     create_study,
     prune_study,
     evaluate_study,
+    export_model,
     plot_study,
 
 
@@ -30,4 +32,6 @@ rule all:
     default_target: True
     input:
         study_report=f"{STUDY}/study_report.json",
+        lengths=f"{DATA}/length_report.json",
         plots=f"{STUDY}/plots/optimization_history.png",
+        model=f"{STUDY}/best_model",

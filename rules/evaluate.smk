@@ -13,12 +13,30 @@ rule evaluate_study:
     log:
         f"{LOGS}/evaluate_study.log",
     params:
-        config=study_params(),
+        # The bootstrap settings are a rerun trigger: new intervals, the same model.
+        config={**study_params(), "evaluation": canonical(config["evaluation"])},
     threads: workflow.cores
     conda:
         "../envs/leanhpo.yaml"
     script:
         "../scripts/evaluate_study.py"
+
+
+rule export_model:
+    input:
+        study=f"{STUDY}/study.json",
+        study_report=f"{STUDY}/study_report.json",
+        # read only when the best trial kept no checkpoint and is retrained in memory
+        train=f"{DATA}/train.jsonl",
+    output:
+        model=directory(f"{STUDY}/best_model"),
+    log:
+        f"{LOGS}/export_model.log",
+    threads: workflow.cores
+    conda:
+        "../envs/leanhpo.yaml"
+    script:
+        "../scripts/export_model.py"
 
 
 rule plot_study:

@@ -33,6 +33,14 @@ def _cmd_prepare(config: dict[str, Any], args: argparse.Namespace) -> Any:
     return prepare_dataset(config["data"], paths.data_dir(config["study"]["name"]))
 
 
+def _cmd_lengths(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.config import Config
+    from leanhpo.training.lengths import write_length_report
+
+    data_dir = paths.data_dir(config["study"]["name"])
+    return write_length_report(Config.from_dict({"model": config["model"]}), data_dir)
+
+
 def _cmd_create(config: dict[str, Any], args: argparse.Namespace) -> Any:
     from leanhpo.study.create import create_study
 
@@ -74,8 +82,29 @@ def _cmd_evaluate(config: dict[str, Any], args: argparse.Namespace) -> Any:
         paths.data_dir(name),
         reports,
         folder / "study_report.json",
-        _study_config(config),
+        {**_study_config(config), "evaluation": config["evaluation"]},
     )
+
+
+def _cmd_export(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.export import export_best_model
+
+    folder = paths.study_dir(config["study"]["name"])
+    return export_best_model(
+        folder, folder / "study_report.json", args.out or folder / "best_model"
+    )
+
+
+def _cmd_predict(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.export.formats import read_posts, write_predictions
+
+    # All of the input is checked before torch even loads: bad input fails at once.
+    posts = read_posts(args.input, args.format)
+    from leanhpo.export import iter_predictions, load_exported
+
+    model = load_exported(args.model, args.device)
+    chunks = iter_predictions(model, posts.texts, posts.post_ids, batch_size=args.batch_size)
+    return {"posts": write_predictions(chunks, args.output), "output": args.output}
 
 
 def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -102,10 +131,19 @@ def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
 COMMANDS = {
     "validate-config": (_cmd_validate, "check config.yaml (and overlays) and exit"),
     "prepare-data": (_cmd_prepare, "write the prepared splits and data_report.json"),
+    "length-report": (
+        _cmd_lengths,
+        "count long posts and the evidence each input mode reaches (data/length_report.json)",
+    ),
     "create-study": (_cmd_create, "create or load the Optuna study and write study.json"),
     "run-trial": (_cmd_trial, "run (or resume) one trial slot"),
     "prune-study": (_cmd_prune, "enforce study-wide retention and write retention.json"),
     "evaluate": (_cmd_evaluate, "evaluate the best trial on the test split"),
+    "export": (_cmd_export, "export the evaluated best model to experiments/<study>/best_model"),
+    "predict": (
+        _cmd_predict,
+        "predict symptoms and evidence for posts with an exported model (JSON Lines out)",
+    ),
     "sync-tracking": (
         _cmd_sync_tracking,
         "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down)",
@@ -117,11 +155,35 @@ COMMANDS = {
 }
 
 
+# Commands that read no config.yaml: they work on a copied export anywhere.
+CONFIG_FREE = ("predict",)
+
+
+def _predict_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--model", required=True, help="an exported model folder (best_model/)")
+    cmd.add_argument("--input", required=True, help="CSV, JSON Lines or text file; - for stdin")
+    cmd.add_argument("--output", default="-", help="JSON Lines file to write (default -: stdout)")
+    cmd.add_argument(
+        "--format",
+        choices=("csv", "jsonl", "text"),
+        help="input format (default: from the extension; stdin and others are text)",
+    )
+    cmd.add_argument(
+        "--batch-size",
+        type=int,
+        help="posts per batch (default: the study's eval_batch_size, which reproduces its scores)",
+    )
+    cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leanhpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text)
+        if name in CONFIG_FREE:
+            _predict_arguments(cmd)
+            continue
         cmd.add_argument(
             "--config",
             action="append",
@@ -133,19 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--slot", type=int, required=True, help="trial slot number (0-based)")
         if name == "cleanup":
             cmd.add_argument("--apply", action="store_true", help="delete (default: only list)")
+        if name == "export":
+            cmd.add_argument(
+                "--out", type=Path, help="folder to write (default experiments/<study>/best_model)"
+            )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler, _ = COMMANDS[args.command]
-    paths_given = args.config or [Path("config.yaml")]
+    paths_given = [] if args.command in CONFIG_FREE else args.config or [Path("config.yaml")]
     missing = [str(p) for p in paths_given if not Path(p).is_file()]
     if missing:
         print(f"leanhpo: config file not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        result = handler(load_config_file(*paths_given), args)
+        result = handler(load_config_file(*paths_given) if paths_given else {}, args)
     except Exception as error:
         code = exit_code_for(error)
         if code is None:
@@ -156,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.command == "cleanup":
         print(result["summary"])
+    elif args.command == "export":
+        print(f"exported the best model to {result['path']} ({result['bytes']:,} bytes)")
+    elif args.command == "predict":
+        where = "stdout" if result["output"] == "-" else result["output"]
+        print(f"leanhpo: wrote {result['posts']} predictions to {where}", file=sys.stderr)
     elif args.command == "sync-tracking":
         print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
         if result["pending"]:

@@ -1,0 +1,229 @@
+"""The model card (README.md) of an export, from what leanhpo_model.json holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leanhpo.metric_names import SYMPTOMS
+
+CRITERIA_ROWS = (
+    "f1_macro",
+    "f1_micro",
+    "precision_macro",
+    "recall_macro",
+    "accuracy",
+    "pr_auc_macro",
+)
+EVIDENCE_ROWS = ("f1", "exact_match", "char_f1", "null_span_accuracy")
+MODEL_KEYS = (
+    "id",
+    "input_format",
+    "max_length",
+    "long_posts",
+    "pooling",
+    "criteria_head",
+    "evidence_head",
+    "coupling",
+)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "–" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metrics_table(metrics: dict[str, Any]) -> list[str]:
+    test, validation = metrics.get("test") or {}, metrics.get("validation") or {}
+    intervals = metrics.get("test_ci") or {}
+    level = intervals.get("level")
+    header = "| metric | validation | test |"
+    if level:
+        header += f" test {level:.0%} interval |"
+    lines = [header, "|---|---|---|" + ("---|" if level else "")]
+    for task, keys in (("criteria", CRITERIA_ROWS), ("evidence", EVIDENCE_ROWS)):
+        section = f"{task}_matching" if task == "criteria" else f"{task}_binding"
+        scores, bounds = test.get(section) or {}, intervals.get(section) or {}
+        for key in keys:
+            row = f"| {task} {key} | {_number(validation.get(f'val_{task}_{key}'))} "
+            row += f"| {_number(scores.get(key))} |"
+            if level:
+                row += f" {_interval(bounds.get(key))} |"
+            lines.append(row)
+    criteria = test.get("criteria_matching") or {}
+    lines += ["", "| symptom | test f1 | test precision | test recall | test support |"]
+    lines.append("|---|---|---|---|---|")
+    for name in SYMPTOMS:
+        row = (criteria.get("per_criterion") or {}).get(name, {})
+        cells = " | ".join(_number(row.get(k)) for k in ("f1", "precision", "recall", "support"))
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def _interval(bounds: Any) -> str:
+    if not isinstance(bounds, dict) or bounds.get("low") is None or bounds.get("high") is None:
+        return "–"
+    return f"[{_number(bounds['low'])}, {_number(bounds['high'])}]"
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """Markdown: what the model is, its data and scores, how to use it, and its limits.
+
+    Provenance, data and scores are left out where `info` has none (an export of a network
+    that no study selected, as bench/predict.py makes)."""
+    model = info["config"]["model"]
+    study = info.get("study")
+    title = f"best trial of study `{study['name']}`" if study else f"encoder `{model['id']}`"
+    lines = [
+        "---",
+        "tags: [leanhpo, multi-label-classification, evidence-extraction, research-only]",
+        "---",
+        f"# leanhpo model: {title}",
+        "",
+        "A multi-task transformer: one shared encoder, a **criteria head** that gives, per post, "
+        "the probability that it shows each of the nine DSM-5 depression symptoms, and an "
+        "**evidence head** that points, per (post, symptom), at the span of the post that shows "
+        "it, or says there is none (null).",
+        "",
+        *_provenance(info),
+        *_data(info),
+        *_scores(info),
+        "## Hyperparameters",
+        "",
+        *[f"- model.{key}: `{model.get(key)}`" for key in MODEL_KEYS],
+        *[
+            f"- searched {key}: `{value}`"
+            for key, value in sorted(((info.get("best_trial") or {}).get("params") or {}).items())
+        ],
+        "",
+        *USAGE,
+        *_limitations(model),
+    ]
+    return "\n".join(lines)
+
+
+def _provenance(info: dict[str, Any]) -> list[str]:
+    study, trial = info.get("study"), info.get("best_trial")
+    lines = ["## Provenance", ""]
+    if study and trial:
+        lines += [
+            f"- study `{study['name']}` ({study['id']}), optimised "
+            f"`{info.get('optimization_metric')}`",
+            f"- best trial: slot {trial['slot']}, Optuna number {trial['number']}, uuid "
+            f"{trial['uuid']}, epoch {trial['epoch']}",
+        ]
+    if info.get("source_checkpoint"):
+        lines.append(f"- weights: {_source(info['source_checkpoint'])}")
+    encoder = info.get("encoder") or {}
+    lines += [
+        f"- leanhpo {info.get('leanhpo_version')}; encoder `{info['config']['model']['id']}` "
+        f"({encoder.get('resolved', '?')})",
+        "",
+    ]
+    return lines
+
+
+def _data(info: dict[str, Any]) -> list[str]:
+    dataset = info.get("dataset")
+    if not dataset:
+        return []
+    split = info["config"].get("data", {}).get("split") or {}
+    test_posts = (info.get("metrics") or {}).get("test_posts", "?")
+    return [
+        "## Data",
+        "",
+        f"- dataset `{dataset.get('id')}` from source `{dataset.get('source')}`, revision "
+        f"`{dataset.get('resolved_revision') or dataset.get('revision')}`",
+        f"- fingerprint `{dataset.get('fingerprint')}`",
+        f"- split {_split(split)}; {test_posts} test posts",
+        "",
+    ]
+
+
+def _scores(info: dict[str, Any]) -> list[str]:
+    decide = (
+        f"Symptoms are decided at probability >= {info['decision_threshold']}; evidence is null "
+        f"where the evidence head's null margin exceeds {info['null_threshold']:.6g}."
+    )
+    calibrated = (
+        " (The null threshold was calibrated on validation.)"
+        if info["config"]["model"].get("null_threshold") == "auto"
+        else ""
+    )
+    if not info.get("metrics"):
+        return ["## Scores", "", f"None recorded: no study evaluated this model. {decide}", ""]
+    return [
+        "## Scores",
+        "",
+        "Validation at the selected epoch, and the study's one evaluation on the held-out test "
+        f"split. {decide}{calibrated}",
+        "",
+        *_metrics_table(info["metrics"]),
+        "",
+    ]
+
+
+USAGE = [
+    "## Use",
+    "",
+    "```bash",
+    "python -m leanhpo predict --model <this folder> --input posts.csv --output predictions.jsonl",
+    "```",
+    "",
+    "```python",
+    "from leanhpo.export import load_exported, predict_texts",
+    "",
+    'model = load_exported("<this folder>", device="cpu")',
+    'rows = predict_texts(model, ["I can\'t sleep and nothing is fun any more."])',
+    "```",
+    "",
+    "Input: CSV with a `text` column (optional `post_id`), JSON Lines with `text`, or one "
+    "post per line. Output: one JSON object per post with `symptoms.NAME.probability`, "
+    "`symptoms.NAME.present` and `evidence.NAME` (`null` or `{text, start, end}`, character "
+    "offsets into the post) for all nine symptoms.",
+    "",
+    "The encoder alone loads with `transformers.AutoModel.from_pretrained` and "
+    "`AutoTokenizer.from_pretrained`; the heads are in `heads.safetensors`. `manifest.json` "
+    "lists the SHA-256 of every file, and `load_exported` checks them before it loads "
+    "anything. No file is a pickle.",
+    "",
+]
+
+
+def _limitations(model: dict[str, Any]) -> list[str]:
+    return [
+        "## Intended use and limitations",
+        "",
+        "- A **research tool** for studying symptom mentions in text. It is **not a diagnostic "
+        "device**: it must not be used to diagnose, screen or triage people, nor to make "
+        "decisions about them. A symptom mention is not a diagnosis.",
+        "- Trained on Reddit posts in English annotated for DSM-5 symptoms; scores on other "
+        "sources, languages, or populations are unknown and likely lower. Its errors may not "
+        "be spread evenly across groups of people.",
+        "- The scores above come from a small held-out split; read their support column before "
+        "trusting a per-symptom figure.",
+        f"- Long posts are read as set by model.long_posts (`{model.get('long_posts')}`, "
+        f"{model.get('max_length')} tokens per window); with truncate, evidence past the window "
+        "cannot be found.",
+        "- Content about suicide is sensitive: if you see a person at risk, follow your "
+        "institution's protocol; do not rely on this model.",
+        "",
+    ]
+
+
+def _split(split: dict[str, Any]) -> str:
+    shares = " / ".join(
+        f"{name} {split[name]}" for name in ("train", "validation", "test") if name in split
+    )
+    return f"{shares} (seed {split.get('seed')})"
+
+
+def _source(source: dict[str, Any]) -> str:
+    if source.get("kind") == "checkpoint":
+        return f"checkpoint `{source['id']}` (MANIFEST sha256 `{source['sha256']}`)"
+    return (
+        f"retrained in memory to epoch {source.get('epoch')} ({source.get('reason')}); "
+        "training is deterministic, so it is the model the study evaluated"
+    )

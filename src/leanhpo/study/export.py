@@ -1,0 +1,155 @@
+"""The export_model step: the model the study report evaluated, as experiments/<study>/best_model/.
+
+The model is the study report's primary checkpoint: the best trial's first co-best epoch, the
+one whose scores are the report's `test_metrics`. It is loaded from the trial's checkpoint store
+(every file verified against its manifest, and the manifest against the SHA-256 the report
+lists), rebuilt from the config stored inside it, and written by `leanhpo.export`. When no
+checkpoint is on disk (the study ran with train.checkpointing off, or it is gone), the trial is
+retrained in memory to that epoch, as evaluate_study does; training is deterministic, so that
+is the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from leanhpo import __version__
+from leanhpo.checkpoints import CheckpointStore, CorruptCheckpointError
+from leanhpo.config import Config
+from leanhpo.data import load_split
+from leanhpo.export import ExportError, model_card, write_export
+from leanhpo.fsutil import read_json
+from leanhpo.logs import event, setup_logging
+from leanhpo.models import compatibility_metadata
+from leanhpo.study.evaluate import validation_null_threshold
+from leanhpo.training.metrics import DEFAULT_THRESHOLD
+from leanhpo.training.setup import Network, build_network
+from leanhpo.trial import state as ckpt_state
+from leanhpo.trial.runner import replay_training
+
+
+def export_best_model(
+    study_dir: Path, study_report_path: Path, out_dir: Path, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """Write the study's best model to `out_dir` (replacing an earlier export atomically)."""
+    log = setup_logging()
+    study_dir, out_dir = Path(study_dir), Path(out_dir)
+    if not Path(study_report_path).is_file():
+        raise ExportError(
+            f"{study_report_path} does not exist: evaluate the study first "
+            "(`python -m leanhpo evaluate`, or `snakemake --cores 1`)"
+        )
+    report = read_json(study_report_path)
+    primary = min(report["checkpoints"], key=lambda c: c["epoch"])
+    slot = report["best_trial"]["slot"]
+    trial = read_json(study_dir / f"trial_{slot:04d}" / "report.json")
+    network, raw_config, metrics, source = _restore(
+        report, trial, primary, study_dir, data_dir or study_dir / "data", log
+    )
+    config = Config.from_dict(raw_config)
+    null_threshold = validation_null_threshold(metrics, config)
+    evaluated = report["test_metrics"]["evidence_binding"].get("null_threshold")
+    if evaluated is not None and not math.isclose(evaluated, null_threshold, rel_tol=1e-12):
+        raise ExportError(
+            f"{study_report_path} decoded evidence at null threshold {evaluated}, the checkpoint "
+            f"gives {null_threshold}: the report is stale; rerun the evaluation"
+        )
+    info = {
+        "leanhpo_version": __version__,
+        "config": raw_config,
+        "decision_threshold": float(
+            raw_config["model"].get("decision_threshold", DEFAULT_THRESHOLD)
+        ),
+        "null_threshold": null_threshold,
+        "seed": report["seeds"]["trial"],
+        "encoder": {
+            "id": network.encoder_info.requested,
+            "resolved": network.encoder_info.resolved,
+            "source": network.encoder_info.source,
+            "revision": network.encoder_info.revision,
+        },
+        "study": {"id": report["study_id"], "name": report["study_name"]},
+        "best_trial": {
+            **report["best_trial"],
+            "epoch": primary["epoch"],
+            "params": trial["params"],
+        },
+        "optimization_metric": report["optimization_metric"],
+        "best_validation_score": report["best_validation_score"],
+        "dataset": report["dataset"],
+        "source_checkpoint": source,
+        "metrics": {
+            "test": report["test_metrics"],
+            "test_ci": report.get("test_metrics_ci"),  # bootstrap intervals, when computed
+            "validation": {k: v for k, v in metrics.items() if k.startswith("val_")},
+            "test_posts": report["test_split"]["posts"],
+        },
+        "study_report_generated_at": report["generated_at"],
+        "exported_at": datetime.now(UTC).isoformat(),
+    }
+    files = write_export(network, info, model_card(info), out_dir)
+    event(log, f"best model exported: {out_dir}", slot=slot, epoch=primary["epoch"])
+    return {
+        "path": str(out_dir),
+        "files": files,
+        "source_checkpoint": source,
+        "bytes": sum(entry["bytes"] for entry in files.values()),
+    }
+
+
+def _restore(
+    report: dict[str, Any],
+    trial: dict[str, Any],
+    primary: dict[str, Any],
+    study_dir: Path,
+    data_dir: Path,
+    log: logging.Logger,
+) -> tuple[Network, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(network, its stored config, its validation metrics, where it came from)."""
+    seed = report["seeds"]["trial"]
+    store = CheckpointStore(
+        study_dir / f"trial_{report['best_trial']['slot']:04d}" / "checkpoints", log=log
+    )
+    reason = "the study report lists no checkpoint on disk (checkpointing off)"
+    if primary.get("sha256") and (store.root / primary["id"]).is_dir():
+        try:
+            loaded = store.load(primary["epoch"])  # verifies every file against the manifest
+        except CorruptCheckpointError as error:
+            reason = f"checkpoint {primary['id']} does not verify: {error.reason}"
+            event(log, f"{reason}; retraining instead", logging.WARNING)
+        else:
+            if loaded.info.sha256 != primary["sha256"]:
+                raise ExportError(
+                    f"{loaded.info.path} differs from the checkpoint the study report evaluated "
+                    "(another SHA-256): the report is stale; rerun the evaluation"
+                )
+            raw = loaded.meta["config"]
+            config = Config.from_dict(raw)
+            network = build_network(config, seed)
+            expected = compatibility_metadata(network.model, config.model.id, __version__)
+            ckpt_state.check_compatible(loaded, network, expected)
+            ckpt_state.restore(loaded, network, optimisation=None)
+            source = {
+                "kind": "checkpoint",
+                "id": primary["id"],
+                "path": str(loaded.info.path),
+                "sha256": loaded.info.sha256,
+                "epoch": primary["epoch"],
+            }
+            return network, raw, loaded.meta["metrics"], source
+    elif primary.get("sha256"):
+        reason = f"checkpoint {primary['id']} is no longer on disk"
+    event(
+        log, f"{reason}: retraining slot {report['best_trial']['slot']} to epoch {primary['epoch']}"
+    )
+    raw = report["config"]
+    network = replay_training(
+        Config.from_dict(raw), seed, load_split(data_dir, "train"), primary["epoch"]
+    )
+    metrics = next(h["metrics"] for h in trial["history"] if h["epoch"] == primary["epoch"])
+    source = {"kind": "retrained", "epoch": primary["epoch"], "reason": reason, "sha256": None}
+    return network, raw, metrics, source
