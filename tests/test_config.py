@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,23 @@ def test_deep_merge_does_not_mutate():
 def test_metric_names_cover_per_symptom_and_evidence():
     assert "val_criteria_f1_WORTHLESSNESS" in MAXIMISABLE_METRICS
     assert "val_evidence_exact_match" in MAXIMISABLE_METRICS
+
+
+@pytest.mark.parametrize(
+    ("model_id", "message"),
+    [
+        ("/does/not/exist", "looks like a local path but /does/not/exist is not a folder"),
+        ("./models/mine", "looks like a local path"),
+        ("not a hub id!!", "is not a catalog alias"),
+    ],
+)
+def test_a_model_id_that_names_no_model_is_a_config_error(model_id, message):
+    """Not a traceback from the checkpoint-size estimate (huggingface_hub's HFValidationError)."""
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        validate_config({"model": {"id": model_id}})
+    assert "config key 'model.id'" in str(error.value)
+
+
+def test_model_ids_that_can_name_a_model_are_accepted(tmp_path):
+    for model_id in ("minilm", "tiny", "bert-base", "someone/some-model", str(tmp_path)):
+        assert validate_config({"model": {"id": model_id}})["model"]["id"] == model_id

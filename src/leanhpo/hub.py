@@ -235,3 +235,31 @@ def redact(text: str) -> str:
 
     register_secret(get_token())
     return mask_secrets(text)
+
+
+def model_id_problem(model_id: str) -> str | None:
+    """Why `model.id` can name no model (None when it can): not a catalog alias, not an
+    existing folder, and not a well-formed hub id. Whether a hub id exists is left to loading."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if model_id in ("minilm", "tiny", *HUB_ALIASES):
+        return None
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return None
+    aliases = ", ".join(("minilm", "tiny", *HUB_ALIASES))
+    if model_id.startswith((".", "/", "~")):
+        return (
+            f"config key 'model.id': {model_id!r} looks like a local path but {local} is not a "
+            f"folder; point it at a folder with config.json, the weights and the tokenizer, or "
+            f"use a catalog alias ({aliases}) or a hub id"
+        )
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as error:
+        return (
+            f"config key 'model.id': {model_id!r} is not a catalog alias ({aliases}), an "
+            f"existing folder or a hub id ({error})"
+        )
+    return None

@@ -150,6 +150,11 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
             f"than retention.keep_best_k ({retention['keep_best_k']}); raise it or lower keep_best_k"
         )
     model = config["model"]
+    from leanhpo.hub import model_id_problem
+
+    problem = model_id_problem(model["id"])
+    if problem:
+        yield problem
     if model["long_posts"] == "windows" and model["window_stride"] > model["max_length"] // 2:
         yield (
             f"config key 'model.window_stride': {model['window_stride']} tokens of overlap "

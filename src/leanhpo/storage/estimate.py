@@ -51,10 +51,14 @@ def _weights_folder(model_id: str, revision: str) -> Path | None:
     if local.is_dir():
         return local
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    cached = try_to_load_from_cache(
-        HUB_ALIASES.get(model_id, model_id), "config.json", revision=revision
-    )
+    try:
+        cached = try_to_load_from_cache(
+            HUB_ALIASES.get(model_id, model_id), "config.json", revision=revision
+        )
+    except HFValidationError:  # not a hub id: config validation names the problem
+        return None
     return Path(cached).parent if isinstance(cached, str) else None
 
 
