@@ -9,6 +9,7 @@ epoch instead; training is deterministic, so that gives the same model.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,14 @@ def evaluate_study(
             "test",
         )
         flat = evaluation.metrics("", threshold)
+        started = time.perf_counter()
         intervals = bootstrap(evaluation, threshold, train_posts, settings, study_info["seed"])
+        if intervals is not None:
+            event(
+                log,
+                f"bootstrap intervals of {entry['id']}: {intervals.samples} resamples of "
+                f"{len(test_posts)} test posts in {time.perf_counter() - started:.2f} s",
+            )
         evaluated.append(
             {
                 **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},
