@@ -22,7 +22,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # WordNet and stopwords for the TextAttack augmentation (`make nltk-data`; git-ignored).
 export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: help install nltk-data all resume test lint clean build shell train-container
+.PHONY: help install nltk-data all resume test lint clean build shell train-container report dashboard ui
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,24 @@ all: install nltk-data ## Run (or continue) the default study from config.yaml
 
 resume: install nltk-data ## Continue after a crash or kill -9 (no manual unlock needed)
 	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+
+# Local viewers only: both listen on 127.0.0.1. CONFIG_URL prints a URL of the config, its
+# ${ENV_VAR} passwords filled in from the environment.
+CONFIG ?= config.yaml
+DASHBOARD_PORT ?= 8080
+UI_PORT ?= 5000
+CONFIG_URL = $(BIN)/python -c "import sys; from leanhpo.config import load_config_file; from leanhpo.urls import expand_env_references; c = load_config_file('$(CONFIG)'); print(expand_env_references(c[sys.argv[1]][sys.argv[2]], '.'.join(sys.argv[1:])))"
+
+report: install ## Build report.html from the finished study (= snakemake --report report.html)
+	$(BIN)/snakemake --report report.html
+
+dashboard: install ## Serve optuna-dashboard for the study storage on 127.0.0.1:DASHBOARD_PORT (8080)
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$($(CONFIG_URL) study storage)"
+
+ui: install ## Serve the MLflow UI for the tracking store on 127.0.0.1:UI_PORT (5000)
+	@uri="$$($(CONFIG_URL) tracking uri)"; case "$$uri" in \
+	  http*) echo "The tracking store is a server: open $$uri";; \
+	  *) $(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --backend-store-uri "$$uri";; esac
 
 nltk-data: install ## Fetch WordNet + stopwords into .nltk_data, offline fallback via Debian (idempotent)
 	$(BIN)/python -m leanhpo.data.nltk_data --dest $(NLTK_DATA)

@@ -35,3 +35,13 @@ rule all:
         lengths=f"{DATA}/length_report.json",
         plots=f"{STUDY}/plots/optimization_history.png",
         model=f"{STUDY}/best_model",
+
+
+# The closing summary on the terminal (best trial, scores against baselines, disk, next steps);
+# nothing when the run did not reach the study report. Also: python -m leanhpo summary.
+onsuccess:
+    import sys
+
+    from leanhpo.summary import closing_summary
+
+    print(closing_summary(STUDY), file=sys.stderr)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from leanhpo.fsutil import read_json
 
 
 def plot_study(
-    report_paths: list[Path], study_report: Path, history_png: Path, curves_png: Path
+    report_paths: list[Path],
+    study_report: Path,
+    history_png: Path,
+    curves_png: Path,
+    items: dict[str, Path] | None = None,
+    study_config: dict[str, Any] | None = None,
 ) -> None:
+    """The two plots, and with `items` (disk, importances, trials, test) the report items of
+    leanhpo.report_items; `study_config` (name, storage, seed) opens the Optuna study for the
+    importances."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -46,3 +55,26 @@ def plot_study(
     fig.tight_layout()
     fig.savefig(curves_png, dpi=100)
     plt.close(fig)
+    if items is not None:
+        _report_items(report_paths, study_report, items, study_config)
+
+
+def _report_items(
+    report_paths: list[Path],
+    study_report: Path,
+    items: dict[str, Path],
+    study_config: dict[str, Any] | None,
+) -> None:
+    from leanhpo.report_items import write_report_items
+
+    study = None
+    if study_config is not None:
+        from leanhpo.study.setup import open_study
+
+        study = open_study(
+            study_config["name"],
+            study_config["storage"],
+            study_config["seed"],
+            timeout_s=study_config["storage_timeout_s"],
+        )
+    write_report_items(study_report.parent, report_paths, study_report, study, items)

@@ -37,6 +37,9 @@ SNAKEMAKE_LOCKS = "locks"
 
 # Held for the life of the process: closing it would release the flock.
 _held: IO[str] | None = None
+# The stderr this process had before `output_to` sent it to the rule's log: where Snakemake
+# shows its own lines, so progress lines and known stops written here reach the person.
+_terminal: IO[str] | None = None
 
 
 def recover_stale_locks(workdir: Path | None = None) -> list[Path]:
@@ -85,8 +88,10 @@ def output_to(log_path: str | Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    global _terminal
     saved = os.dup(1), os.dup(2)
-    saved_streams = sys.stdout, sys.stderr
+    saved_streams, saved_terminal = (sys.stdout, sys.stderr), _terminal
+    _terminal = _terminal or os.fdopen(os.dup(2), "w", buffering=1, closefd=True)
     with path.open("a", buffering=1) as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
@@ -99,6 +104,9 @@ def output_to(log_path: str | Path) -> Iterator[None]:
             raise
         finally:
             handle.flush()
+            if saved_terminal is None:
+                _terminal.close()
+            _terminal = saved_terminal
             sys.stdout, sys.stderr = saved_streams
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
@@ -175,6 +183,16 @@ def environment_problems(config: dict[str, Any]) -> list[str]:
     return []
 
 
+def to_terminal(text: str) -> None:
+    """Show `text` to the person running the workflow: on the stderr the job started with,
+    even while `output_to` sends everything else to the rule's log (without a redirect, plain
+    stderr). Never fails the job: a closed terminal only loses the line."""
+    stream = _terminal or sys.stderr
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(text.rstrip("\n") + "\n")
+        stream.flush()
+
+
 def describe(error: BaseException) -> str:
     render = getattr(error, "render", None)
     return render() if callable(render) else f"leanhpo: {error}"
@@ -201,7 +219,10 @@ def job(log_path: str | Path) -> Iterator[None]:
             code = exit_code_for(error)
             if code is None:
                 raise
-            print(describe(error), file=sys.stderr, flush=True)
+            message = describe(error)
+            print(message, file=sys.stderr, flush=True)
+            # Snakemake itself says only "non-zero exit status"; the reason belongs in view.
+            to_terminal(f"{message}\n(exit {code}; full log: {log_path})")
             raise SystemExit(code) from None
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -12,7 +12,7 @@ from typing import Any
 from leanhpo.data.errors import DataError
 from leanhpo.data.redsm5 import load_redsm5
 from leanhpo.data.sources import materialize_source
-from leanhpo.data.splits import SPLIT_NAMES, split_posts
+from leanhpo.data.splits import SPLIT_NAMES, EmptySplitError, split_posts
 from leanhpo.data.symptoms import SYMPTOMS
 from leanhpo.fsutil import atomic_write_text, sha256_file
 
@@ -31,7 +31,12 @@ def prepare_dataset(data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     posts, cleaning = load_redsm5(source["posts_csv"], source["annotations_csv"])
     split_cfg = data_cfg.get("split") or {}
     seed: Any = split_cfg.get("seed")  # checked by split_posts
-    splits = split_posts(posts, split_cfg, seed=seed)
+    try:
+        splits = split_posts(posts, split_cfg, seed=seed)
+    except EmptySplitError as error:
+        if error.n_posts >= len(SPLIT_NAMES):
+            raise  # enough posts for some ratios: the ratios are to blame, as it says
+        raise DataError(too_few_posts_message(source, len(posts), cleaning)) from None
     fingerprint = hashlib.sha256()
     for name in SPLIT_NAMES:
         payload = _jsonl(splits[name]).encode("utf-8")
@@ -59,6 +64,36 @@ def prepare_dataset(data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     atomic_write_text(out_dir / REPORT_FILE, text)
     return report
+
+
+def too_few_posts_message(source: dict[str, Any], kept: int, cleaning: dict[str, Any]) -> str:
+    """Name the files and what cleaning dropped: with fewer posts than splits, no ratio helps."""
+    posts_csv, annotations_csv = source["posts_csv"], source["annotations_csv"]
+    read = cleaning["rows_read"]
+    dropped = {reason: n for reason, n in cleaning["dropped"].items() if n}
+    if dropped:
+        listed = "; ".join(
+            f"{reason.replace('_', ' ')}: {n} row(s)"
+            + (
+                f" (e.g. {', '.join(cleaning['examples'].get(reason, []))})"
+                if reason in cleaning["examples"]
+                else ""
+            )
+            for reason, n in dropped.items()
+        )
+        what = f"Cleaning dropped {sum(dropped.values())} row(s): {listed}."
+    else:
+        what = "Cleaning dropped no rows."
+    empty = f" {posts_csv} has a header and no rows." if not read["posts"] else ""
+    return (
+        f"Tried to prepare the dataset from {posts_csv} ({read['posts']} post rows) and "
+        f"{annotations_csv} ({read['annotations']} annotation rows); {kept} post(s) are left "
+        f"after cleaning, too few for the {len(SPLIT_NAMES)} non-empty splits "
+        f"{'/'.join(SPLIT_NAMES)} (at least {len(SPLIT_NAMES)} posts).{empty} {what} "
+        f"Full counts: {json.dumps({k: cleaning[k] for k in ('rows_read', 'dropped')})}. "
+        "Fix: add posts to the posts file and correct the rows named above (post_id, text, "
+        "and status 0 or 1), then rerun."
+    )
 
 
 def load_split(out_dir: Path, split: str) -> list[dict]:

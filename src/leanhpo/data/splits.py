@@ -18,6 +18,14 @@ RATIO_TOLERANCE = 1e-6
 SPLIT_SALT = "leanhpo-split"
 
 
+class EmptySplitError(DataError):
+    """Too few posts (or too small a ratio) for three non-empty splits."""
+
+    def __init__(self, message: str, n_posts: int) -> None:
+        super().__init__(message)
+        self.n_posts = n_posts
+
+
 def split_posts(posts: list[dict], ratios: dict[str, Any], seed: int) -> dict[str, list[dict]]:
     """Split posts into train/validation/test by post_id; each split is sorted by post_id.
 
@@ -82,7 +90,7 @@ def _split_counts(n_posts: int, fractions: dict[str, float]) -> dict[str, int]:
     counts["test"] = n_posts - counts["train"] - counts["validation"]
     for name in SPLIT_NAMES:
         if counts[name] <= 0:
-            raise DataError(_empty_split_message(name, n_posts, fractions, counts))
+            raise EmptySplitError(_empty_split_message(name, n_posts, fractions, counts), n_posts)
     return counts
 
 

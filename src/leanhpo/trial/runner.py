@@ -159,6 +159,7 @@ def run_training(
             f"epoch {epoch} done",
             kind="epoch_end",
             epoch=epoch,
+            epochs=config.train.epochs,
             metric=spec.metric,
             value=metrics.get(spec.metric),
         )

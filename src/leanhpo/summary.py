@@ -1,0 +1,123 @@
+"""The closing summary of a study: what a person wants to know when `make all` ends.
+
+Best trial and its params, validation and test scores against the trivial baselines (with the
+bootstrap intervals of study_report.json), disk kept against written, and where to look next.
+Shown by the Snakefile's `onsuccess:` handler and by `python -m leanhpo summary`. It only
+reads the reports the workflow wrote; a study without a study report yet gives no summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leanhpo.fsutil import read_json
+from leanhpo.trial.progress import PREFIX, finished_reports
+
+STUDY_REPORT = "study_report.json"
+RETENTION = "retention.json"
+BEST_MODEL = "best_model"
+# Test scores shown, as (section of test_metrics, metric, label).
+SHOWN_TEST_METRICS = (
+    ("criteria_matching", "f1_macro", "criteria f1_macro"),
+    ("criteria_matching", "pr_auc_macro", "criteria pr_auc_macro"),
+    ("evidence_binding", "f1", "evidence f1"),
+)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _score(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(ci: dict[str, Any] | None) -> str:
+    if not ci or ci.get("low") is None:
+        return ""
+    return f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def _params(params: dict[str, Any]) -> str:
+    shown = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()]
+    return ", ".join(shown) or "(no searched params)"
+
+
+def _test_lines(report: dict[str, Any]) -> list[str]:
+    metrics, ci = report.get("test_metrics") or {}, report.get("test_metrics_ci") or {}
+    level = ci.get("level", 0.95)
+    posts = (report.get("test_split") or {}).get("posts", "?")
+    lines = [f"  test ({posts} posts, {level:.0%} intervals):"]
+    for section, name, label in SHOWN_TEST_METRICS:
+        value = (metrics.get(section) or {}).get(name)
+        if value is not None:
+            lines.append(
+                f"    {label} {_score(value)}{_interval((ci.get(section) or {}).get(name))}"
+            )
+    comparison = report.get("baseline_comparison") or {}
+    if comparison.get("baseline"):
+        metric = next((k[len("model_") :] for k in comparison if k.startswith("model_")), "")
+        lines.append(
+            f"    vs baseline {comparison['baseline']}: {metric} "
+            f"{_score(comparison.get(f'baseline_{metric}'))}"
+            f"{_interval(comparison.get('baseline_ci'))}; model "
+            f"{_score(comparison.get(f'model_{metric}'))}, "
+            f"p(model not better) {comparison.get('p_not_better', '?')}"
+        )
+    return lines
+
+
+def _disk_line(study_dir: Path, trials: list[dict[str, Any]]) -> str:
+    retention = study_dir / RETENTION
+    if retention.is_file():
+        info = read_json(retention)
+        written, kept = info.get("bytes_written_total"), info.get("bytes_retained")
+    else:
+        written = sum(t["storage"]["bytes_written"] for t in trials if t.get("storage"))
+        kept = sum(t["storage"]["bytes_retained"] for t in trials if t.get("storage"))
+    share = f" ({kept / written:.0%})" if written and kept is not None else ""
+    return f"  disk: checkpoints kept {human_bytes(kept)}{share} of {human_bytes(written)} written"
+
+
+def closing_summary(study_dir: Path | str) -> str:
+    """The summary text, or "" when the study has no study report yet."""
+    study_dir = Path(study_dir)
+    if not (study_dir / STUDY_REPORT).is_file():
+        return ""
+    report = read_json(study_dir / STUDY_REPORT)
+    trials = finished_reports(study_dir)
+    metric = report["optimization_metric"]
+    counts = report.get("trial_counts") or {}
+    best = report.get("best_trial") or {}
+    best_trial = next((t for t in trials if t["slot"] == best.get("slot")), {})
+    baseline = (best_trial.get("baseline") or {}).get("best")
+    model = study_dir / BEST_MODEL
+    lines = [
+        f"{PREFIX}  study {report['study_name']} done: {report.get('n_trials', len(trials))} "
+        f"trials ({', '.join(f'{n} {k}' for k, n in counts.items() if n)})",
+        f"  best trial {best.get('slot', -1) + 1}/{report.get('n_trials', len(trials))} "
+        f"(slot {best.get('slot')}, Optuna #{best.get('number')}): {metric} "
+        f"{_score(report.get('best_validation_score'))} on validation; best trivial baseline "
+        f"{baseline or 'n/a'} {_score(report.get('baseline_validation_score'))}",
+        f"    params: {_params(best_trial.get('params') or {})}",
+        *_test_lines(report),
+        _disk_line(study_dir, trials),
+        "  next:",
+        "    report        snakemake --report report.html  (then open report.html)",
+        "    MLflow UI     make ui",
+        "    Optuna        make dashboard",
+        f"    details       {study_dir / STUDY_REPORT}, python -m leanhpo summary",
+    ]
+    if model.is_dir():
+        lines += [
+            f"    best model    {model}",
+            f"    predict       python -m leanhpo predict --model {model} --input posts.csv",
+        ]
+    return "\n".join(lines)
