@@ -45,7 +45,16 @@ def study_params():
     while a study grows, so study.json (the create_study output every trial reads) stays put
     and finished trials stay up to date."""
     study = {k: config["study"][k] for k in STUDY_IDENTITY}
-    return canonical(without_passwords({"study": study, "tracking": config["tracking"]}))
+    # register_model is read by the export alone: naming a model must not rerun the study.
+    tracking = {k: v for k, v in config["tracking"].items() if k != "register_model"}
+    return canonical(without_passwords({"study": study, "tracking": tracking}))
+
+
+def export_params():
+    """study_params() and the name to register the exported MLflow model under (or None)."""
+    params = study_params()
+    params["tracking"]["register_model"] = config["tracking"]["register_model"]
+    return params
 
 
 def trial_params():
@@ -55,11 +64,27 @@ def trial_params():
     trials share one config). A change of retention or tracking reruns them cheaply: a finished
     trial only re-applies retention and rewrites its report."""
     sections = ("data", "model", "train", "search_space", "retention")
-    return canonical({**study_params(), **{k: config[k] for k in sections}})
+    params = {**study_params(), **{k: config[k] for k in sections}}
+    # The evaluation section reaches trials only when per_trial_test is on (its intervals use
+    # the bootstrap settings): by default the bootstrap settings leave finished trials alone;
+    # turning it on reruns them cheaply (a finished trial only scores its kept checkpoint on
+    # test and rewrites its report).
+    if config["evaluation"]["per_trial_test"]:
+        params["evaluation"] = config["evaluation"]
+    return canonical(params)
+
+
+def all_cores(wildcards=None):
+    """Every core Snakemake was given. Without --cores (`snakemake --report report.html`, which
+    runs no job) 1: the threads then do not matter, and workflow.cores would stop the parse."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
 
 
 def trial_threads(wildcards):
-    return 1 if config["study"]["parallel"] else workflow.cores
+    return 1 if config["study"]["parallel"] else all_cores()
 
 
 def previous_trial_report(wildcards):

@@ -15,7 +15,7 @@ rule evaluate_study:
     params:
         # The bootstrap settings are a rerun trigger: new intervals, the same model.
         config={**study_params(), "evaluation": canonical(config["evaluation"])},
-    threads: workflow.cores
+    threads: all_cores
     conda:
         "../envs/leanhpo.yaml"
     script:
@@ -32,7 +32,10 @@ rule export_model:
         model=directory(f"{STUDY}/best_model"),
     log:
         f"{LOGS}/export_model.log",
-    threads: workflow.cores
+    params:
+        # Where the MLflow model goes (the parent run) and its registered name, if any.
+        config=export_params(),
+    threads: all_cores
     conda:
         "../envs/leanhpo.yaml"
     script:
@@ -54,8 +57,31 @@ rule plot_study:
             caption="../docs/report/learning_curves.rst",
             category="Trials",
         ),
+        disk=report(
+            f"{STUDY}/plots/disk_use.png",
+            caption="../docs/report/disk_use.rst",
+            category="Study",
+        ),
+        importances=report(
+            f"{STUDY}/plots/param_importances.png",
+            caption="../docs/report/param_importances.rst",
+            category="Study",
+        ),
+        trials=report(
+            f"{STUDY}/plots/trials.csv",
+            caption="../docs/report/trials.rst",
+            category="Trials",
+        ),
+        test=report(
+            f"{STUDY}/plots/test_results.csv",
+            caption="../docs/report/test_results.rst",
+            category="Study",
+        ),
     log:
         f"{LOGS}/plot_study.log",
+    params:
+        # Where the importances read the Optuna study from; it never changes while a study grows.
+        study=study_params()["study"],
     conda:
         "../envs/leanhpo.yaml"
     script:

@@ -11,4 +11,5 @@ with job(snakemake.log[0]):
         study_report_path=Path(snakemake.input.study_report),
         out_dir=Path(snakemake.output.model),
         data_dir=Path(snakemake.input.train).parent,
+        config=snakemake.params.config,
     )

@@ -54,7 +54,7 @@ def test_a_new_slot_on_a_changed_config_is_refused(tmp_path):
     study = Study(tmp_path)
     study.run(0)
     changed = json.loads(json.dumps(study.config))
-    changed["model"]["max_length"] = 96
+    changed["model"]["max_length"] = 160
     with pytest.raises(StudyConfigMismatchError, match=r"model\.max_length"):
         study.run(1, changed)
     assert not (study.report_path(1).parent / "state.json").exists()

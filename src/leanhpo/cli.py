@@ -91,7 +91,10 @@ def _cmd_export(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
     folder = paths.study_dir(config["study"]["name"])
     return export_best_model(
-        folder, folder / "study_report.json", args.out or folder / "best_model"
+        folder,
+        folder / "study_report.json",
+        args.out or folder / "best_model",
+        config=_study_config(config),
     )
 
 
@@ -121,11 +124,23 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 
 def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.study.publish import has_export, publish_model
     from leanhpo.tracking import open_tracker
 
-    tracker = open_tracker(config["tracking"], paths.study_dir(config["study"]["name"]))
+    folder = paths.study_dir(config["study"]["name"])
+    tracker = open_tracker(config["tracking"], folder)
     replayed = tracker.drain()
-    return {"replayed": replayed, **tracker.spool_stats()}
+    result = {"replayed": replayed, **tracker.spool_stats()}
+    if has_export(folder):  # the MLflow model an outage kept from the export step
+        result["model"] = publish_model(folder, folder / "best_model", config["tracking"])
+    return result
+
+
+def _cmd_summary(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.summary import closing_summary
+
+    folder = paths.study_dir(config["study"]["name"])
+    return closing_summary(folder) or f"leanhpo: {folder} has no study report yet"
 
 
 COMMANDS = {
@@ -147,6 +162,10 @@ COMMANDS = {
     "sync-tracking": (
         _cmd_sync_tracking,
         "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down)",
+    ),
+    "summary": (
+        _cmd_summary,
+        "the closing summary: best trial, scores against baselines, disk, where to look next",
     ),
     "cleanup": (
         _cmd_cleanup,
@@ -220,15 +239,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     if args.command == "validate-config":
         print(json.dumps(result))
-    elif args.command == "cleanup":
-        print(result["summary"])
+    elif args.command in ("cleanup", "summary"):
+        print(result["summary"] if args.command == "cleanup" else result)
     elif args.command == "export":
         print(f"exported the best model to {result['path']} ({result['bytes']:,} bytes)")
+        model = result["mlflow"]
+        print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
     elif args.command == "predict":
         where = "stdout" if result["output"] == "-" else result["output"]
         print(f"leanhpo: wrote {result['posts']} predictions to {where}", file=sys.stderr)
     elif args.command == "sync-tracking":
         print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
-        if result["pending"]:
+        model = result.get("model")
+        if model is not None:
+            print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
+        if result["pending"] or (model is not None and model["status"] == "pending"):
             return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
     return 0

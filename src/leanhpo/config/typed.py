@@ -31,6 +31,7 @@ class TrackingConfig:
     uri: str
     experiment: str
     write_timeout_s: float
+    register_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class EvaluationConfig:
 
     bootstrap_samples: int
     ci_level: float
+    per_trial_test: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> EvaluationConfig:

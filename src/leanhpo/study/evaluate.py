@@ -127,11 +127,12 @@ def validation_null_threshold(validation_metrics: dict[str, Any], config: Config
     return float(config.model.null_threshold)
 
 
-def _networks(
+def best_networks(
     best: dict[str, Any], study_dir: Path, data_dir: Path, log: logging.Logger
 ) -> list[tuple[dict[str, Any], Network, Config, float]]:
     """(checkpoint entry, restored network, config, null threshold) for each co-best
-    checkpoint that is on disk and verifies."""
+    checkpoint of a trial report that is on disk and verifies; else the trial retrained in
+    memory to its first best epoch. Also the per-trial test evaluation's (trial/analysis.py)."""
     trial_dir = study_dir / f"trial_{best['slot']:04d}"
     store = CheckpointStore(trial_dir / "checkpoints", log=log)
     wanted = _verified_co_best(best, store, log)
@@ -166,6 +167,28 @@ def _networks(
         threshold = validation_null_threshold(loaded.meta["metrics"], config)
         result.append((entry, network, config, threshold))
     return result
+
+
+def score_test_split(
+    network: Network,
+    config: Config,
+    test_posts: list[dict[str, Any]],
+    train_posts: list[dict[str, Any]],
+) -> Evaluation:
+    """One pass over the test split, as validation does (the training split only gives the
+    class weights of the losses)."""
+    split = encode(network, config, test_posts)
+    weights = class_weights(config, train_posts, network.device)
+    return evaluate(
+        network.model,
+        split,
+        config.model,
+        config.train,
+        network.device,
+        network.pad_token_id,
+        weights,
+        "test",
+    )
 
 
 def _verified_co_best(
@@ -214,21 +237,10 @@ def evaluate_study(
     best = pick_best(reports)
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluated = []
-    for entry, network, model_config, threshold in _networks(
+    for entry, network, model_config, threshold in best_networks(
         best, study_file.parent, data_dir, log
     ):
-        split = encode(network, model_config, test_posts)
-        weights = class_weights(model_config, train_posts, network.device)
-        evaluation = evaluate(
-            network.model,
-            split,
-            model_config.model,
-            model_config.train,
-            network.device,
-            network.pad_token_id,
-            weights,
-            "test",
-        )
+        evaluation = score_test_split(network, model_config, test_posts, train_posts)
         flat = evaluation.metrics("", threshold)
         started = time.perf_counter()
         intervals = bootstrap(evaluation, threshold, train_posts, settings, study_info["seed"])

@@ -19,13 +19,14 @@ from typing import Any
 
 from leanhpo import __version__
 from leanhpo.checkpoints import CheckpointStore, CorruptCheckpointError
-from leanhpo.config import Config
+from leanhpo.config import Config, validate_config
 from leanhpo.data import load_split
 from leanhpo.export import ExportError, model_card, write_export
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.evaluate import validation_null_threshold
+from leanhpo.study.publish import publish_model
 from leanhpo.training.metrics import DEFAULT_THRESHOLD
 from leanhpo.training.setup import Network, build_network
 from leanhpo.trial import state as ckpt_state
@@ -33,10 +34,17 @@ from leanhpo.trial.runner import replay_training
 
 
 def export_best_model(
-    study_dir: Path, study_report_path: Path, out_dir: Path, data_dir: Path | None = None
+    study_dir: Path,
+    study_report_path: Path,
+    out_dir: Path,
+    data_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the study's best model to `out_dir` (replacing an earlier export atomically)."""
+    """Write the study's best model to `out_dir` (replacing an earlier export atomically).
+    With `config` (at least its tracking section), then log it to the study's parent MLflow run
+    as a pyfunc model (study/publish.py); an MLflow outage leaves that for later."""
     log = setup_logging()
+    tracking = None if config is None else validate_config(config)["tracking"]
     study_dir, out_dir = Path(study_dir), Path(out_dir)
     if not Path(study_report_path).is_file():
         raise ExportError(
@@ -50,8 +58,7 @@ def export_best_model(
     network, raw_config, metrics, source = _restore(
         report, trial, primary, study_dir, data_dir or study_dir / "data", log
     )
-    config = Config.from_dict(raw_config)
-    null_threshold = validation_null_threshold(metrics, config)
+    null_threshold = validation_null_threshold(metrics, Config.from_dict(raw_config))
     evaluated = report["test_metrics"]["evidence_binding"].get("null_threshold")
     if evaluated is not None and not math.isclose(evaluated, null_threshold, rel_tol=1e-12):
         raise ExportError(
@@ -93,12 +100,15 @@ def export_best_model(
     }
     files = write_export(network, info, model_card(info), out_dir)
     event(log, f"best model exported: {out_dir}", slot=slot, epoch=primary["epoch"])
-    return {
+    result = {
         "path": str(out_dir),
         "files": files,
         "source_checkpoint": source,
         "bytes": sum(entry["bytes"] for entry in files.values()),
     }
+    if tracking is not None:
+        result["mlflow"] = publish_model(study_dir, out_dir, tracking, log)
+    return result
 
 
 def _restore(

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from leanhpo.logs import mask_secrets
+from leanhpo.tracking.artifacts import ArtifactMixin
 from leanhpo.tracking.errors import (
     TrackingUnavailable,
     bounded_http,
@@ -46,7 +47,7 @@ RUN_NAME_TAG = "mlflow.runName"
 LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
 
 
-class Tracker(ReplayMixin):
+class Tracker(ReplayMixin, ArtifactMixin):
     def __init__(
         self,
         uri: str,

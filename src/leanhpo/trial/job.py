@@ -34,16 +34,18 @@ from leanhpo.study.prune import prune_study_checkpoints
 from leanhpo.study.setup import OWNER_ATTR, TRIAL_UUID_ATTR, attach_slot, open_study, slot_lease
 from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import NonFiniteLossError
+from leanhpo.trial.analysis import score_for_analysis
 from leanhpo.trial.fingerprint import (
     check_study_fingerprint,
     check_trial_fingerprint,
     fingerprint,
     training_sections,
 )
+from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
-from leanhpo.workflow import planned_trials
+from leanhpo.workflow import planned_trials, to_terminal
 
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
@@ -96,6 +98,10 @@ def run_trial_job(
         # Not a rerun trigger (growing a study must not rerun finished trials), so it arrives
         # out of band and only feeds the "trial i/N" progress line.
         config["study"]["n_trials"] = planned_trials() or slot + 1
+        progress = EpochProgress(
+            trial_dir.parent, slot, config["study"]["n_trials"], write=to_terminal
+        )
+        log.addHandler(progress)  # one terminal line per epoch; setup_logging drops it next time
         return _run_locked(slot, config, study_info, data_dir, report_path, log)
 
 
@@ -142,6 +148,7 @@ def _run_owned(
     trained = state is not None and state.get("status") in ("completed", "failed")
     if trained or frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
         if trained and state is not None:  # (narrows the type for mypy)
+            score_for_analysis(state_path, state, config, data_dir, log)  # opt-in; once
             close_tracking(state_path, state, study_info, config, log)
         return _finish(study, frozen, state, study_info, config, report_path, log, lease)
     trial = optuna.trial.Trial(study, frozen._trial_id)
@@ -245,6 +252,7 @@ def _run_owned(
         }
     )
     atomic_write_json(state_path, state)
+    score_for_analysis(state_path, state, config, data_dir, log, tracker)  # opt-in; once
     close_tracking(state_path, state, study_info, config, log, tracker)
     return _finish(study, frozen, state, study_info, config, report_path, log, lease)
 

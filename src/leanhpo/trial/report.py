@@ -31,7 +31,7 @@ EMPTY_OUTCOME: dict[str, Any] = {
 }
 
 
-def _checkpoints(outcome: dict[str, Any]) -> list[dict[str, Any]]:
+def checkpoint_rows(outcome: dict[str, Any]) -> list[dict[str, Any]]:
     retained, best = set(outcome["retained"]), set(outcome["best_epochs"])
     rows = []
     for entry in outcome["ledger"]:
@@ -51,6 +51,13 @@ def _checkpoints(outcome: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _analysis(state: dict[str, Any]) -> dict[str, Any] | None:
+    found = state.get("test_metrics_for_analysis")
+    if found is None:
+        return None
+    return {k: v for k, v in found.items() if k not in ("flat", "flat_ci")}
+
+
 def _validation_metrics(outcome: dict[str, Any]) -> dict[str, float]:
     if not outcome["best_epochs"]:
         return {}
@@ -63,7 +70,7 @@ def build_report(
     state: dict[str, Any], study_info: dict[str, Any], trial: FrozenTrial
 ) -> dict[str, Any]:
     outcome = {**EMPTY_OUTCOME, **(state.get("outcome") or {})}
-    checkpoints = _checkpoints(outcome)
+    checkpoints = checkpoint_rows(outcome)
     written = sum(c["bytes"] for c in checkpoints)
     retained = sum(c["bytes"] for c in checkpoints if c["retained"])
     config = state.get("config") or {}
@@ -124,6 +131,8 @@ def build_report(
         },
         "evidence_window": outcome["evidence_window"],
         "failure": state.get("failure"),
+        # evaluation.per_trial_test only: analysis, never selection (see trial/analysis.py)
+        "test_metrics_for_analysis": _analysis(state),
         "tracking": state.get("tracking", {"spool_pending": 0, "max_wait_s": 0.0}),
         "generated_at": datetime.now(UTC).isoformat(),
     }
