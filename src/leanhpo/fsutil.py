@@ -12,21 +12,26 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 HASH_CHUNK_BYTES = 1 << 20
 
 
-def atomic_write_bytes(path: Path, payload: bytes, mtime_ns: int | None = None) -> None:
-    """`mtime_ns` stamps the new file before the rename, so the stamp is as atomic as the
-    content (for files whose change must not look new to Snakemake)."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb", mtime_ns: int | None = None) -> Iterator[IO[Any]]:
+    """A file object that becomes `path` only when the block ends without an error: written
+    under a temporary name in the same folder, fsynced, renamed, the folder fsynced. On an
+    error the temporary file is removed and `path` is left as it was. `mtime_ns` stamps the
+    new file before the rename, so the stamp is as atomic as the content (for files whose
+    change must not look new to Snakemake)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            tmp_file.write(payload)
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(handle, mode, encoding=encoding) as tmp_file:
+            yield tmp_file
             tmp_file.flush()
             os.fsync(tmp_file.fileno())
         if mtime_ns is not None:
@@ -37,6 +42,11 @@ def atomic_write_bytes(path: Path, payload: bytes, mtime_ns: int | None = None) 
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, payload: bytes, mtime_ns: int | None = None) -> None:
+    with atomic_file(path, "wb", mtime_ns) as handle:
+        handle.write(payload)
 
 
 def atomic_write_text(path: Path, text: str, mtime_ns: int | None = None) -> None:

@@ -13,20 +13,17 @@ failure leaves no file), or to stdout.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from leanhpo.export.errors import ExportError
-from leanhpo.fsutil import fsync_dir
+from leanhpo.fsutil import atomic_file
 
 FORMATS = ("csv", "jsonl", "text")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -171,22 +168,11 @@ def write_predictions(chunks: Iterable[list[dict[str, Any]]], output: str) -> in
     path = Path(output)
     if path.is_dir():
         raise ExportError(f"output {path} is a folder; name a file (or - for stdout)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-            count = 0
-            for chunk in chunks:
-                tmp.write("".join(_line(row) for row in chunk))
-                count += len(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(path.parent)
+    count = 0
+    with atomic_file(path, "w") as handle:
+        for chunk in chunks:
+            handle.write("".join(_line(row) for row in chunk))
+            count += len(chunk)
     return count
 
 

@@ -5,16 +5,13 @@ the caller keeps the folder on disk and tries again later (the export step, sync
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
-
-from leanhpo.tracking.errors import bounded_http, classify
 
 # One upload request may carry a file of hundreds of MB: the write timeout (seconds) is for
 # metric writes, not for this. A server that is down still fails at once (connection refused).
@@ -32,18 +29,11 @@ class ArtifactMixin:
         @property
         def client(self) -> MlflowClient: ...
 
-        def _server(self) -> AbstractContextManager[None]: ...
+        def _server(self, timeout: float | None = None) -> AbstractContextManager[None]: ...
 
-    @contextmanager
-    def _uploading(self) -> Iterator[None]:
-        with bounded_http(max(self.timeout, UPLOAD_TIMEOUT_S)):
-            try:
-                yield
-            except Exception as error:
-                converted = classify(error, self.uri)
-                if converted is error:
-                    raise
-                raise converted from error
+    def _uploading(self) -> AbstractContextManager[None]:
+        """As every MLflow call, with a wait long enough for a model's files."""
+        return self._server(max(self.timeout, UPLOAD_TIMEOUT_S))
 
     def run_tag(self, run_id: str, key: str) -> str | None:
         """A tag of a run as the server holds it now (TrackingUnavailable while it is down)."""

@@ -86,9 +86,10 @@ class Tracker(ReplayMixin, ArtifactMixin):
         return self._client
 
     @contextmanager
-    def _server(self) -> Iterator[None]:
-        """MLflow calls with a bounded wait; failures come out classified (errors.classify)."""
-        with bounded_http(self.timeout):
+    def _server(self, timeout: float | None = None) -> Iterator[None]:
+        """MLflow calls with a bounded wait (`timeout`, default tracking.write_timeout_s);
+        failures come out classified (errors.classify)."""
+        with bounded_http(timeout if timeout is not None else self.timeout):
             try:
                 yield
             except Exception as error:
