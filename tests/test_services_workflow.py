@@ -149,9 +149,13 @@ def test_postgres_outage_mid_study_and_no_secret_in_any_sink(postgres, mlflow_se
                 sinks[str(path)] = path.read_bytes().decode("utf-8", errors="replace")
     for run in tracker.client.search_runs([tracker.experiment_id]):
         sinks[f"mlflow {run.info.run_name}"] = json.dumps([run.data.params, run.data.tags])
-        for artifact in tracker.client.list_artifacts(run.info.run_id):
-            local = tracker.client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))
-            sinks[f"mlflow artifact {artifact.path}"] = Path(local).read_text()
+        # Every artifact file, the exported MLflow model's folder included.
+        local = tracker.client.download_artifacts(
+            run.info.run_id, "", str(tmp_path / run.info.run_id)
+        )
+        for path in Path(local).rglob("*"):
+            if path.is_file():
+                sinks[f"mlflow artifact {path}"] = path.read_bytes().decode("utf-8", "replace")
     assert len(sinks) > 20
     found = [
         (kind, sink)
