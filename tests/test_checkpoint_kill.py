@@ -8,6 +8,7 @@ committed checkpoint verifies and that nothing needs quarantine.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import select
@@ -24,14 +25,17 @@ import pytest
 from leanhpo.checkpoints import CheckpointStore
 
 KILL_ROUNDS = 20
-MAX_DELAY_S = {"save": 0.3, "delete": 0.03}
+MAX_DELAY_S = {"save": 0.3, "delete": 0.03, "strip": 0.03}
 READ_TIMEOUT_S = 60.0
 SEED = 20240917
 
 # Mode "save" writes ~4 MB checkpoints in a loop, keeping the last two, so kills land in
 # saves. Deleting is ~15 times faster than writing, so mode "delete" first tops the store
 # up to DELETE_POOL checkpoints of many files, says "ready", then deletes all but the
-# newest; the test kills it within DELETE_MAX_DELAY_S, mostly inside a delete.
+# newest; the test kills it within DELETE_MAX_DELAY_S, mostly inside a delete. Mode "strip"
+# tops the pool up with full checkpoints whose optimizer state is many files, then strips
+# each to weights only and deletes the stripped ones, so kills land before, inside and after
+# a strip's commit (the manifest's rename).
 FORK_SERVER = r"""
 import os, sys, traceback
 from pathlib import Path
@@ -41,6 +45,7 @@ from leanhpo.checkpoints import CheckpointStore
 
 BIG = {"model": {"w": torch.randn(1024, 1024)}, "optimizer": {"s": torch.ones(3)}}
 MANY_FILES = {f"g{i}": {"x": torch.randn(16)} for i in range(128)}
+STRIPPABLE = {"model": {"w": torch.randn(64)}, **MANY_FILES}
 DELETE_POOL = 12
 
 def say_ready():
@@ -71,6 +76,22 @@ def churn_deletes(store):
         for info in store.list()[:-1]:
             store.delete(info.epoch)
 
+def churn_strips(store):
+    ready = False
+    while True:
+        epoch = next_epoch(store)
+        for new in range(epoch, epoch + DELETE_POOL - len(store.list())):
+            store.save(new, STRIPPABLE, {"epoch": new})
+        if not ready:
+            say_ready()
+            ready = True
+        for info in store.list()[:-1]:
+            store.strip(info.epoch)
+        for info in store.list()[:-1]:
+            store.delete(info.epoch)
+
+CHURN = {"save": churn_saves, "delete": churn_deletes, "strip": churn_strips}
+
 for line in sys.stdin:
     mode, root = line.split()
     sys.stdout.flush()
@@ -78,7 +99,7 @@ for line in sys.stdin:
     if pid == 0:
         try:
             store = CheckpointStore(Path(root))
-            churn_saves(store) if mode == "save" else churn_deletes(store)
+            CHURN[mode](store)
             os._exit(0)
         except BaseException:
             traceback.print_exc()
@@ -145,16 +166,39 @@ def kill_writer_at_random(server: ForkServer, mode: str, root: Path, rng: random
     assert os.WIFSIGNALED(int(status)) and os.WTERMSIG(int(status)) == signal.SIGKILL
 
 
+def interrupted_strips(root: Path) -> Counter[str]:
+    """Strips a kill cut short: before the commit (its temporary manifest is there) or after
+    it (the weights-only manifest no longer lists files that are still there)."""
+    found: Counter[str] = Counter()
+    for folder in root.glob("epoch_*"):
+        names = {p.name for p in folder.iterdir()}
+        if any(name.startswith(".tmp-") for name in names):
+            found["before commit"] += 1
+        manifest = json.loads((folder / "MANIFEST.json").read_text())
+        if manifest.get("kind") == "weights" and names - set(manifest["files"]) - {"MANIFEST.json"}:
+            found["after commit"] += 1
+    return found
+
+
 def assert_recoverable(root: Path) -> Counter[str]:
-    """What the next run sees; returns the kinds of uncommitted folders it cleaned."""
+    """What the next run sees; returns the kinds of uncommitted folders it cleaned and of the
+    strips it finished."""
     leftovers = Counter(p.name.split("-")[0] for p in root.iterdir() if p.name.startswith("."))
+    leftovers += interrupted_strips(root)
     store = CheckpointStore(root)
-    assert store.cleaned_tmp == sum(leftovers.values())
+    assert store.cleaned_tmp == sum(v for k, v in leftovers.items() if k.startswith("."))
     assert not [p for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    assert not interrupted_strips(root)
     infos = store.list()
     for info in infos:
         assert info.has_manifest
         store.verify(info.epoch)
+        files = {p.name for p in info.path.iterdir()}
+        # Never a checkpoint that lacks its optimizer state while it says full, nor a
+        # weights-only one that still carries it.
+        assert (info.kind == "full") == (
+            "g0.safetensors" in files or "optimizer.safetensors" in files
+        )
     latest = store.load_latest_valid()
     assert store.quarantined == []
     if infos:
@@ -166,7 +210,7 @@ def assert_recoverable(root: Path) -> Counter[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["save", "delete"])
+@pytest.mark.parametrize("mode", ["save", "delete", "strip"])
 def test_kill_during_checkpoint_io_is_recoverable(
     fork_server: ForkServer, tmp_path: Path, mode: str
 ) -> None:
@@ -177,6 +221,7 @@ def test_kill_during_checkpoint_io_is_recoverable(
         kill_writer_at_random(fork_server, mode, root, rng)
         cleaned += assert_recoverable(root)
     print(f"{mode}: uncommitted folders cleaned after kills: {dict(cleaned)}")
-    # The kills did land inside writes or deletes, not only between them.
-    assert cleaned[".tmp" if mode == "save" else ".trash"] > 0
+    # The kills did land inside writes, deletes or strips, not only between them.
+    landed = {"save": [".tmp"], "delete": [".trash"], "strip": ["before commit", "after commit"]}
+    assert sum(cleaned[kind] for kind in landed[mode]) > 0
     assert not (tmp_path / "trial_0000" / "quarantine").exists()

@@ -53,6 +53,9 @@ def check_step(
     if usable:
         top = max(metric for _, metric in usable)  # type: ignore[type-var]
         assert plan.co_best == {epoch for epoch, metric in usable if metric == top}
+    # The resume points: the newest max(1, keep_last_n) kept epochs, the newest kept among them.
+    assert plan.full <= plan.keep and max(plan.keep) in plan.full
+    assert plan.full == set(sorted(plan.keep, reverse=True)[: max(1, policy.keep_last_n)])
 
 
 @settings(max_examples=400, deadline=None)
@@ -62,12 +65,17 @@ def test_invariants_hold_after_every_save(
 ) -> None:
     records: list[tuple[int, float | None]] = []
     deleted: set[int] = set()
+    stripped: set[int] = set()
     for epoch, metric in enumerate(metrics):
         records.append((epoch, metric))
         plan = plan_retention(records, policy)
         check_step(plan, records, policy)
         assert not plan.keep & deleted  # a deleted checkpoint never comes back
         deleted |= plan.delete
+        # Stripping cannot be undone: an epoch that lost its optimizer state is never again
+        # asked to be a resume point.
+        assert not plan.full & stripped
+        stripped |= plan.keep - plan.full
         records = [record for record in records if record[0] in plan.keep]
         # Every epoch holding the best metric so far is still on disk (co-best, never pruned).
         history = list(enumerate(metrics[: epoch + 1]))
@@ -78,6 +86,7 @@ def test_invariants_hold_after_every_save(
 
     final = plan_retention(records, policy, final=True)
     assert final.keep | final.delete == {epoch for epoch, _ in records}
+    assert final.full == set()  # a finished trial never resumes
     if any(ranked(metric) for metric in metrics):
         assert final.keep == final.best and final.co_best <= final.keep
         assert len(final.best - final.co_best) <= policy.keep_best_k_max

@@ -145,15 +145,23 @@ def _assert_metrics_complete(study: Study, slots, epochs):
             assert len(steps) == len(set(steps)), (slot, key)
 
 
-def test_disk_pressure_on_a_real_tmpfs_prunes_and_the_study_goes_on():
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_disk_pressure_on_a_real_tmpfs_prunes_and_the_study_goes_on(weights_only):
     size = _tiny_checkpoint_bytes()
     # Plain retention would hold up to 5 checkpoints here (2 finished trials' best + the running
     # trial's best, newest and the one being written): more than the disk minus its 10% floor.
-    with tmpfs(int(4.6 * size) + 6 * MiB) as mount:
+    # Weights only, 3 of them are a third of the size (2.6 to 3 full ones in all): a smaller
+    # disk and a 20% floor.
+    disk, floor = (2.5 * size + 2 * MiB, 20) if weights_only else (4.6 * size, 10)
+    with tmpfs(int(disk) + 6 * MiB) as mount:
         study = Study(
             mount,
             train={"epochs": 3},
-            retention={"keep_best_trials": 3, "min_free_disk_percent": 10},
+            retention={
+                "keep_best_trials": 3,
+                "min_free_disk_percent": floor,
+                "weights_only": weights_only,
+            },
         )
         reports = [study.run(slot) for slot in range(3)]
         assert all(r["status"] == "completed" for r in reports)
@@ -205,30 +213,53 @@ def test_preflight_aborts_with_the_full_payload_and_the_study_resumes_after_free
         _assert_metrics_complete(study, [0, 1], 1)
 
 
-def test_max_total_size_is_enforced_before_a_save(tmp_path):
+@pytest.mark.parametrize(("weights_only", "cap_checkpoints"), [(False, 2.5), (True, 2.2)])
+def test_max_total_size_is_enforced_before_a_save(tmp_path, weights_only, cap_checkpoints):
     size = _tiny_checkpoint_bytes()
-    cap = int(2.5 * size)  # a trial needs 2 (best kept while the next is written)
+    cap = int(cap_checkpoints * size)  # a trial needs 2 (a resume point while it writes the next)
     study = Study(
         tmp_path,
         train={"epochs": 2},
-        retention={"max_total_size": f"{cap}B", "keep_best_trials": 3},
+        retention={
+            "max_total_size": f"{cap}B",
+            "keep_best_trials": 3,
+            "weights_only": weights_only,
+        },
     )
     assert study.run(0)["status"] == "completed"
     with pytest.raises(NoSpaceError, match="max_total_size") as info:
-        # trial 0 keeps one checkpoint; trial 1 keeps its epoch 1 while writing epoch 2: three
-        # in all, and step 3 cannot drop trial 0's, the study's single best
+        # trial 0 keeps one checkpoint (a third of the size, weights only); trial 1 keeps its
+        # epoch 1 while writing epoch 2, and step 3 cannot drop trial 0's, the study's best
         study.run(1)
     assert info.value.payload["study_checkpoint_bytes"] <= cap
     assert len(list(study.dir.glob("trial_*/checkpoints/epoch_*"))) == 2
+    kinds = {i.kind for i in CheckpointStore(study.report_path(0).parent / "checkpoints").list()}
+    assert kinds == {"weights" if weights_only else "full"}
 
 
-def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
+def test_weights_only_retention_fits_the_cap_that_full_checkpoints_exceed(tmp_path):
+    """The same cap that stops the full-checkpoint study (above) holds the weights-only one."""
+    size = _tiny_checkpoint_bytes()
+    study = Study(
+        tmp_path,
+        train={"epochs": 2},
+        retention={"max_total_size": f"{int(2.5 * size)}B", "keep_best_trials": 3},
+    )
+    assert [study.run(slot)["status"] for slot in range(3)] == ["completed"] * 3
+    _assert_nothing_corrupt_or_half_written(study)
+    _assert_metrics_complete(study, range(3), 2)
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch, weights_only):
     from leanhpo.storage import disk as disk_module
     from leanhpo.study import pressure
 
     store = CheckpointStore(tmp_path / "experiments" / "s" / "trial_0000" / "checkpoints")
     for epoch in (1, 2, 3):
-        store.save(epoch, {"w": {"x": torch.zeros(1000)}}, {})
+        store.save(
+            epoch, {"model": {"x": torch.zeros(1000)}, "optimizer": {"m": torch.zeros(2000)}}, {}
+        )
     guard = StorageGuard(
         store.root.parent.parent,
         store.root.parent,
@@ -239,6 +270,7 @@ def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
             "max_total_size": "10GB",
             "min_free_disk_percent": 10,
             "keep_best_trials": 3,
+            "weights_only": weights_only,
         },
         "m",
         __import__("logging").getLogger("t"),
@@ -246,9 +278,17 @@ def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
     low = disk_module.DiskUsage("/", 100 * MiB, 95 * MiB, 5 * MiB)  # below the 10% floor
     monkeypatch.setattr(pressure, "disk_usage", lambda path: low)
     taken = guard.ensure_room(1 * MiB, store, {1: 0.9, 2: 0.5, 3: 0.4})
-    assert len(taken) == 3  # every step ran; the save still fits physically, so it goes on
-    # step 1 keeps what the aggressive policy protects: the best, from which a resume restarts
-    assert [i.epoch for i in store.list()] == [1]
+    # every step ran; the save still fits physically, so it goes on
+    assert len(taken) == (4 if weights_only else 3)
+    kinds = {i.epoch: i.kind for i in store.list()}
+    if weights_only:
+        # step 0 stripped all but the newest; step 1 kept the best and, since a stripped best
+        # cannot resume, the newest full checkpoint, the trial's resume point
+        assert taken[0].startswith("0: strip")
+        assert kinds == {1: "weights", 3: "full"}
+    else:
+        # step 1 keeps what the aggressive policy protects: the best, a full resume point
+        assert kinds == {1: "full"}
     # step 2 persists: later trials and restarts of the study read the aggressive policy
     assert (store.root.parent.parent / POLICY_FILE).exists()
     assert (
@@ -261,7 +301,7 @@ def test_guard_steps_keep_the_running_trials_best(tmp_path, monkeypatch):
     monkeypatch.setattr(pressure, "disk_usage", lambda path: full)
     with pytest.raises(NoSpaceError):
         guard.ensure_room(1 * MiB, store, {1: 0.9, 2: 0.5, 3: 0.4})
-    assert [i.epoch for i in store.list()] == [1]
+    assert {i.epoch: i.kind for i in store.list()} == kinds
 
 
 def test_cleanup_lists_then_removes_only_orphans(tmp_path):

@@ -39,11 +39,15 @@ def _finished_study(study_dir: Path) -> None:
         atomic_write_json(trial_dir / "state.json", state)
 
 
+# keep_best_trials 0: every round deletes checkpoints another process may be measuring.
+DROP_ALL = {"keep_best_trials": 0, "keep_last_n": 1, "keep_best_k": 1, "keep_best_k_max": 2}
+
+
 def _prune(study_dir: str, rounds: int, errors) -> None:
     log = setup_logging()
     try:
         for _ in range(rounds):
-            prune_study_checkpoints(Path(study_dir), 0, METRIC, log)
+            prune_study_checkpoints(Path(study_dir), DROP_ALL, METRIC, log)
     except Exception:
         errors.put(traceback.format_exc())
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from workflowhelper import job_env, snakemake_command
 
+from leanhpo.checkpoints import CheckpointStore, checkpoint_info
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
 from leanhpo.tracking import Tracker
 
@@ -280,6 +281,15 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
             if key.startswith(("val_", "train_")):
                 assert steps == [1, 2], (key, run.info.run_name)
     assert _histories(workdir) == _histories(finished)
+    # Kills landed in saves and strips too: every kept checkpoint verifies, and a finished
+    # trial keeps weights only (never a checkpoint that lacks its optimizer yet says full).
+    folders = list(_study_dir(workdir).glob("trial_*/checkpoints/epoch_*"))
+    assert folders
+    for folder in folders:
+        info = checkpoint_info(folder)
+        assert info is not None and info.kind == "weights", folder
+        CheckpointStore(folder.parent).verify(info.epoch)
+        assert not (folder / "optimizer.safetensors").exists()
     stormed = json.loads((_study_dir(workdir) / "study_report.json").read_text())
     clean = json.loads((_study_dir(finished) / "study_report.json").read_text())
     assert stormed["test_metrics"] == clean["test_metrics"]

@@ -120,6 +120,7 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
         study["metric"],
         study["n_trials"],
         args.apply,
+        args.strip,
     )
 
 
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--slot", type=int, required=True, help="trial slot number (0-based)")
         if name == "cleanup":
             cmd.add_argument("--apply", action="store_true", help="delete (default: only list)")
+            cmd.add_argument(
+                "--strip",
+                action="store_true",
+                help="also strip the optimizer state of finished trials' checkpoints (weights only)",
+            )
         if name == "export":
             cmd.add_argument(
                 "--out", type=Path, help="folder to write (default experiments/<study>/best_model)"

@@ -25,7 +25,7 @@ TRIAL_LOG = "logs/trial.jsonl"
 
 def _events(study_dir: Path) -> list[tuple[str, int, dict[str, Any]]]:
     """(timestamp, slot of the log, context) of every disk-relevant event, in time order."""
-    kinds = ("epoch_start", "epoch_end", "prune", "study_prune")
+    kinds = ("epoch_start", "epoch_end", "prune", "strip", "study_prune")
     found = []
     for log in sorted(study_dir.glob(f"trial_[0-9][0-9][0-9][0-9]/{TRIAL_LOG}")):
         slot = int(log.parent.parent.name.split("_")[1])
@@ -60,8 +60,12 @@ def disk_timeline(study_dir: Path, reports: list[dict[str, Any]]) -> list[dict[s
             written += sizes[pending]
             point(f"save trial {slot} epoch {pending[1]}")
         pending = None
-        if kind == "prune" and on_disk.pop((slot, context["epoch"]), None) is not None:
-            point(f"prune trial {slot} epoch {context['epoch']}")
+        owner = context.get("slot", slot)  # a job may prune or strip another, finished trial
+        if kind == "prune" and on_disk.pop((owner, context["epoch"]), None) is not None:
+            point(f"prune trial {owner} epoch {context['epoch']}")
+        elif kind == "strip" and (owner, context["epoch"]) in on_disk:
+            on_disk[(owner, context["epoch"])] -= context["freed"]
+            point(f"strip trial {owner} epoch {context['epoch']}")
         elif kind == "study_prune":
             for key in [k for k in on_disk if k[0] == context["slot"]]:
                 del on_disk[key]

@@ -35,27 +35,40 @@ def write_report(path: Path, report: dict[str, Any], schema_name: str) -> None:
 
 
 def refresh_retained(report_path: Path) -> bool:
-    """Clear the `retained` flag (and fix the byte counts) of every checkpoint a trial report
-    lists that is no longer on disk: study-wide retention and disk pressure remove checkpoints
-    of finished trials long after their report was written. Returns whether it changed.
+    """Bring the checkpoint rows of a trial report (and its byte counts) in line with the disk:
+    study-wide retention, stripping and disk pressure change the checkpoints of finished trials
+    long after their report was written. A row whose folder is gone loses its `retained` flag;
+    one that was stripped gets its new `kind` and `retained_bytes`. Returns whether it changed.
 
     The report keeps its mtime: the flags describe the disk, not the trial's result, and a
     newer report would make Snakemake rerun every later slot (each takes the previous report
     as input). Flags only ever go from retained to removed; nothing comes back.
     """
+    from leanhpo.checkpoints import checkpoint_info  # torch: only where checkpoints are touched
+
     if not report_path.is_file():
         return False
     report = read_json(report_path)
     folder = report_path.parent / "checkpoints"
     changed = False
     for row in report["checkpoints"]:
-        if row["retained"] and not (folder / row["id"]).is_dir():
-            row["retained"] = False
+        if not row["retained"]:
+            continue
+        info = checkpoint_info(folder / row["id"])
+        now = {
+            "retained": info is not None,
+            "kind": info.kind if info else None,
+            "retained_bytes": info.bytes if info else 0,
+        }
+        if any(row.get(key) != value for key, value in now.items()):
+            row.update(now)
             changed = True
     if not changed:
         return False
     storage = report["storage"]
-    storage["bytes_retained"] = sum(c["bytes"] for c in report["checkpoints"] if c["retained"])
+    storage["bytes_retained"] = sum(
+        c.get("retained_bytes", c["bytes"]) for c in report["checkpoints"] if c["retained"]
+    )
     storage["bytes_pruned"] = storage["bytes_written"] - storage["bytes_retained"]
     validate_report(report, TRIAL_SCHEMA)
     atomic_write_json(report_path, report, mtime_ns=report_path.stat().st_mtime_ns)

@@ -26,6 +26,11 @@ import torch
 from leanhpo.checkpoints.safetensors_stream import read_tensors, sha256_of_file, write_file
 
 CHECKPOINT_FORMAT = "leanhpo-checkpoint/1"
+# A full checkpoint resumes training; a weights-only one (optimizer, scheduler and RNG state
+# stripped) serves evaluation, export and predict. Manifests written before the kinds existed
+# carry no "kind" and are full.
+FULL, WEIGHTS_ONLY = "full", "weights"
+KINDS = (FULL, WEIGHTS_ONLY)
 MANIFEST_NAME = "MANIFEST.json"
 META_NAME = "meta.json"
 TENSOR_SUFFIX = ".safetensors"
@@ -69,6 +74,7 @@ def write_contents(
     manifest = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
+        "kind": FULL,
         "files": files,
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -101,6 +107,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def read_manifest(folder: Path, epoch: int) -> tuple[dict[str, dict[str, Any]], bytes]:
+    """(files listed, the raw manifest bytes) of a manifest that passes every check."""
     try:
         raw = (folder / MANIFEST_NAME).read_bytes()
     except (FileNotFoundError, IsADirectoryError) as exc:
@@ -123,6 +130,10 @@ def _check_manifest(manifest: Any, epoch: int) -> None:
         raise fail(f"is not in format {CHECKPOINT_FORMAT}")
     if manifest.get("epoch") != epoch:
         raise fail(f"names epoch {manifest.get('epoch')!r}, the folder epoch {epoch}")
+    if manifest.get("kind", FULL) not in KINDS:
+        raise fail(f"names an unknown kind {manifest.get('kind')!r}")
+    if "stripped_from" in manifest and not SHA256_PATTERN.match(str(manifest["stripped_from"])):
+        raise fail("has no valid sha256 in stripped_from")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise fail("lists no files")
@@ -134,6 +145,37 @@ def _check_manifest(manifest: Any, epoch: int) -> None:
         size = entry.get("bytes")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise fail(f"has no valid size for {name}")
+
+
+def weights_only_manifest(
+    raw: bytes, epoch: int, keep_groups: frozenset[str]
+) -> tuple[bytes, list[str]]:
+    """The manifest of the weights-only version of the full checkpoint whose (checked) manifest
+    is `raw`, and the names of the files it no longer lists.
+
+    The kept files and their hashes are carried over unchanged: they are the very bytes on
+    disk, hashed when they were written. `stripped_from` holds the SHA-256 of the full
+    manifest, the checkpoint's identity in reports and ledgers, so a stripped checkpoint is
+    still recognised as the one they list.
+    """
+    manifest = json.loads(raw)
+    files = manifest["files"]
+    kept = {
+        name: entry
+        for name, entry in files.items()
+        if not name.endswith(TENSOR_SUFFIX) or name.removesuffix(TENSOR_SUFFIX) in keep_groups
+    }
+    missing = sorted(g for g in keep_groups if g + TENSOR_SUFFIX not in kept)
+    if missing:
+        raise CorruptCheckpointError(epoch, f"{MANIFEST_NAME} lists no {missing} to keep")
+    stripped = {
+        **manifest,
+        "kind": WEIGHTS_ONLY,
+        "files": kept,
+        "stripped_from": hashlib.sha256(raw).hexdigest(),
+        "stripped_at": datetime.now(UTC).isoformat(),
+    }
+    return json.dumps(stripped, indent=2).encode("utf-8"), sorted(set(files) - set(kept))
 
 
 @dataclass(frozen=True)

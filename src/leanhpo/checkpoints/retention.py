@@ -20,8 +20,14 @@ class RetentionPolicy:
     keep_last_n: int = 1
     keep_best_k: int = 1
     keep_best_k_max: int = 2
+    # Kept epochs outside RetentionPlan.full lose their optimizer state (CheckpointStore.strip).
+    weights_only: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.weights_only, bool):
+            raise ValueError(
+                f"retention.weights_only must be true or false, got {self.weights_only!r}"
+            )
         for name in ("keep_last_n", "keep_best_k", "keep_best_k_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -42,12 +48,17 @@ class RetentionPolicy:
 
 @dataclass(frozen=True)
 class RetentionPlan:
-    """Epoch sets; ``keep`` and ``delete`` partition the epochs given to the planner."""
+    """Epoch sets; ``keep`` and ``delete`` partition the epochs given to the planner.
+
+    ``full`` (a subset of ``keep``) holds the epochs that may still resume the trial; every
+    other kept epoch will only ever be evaluated or exported, and can lose its optimizer state.
+    """
 
     keep: frozenset[int]
     delete: frozenset[int]
     co_best: frozenset[int]
     best: frozenset[int]
+    full: frozenset[int] = frozenset()
 
 
 def plan_retention(
@@ -64,14 +75,16 @@ def plan_retention(
       ``keep_best_k_max``; then all of ``co_best``, even beyond ``keep_best_k_max``
       (SPEC: ties for best are all kept).
     * During the trial (``final=False``): ``keep`` = ``best`` plus the newest
-      ``keep_last_n`` epochs. Every checkpoint holds the full training state, so the best one
-      is as resume-capable as the newest: with ``keep_last_n=0`` a resume restarts from the
-      best epoch and retrains the rest (deterministically, with the same metrics), which is
-      the disk-saving trade the user asked for. Only when no epoch has a ranked metric is the
-      newest kept anyway, so a resume-capable checkpoint always remains.
-    * At the end (``final=True``): ``keep`` = ``best``. When no epoch has a ranked metric
-      ``best`` is empty and the newest epoch is kept instead, so that a planner never
-      deletes every checkpoint on its own; the caller may delete it explicitly.
+      ``keep_last_n`` epochs. With ``keep_last_n=0`` a resume restarts from the newest best
+      epoch and retrains the rest (deterministically, with the same metrics), which is the
+      disk-saving trade the user asked for. Only when no epoch has a ranked metric is the
+      newest kept anyway, so a resume point always remains.
+    * ``full`` during the trial: the newest ``max(1, keep_last_n)`` kept epochs, the resume
+      points; a best epoch older than them will never resume.
+    * At the end (``final=True``): ``keep`` = ``best``, and ``full`` is empty: a finished
+      trial never resumes. When no epoch has a ranked metric ``best`` is empty and the newest
+      epoch is kept instead, so that a planner never deletes every checkpoint on its own; the
+      caller may delete it explicitly.
     * ``delete``: every other epoch.
     """
     epochs = [epoch for epoch, _ in records]
@@ -86,13 +99,16 @@ def plan_retention(
     newest = max(epochs)
     if final:
         keep = best or frozenset({newest})
+        full: frozenset[int] = frozenset()
     else:
         keep = best | _newest(epochs, policy.keep_last_n) | (frozenset() if best else {newest})
+        full = _newest(keep, max(1, policy.keep_last_n))
     return RetentionPlan(
         keep=frozenset(keep),
         delete=frozenset(epochs) - keep,
         co_best=co_best,
         best=best,
+        full=full,
     )
 
 

@@ -8,6 +8,12 @@ fsynced, so a folder named ``epoch_<EEEE>`` is complete by construction, and a k
 any instant leaves either the old state or the new one plus a ``.tmp-*`` folder that
 the next ``CheckpointStore`` removes. Nothing is ever read with pickle.
 
+Every save is *full* (a resume point). ``strip`` turns a committed checkpoint into a
+*weights-only* one in place: the manifest that lists only the kept groups replaces the full
+one in a single rename, and only then are the dropped files unlinked. A kill at any instant
+leaves the full checkpoint or the weights-only one, each verifying; dropped files left behind
+are no longer listed and the next ``CheckpointStore`` removes them.
+
 One writer per ``root``: opening a store removes the ``.tmp-*``/``.trash-*`` folders of
 the root, which would break a save running in another process on the same root.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -31,9 +38,11 @@ import torch
 
 from leanhpo.checkpoints.manifest import (
     CHECKPOINT_FORMAT,
+    FULL,
     MANIFEST_NAME,
     META_NAME,
     TENSOR_SUFFIX,
+    WEIGHTS_ONLY,
     CorruptCheckpointError,
     encode_meta,
     epoch_id,
@@ -43,6 +52,7 @@ from leanhpo.checkpoints.manifest import (
     read_checked,
     read_manifest,
     stream_check,
+    weights_only_manifest,
     write_contents,
     write_hashed,
 )
@@ -63,11 +73,18 @@ TRASH_PREFIX = ".trash-"
 MAX_EPOCH = 9999  # folder names carry four digits
 EPOCH_DIR_PATTERN = re.compile(r"^epoch_(\d{4})$")
 GROUP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+# What a weights-only checkpoint keeps: the model's tensors (meta.json is always kept).
+WEIGHT_GROUPS = frozenset({"model"})
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """Cheap facts about one checkpoint folder; ``sha256`` is that of MANIFEST.json."""
+    """Cheap facts about one checkpoint folder; ``sha256`` is that of MANIFEST.json.
+
+    ``saved_sha256`` is the SHA-256 of the manifest the checkpoint was saved with: the same as
+    ``sha256`` for a full checkpoint, the full manifest's for a stripped one. Reports and
+    ledgers name a checkpoint by it, so stripping does not change which checkpoint they list.
+    """
 
     id: str
     epoch: int
@@ -75,6 +92,16 @@ class CheckpointInfo:
     sha256: str
     bytes: int
     has_manifest: bool = True
+    kind: str = FULL
+    saved_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.saved_sha256:
+            object.__setattr__(self, "saved_sha256", self.sha256)
+
+    @property
+    def resumable(self) -> bool:
+        return self.kind == FULL
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -122,7 +149,7 @@ class CheckpointStore:
             manifest_raw, total = write_contents(tmp, epoch, groups, meta_bytes)
             fsync_dir(tmp)
             if final.exists():
-                self.quarantine(epoch, "superseded")
+                self._supersede(final, epoch)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -130,6 +157,57 @@ class CheckpointStore:
         fsync_dir(self.root)
         sha = hashlib.sha256(manifest_raw).hexdigest()
         return CheckpointInfo(epoch_id(epoch), epoch, final, sha, total)
+
+    def _supersede(self, final: Path, epoch: int) -> None:
+        """Make way for a new save of ``epoch``: a weights-only copy is deleted (a trial that
+        restarted from scratch recomputes the same epoch, this time as a resume point); any
+        other folder goes to quarantine, since it may be the only record of something."""
+        if _folder_info(final, epoch).kind == WEIGHTS_ONLY:
+            self.delete(epoch)
+        else:
+            self.quarantine(epoch, "superseded")
+
+    def strip(self, epoch: int, keep_groups: frozenset[str] = WEIGHT_GROUPS) -> int:
+        """Make ``epoch`` weights-only; return the bytes freed (0 when it already is).
+
+        The new manifest replaces the old one with one atomic rename (the commit point), and
+        only then are the dropped files unlinked, so no checkpoint ever lacks its optimizer
+        while its manifest says full. Raises CorruptCheckpointError when the manifest does not
+        verify: a checkpoint that cannot be read is left for ``load`` to quarantine.
+        """
+        folder = self._existing_folder(epoch)
+        files, raw = read_manifest(folder, epoch)
+        if json.loads(raw).get("kind", FULL) == WEIGHTS_ONLY:
+            return self._drop_unlisted(folder, files)
+        stripped, dropped = weights_only_manifest(raw, epoch, keep_groups)
+        tmp = folder / f"{TMP_PREFIX}{MANIFEST_NAME}-{uuid.uuid4().hex}"
+        try:
+            write_hashed(tmp, stripped)
+            os.replace(tmp, folder / MANIFEST_NAME)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        fsync_dir(folder)
+        freed = self._drop_unlisted(folder, {name: None for name in files if name not in dropped})
+        self.log.info(
+            "stripped checkpoint %s to weights only (%d bytes freed)", epoch_id(epoch), freed
+        )
+        return freed
+
+    def _drop_unlisted(self, folder: Path, listed: dict[str, Any]) -> int:
+        """Unlink the files a weights-only manifest no longer lists (a strip's second half)."""
+        freed = 0
+        for entry in folder.iterdir():
+            if entry.name in listed or entry.name == MANIFEST_NAME or not entry.is_file():
+                continue
+            size = entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):  # another process finished it first
+                entry.unlink()
+                freed += size
+        if freed:
+            fsync_dir(folder)
+        return freed
 
     def delete(self, epoch: int) -> bool:
         """Remove ``epoch``; False when it is already gone (a resumed prune may repeat).
@@ -215,15 +293,19 @@ class CheckpointStore:
                 group = name.removesuffix(TENSOR_SUFFIX)
                 groups[group] = parse_tensors(data, name, epoch, map_location)
         self._log_extra_files(folder, files, epoch)
-        sha = hashlib.sha256(manifest_raw).hexdigest()
-        info = CheckpointInfo(epoch_id(epoch), epoch, folder, sha, _folder_bytes(folder))
+        info = _folder_info(folder, epoch, manifest_raw)
         return LoadedCheckpoint(info, groups, meta)
 
     def load_latest_valid(
-        self, map_location: str | torch.device = "cpu"
+        self, map_location: str | torch.device = "cpu", resumable_only: bool = False
     ) -> LoadedCheckpoint | None:
-        """Newest checkpoint that verifies; corrupt newer ones are quarantined on the way."""
+        """Newest checkpoint that verifies; corrupt newer ones are quarantined on the way.
+
+        With ``resumable_only`` weights-only checkpoints are passed over: a resume needs the
+        optimizer, scheduler and RNG state, and never goes on with a fresh optimizer."""
         for info in reversed(self.list()):
+            if resumable_only and not info.resumable:
+                continue
             try:
                 return self.load(info.epoch, map_location)
             except CorruptCheckpointError as exc:
@@ -243,7 +325,8 @@ class CheckpointStore:
         return folder
 
     def _clean_uncommitted(self) -> int:
-        """Remove folders left by a killed save or delete: they were never committed."""
+        """Remove folders left by a killed save or delete: they were never committed. Finish
+        any strip a kill interrupted (files its manifest no longer lists)."""
         if not self.root.is_dir():
             return 0
         leftovers = [
@@ -251,6 +334,8 @@ class CheckpointStore:
             for entry in self.root.iterdir()
             if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX))
         ]
+        for info in self.list():
+            self._finish_strip(info)
         for entry in leftovers:
             with contextlib.suppress(FileNotFoundError):  # cleared by another process
                 if entry.is_dir() and not entry.is_symlink():
@@ -262,6 +347,17 @@ class CheckpointStore:
                 "removed %d uncommitted checkpoint folder(s) from %s", len(leftovers), self.root
             )
         return len(leftovers)
+
+    def _finish_strip(self, info: CheckpointInfo) -> None:
+        # Gone (another process deleted it) or corrupt (``load`` quarantines it): nothing to do.
+        with contextlib.suppress(FileNotFoundError, CorruptCheckpointError):
+            for entry in info.path.iterdir():
+                if entry.name.startswith(TMP_PREFIX):  # a strip killed before its commit
+                    entry.unlink()
+            if info.kind == WEIGHTS_ONLY:  # a strip killed after its commit
+                files, _ = read_manifest(info.path, info.epoch)
+                if self._drop_unlisted(info.path, files):
+                    self.log.warning("finished stripping checkpoint %s", info.id)
 
     def _move(self, source: Path, dest: Path, epoch: int) -> None:
         """Rename; across filesystems copy first, then delete, so the source never half-goes."""
@@ -294,8 +390,36 @@ def _folder_bytes(folder: Path) -> int:
     return sum(entry.stat().st_size for entry in folder.iterdir() if entry.is_file())
 
 
-def _folder_info(folder: Path, epoch: int) -> CheckpointInfo:
+def checkpoint_info(folder: Path) -> CheckpointInfo | None:
+    """Cheap facts about the checkpoint folder ``folder`` (``.../epoch_<EEEE>``), or None when
+    it is not there; opens no store, so it is safe on a trial another process is running."""
+    match = EPOCH_DIR_PATTERN.match(folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    try:
+        return _folder_info(folder, int(match.group(1)))
+    except FileNotFoundError:  # deleted while it was read
+        return None
+
+
+def _folder_info(folder: Path, epoch: int, raw: bytes | None = None) -> CheckpointInfo:
+    """Facts from the manifest as it is (not verified: ``load`` and ``verify`` do that)."""
     manifest = folder / MANIFEST_NAME
-    has_manifest = manifest.is_file()
-    sha = hashlib.sha256(manifest.read_bytes()).hexdigest() if has_manifest else ""
-    return CheckpointInfo(epoch_id(epoch), epoch, folder, sha, _folder_bytes(folder), has_manifest)
+    if raw is None and manifest.is_file():
+        raw = manifest.read_bytes()
+    if raw is None:
+        return CheckpointInfo(epoch_id(epoch), epoch, folder, "", _folder_bytes(folder), False)
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = {}
+    parsed = parsed if isinstance(parsed, dict) else {}
+    return CheckpointInfo(
+        epoch_id(epoch),
+        epoch,
+        folder,
+        hashlib.sha256(raw).hexdigest(),
+        _folder_bytes(folder),
+        kind=str(parsed.get("kind", FULL)),
+        saved_sha256=str(parsed.get("stripped_from", "")),
+    )

@@ -101,6 +101,7 @@ class RetentionConfig:
     max_total_size: str
     min_free_disk_percent: float
     keep_best_trials: int
+    weights_only: bool = True
 
     @property
     def max_total_bytes(self) -> int:

@@ -200,17 +200,23 @@ def _retention_problems(config: dict[str, Any]) -> Iterator[str]:
     except ConfigError as error:
         yield f"config key 'retention.max_total_size': {error}"
         return
-    from leanhpo.storage.estimate import estimate_from_model_files
+    from leanhpo.storage.estimate import estimate_from_model_files, weights_only_bytes
     from leanhpo.storage.preflight import human
 
-    one = estimate_from_model_files(model["id"], model.get("revision", "main"))
-    # A trial keeps its best checkpoint while it writes the next one.
-    needed = one * min(train["epochs"], 2) if one else 0
+    one = estimate_from_model_files(model["id"], model.get("revision", "main")) or 0
+    # At the least (after every disk-pressure step) a trial holds a resume point while it writes
+    # the next checkpoint; with weights-only retention its best epoch, when older, is kept apart
+    # from the resume point, stripped.
+    needed = one * min(train["epochs"], 2)
+    what = f"a resume point while it writes the next, {human(one)} each"
+    if retention.get("weights_only", True) and train["epochs"] >= 3:
+        needed += weights_only_bytes(one) if one else 0
+        what += f", and its best epoch, {human(weights_only_bytes(one) if one else 0)} weights only"
     if cap < max(needed, 1):
         yield (
             f"config key 'retention.max_total_size': {retention['max_total_size']} cannot hold what a "
-            f"trial of model {model['id']!r} needs ({human(needed)}: its best checkpoint while it "
-            f"writes the next, {human(one or 0)} each); raise it to at least {human(needed)}"
+            f"trial of model {model['id']!r} needs ({human(needed)}: {what}); raise it to at least "
+            f"{human(needed)}"
         )
 
 

@@ -62,8 +62,14 @@ def _weights_folder(model_id: str, revision: str) -> Path | None:
     return Path(cached).parent if isinstance(cached, str) else None
 
 
+def weights_only_bytes(full_bytes: int) -> int:
+    """A weights-only checkpoint's size from a full one's: AdamW keeps two moments per weight,
+    so the weights are a third of what is not margin (the frozen pooler makes it a bit more)."""
+    return (full_bytes - MARGIN_BYTES) // (1 + ADAM_MOMENTS) + MARGIN_BYTES
+
+
 def estimate_from_model_files(model_id: str, revision: str = "main") -> int | None:
-    """Checkpoint bytes estimated from the model's weight file: fp32 weights plus two AdamW
+    """Full checkpoint bytes estimated from the model's weight file: fp32 weights plus two AdamW
     moments plus the margin. None when the weights are not on this machine (a hub id not yet
     downloaded, or the random `tiny` model); the size is then checked before the first save."""
     folder = _weights_folder(model_id, revision)

@@ -38,7 +38,9 @@ class NoSpaceError(RuntimeError):
             f"leanhpo: not enough space for the next checkpoint: {p['reason']}",
             f"  disk {disk['path']}: total {human(disk['total'])}, used {human(disk['used'])}, "
             f"free {human(disk['free'])} ({disk['free_percent']:.1f}%)",
-            f"  next checkpoint needs {human(p['needed_bytes'])}; the study's checkpoints use "
+            f"  next checkpoint needs {human(p['needed_bytes'])} (a resume point; "
+            f"{human(p.get('weights_only_bytes', p['needed_bytes']))} once it is not); the study's "
+            "checkpoints use "
             f"{human(p['study_checkpoint_bytes'])} (retention.max_total_size = {p['max_total_size']})",
             f"  aggressive pruning already done: {', '.join(p['steps_taken']) or 'none possible'}",
             "  largest artifacts:",
@@ -56,9 +58,17 @@ def fixes(
     study: str, retention: dict[str, Any], needed: int, cap_bytes: int, study_bytes: int
 ) -> list[str]:
     """The exact commands and config keys that free room or lower the need."""
+    strip = (
+        "strip the optimizer state of finished trials' checkpoints (a study written before "
+        "retention.weights_only): `python -m leanhpo cleanup --strip --apply`"
+        if retention.get("weights_only", True)
+        else "keep only weights in checkpoints that will never resume: retention.weights_only: "
+        "true (now false)"
+    )
     return [
         "list and remove checkpoints, temporary folders and logs no trial references: "
         "`python -m leanhpo cleanup` then `python -m leanhpo cleanup --apply`",
+        strip,
         f"empty the quarantine folders after inspecting them: `rm -rf experiments/{study}/trial_*/quarantine`",
         f"keep fewer trials' checkpoints: lower retention.keep_best_trials (now {retention['keep_best_trials']})",
         f"keep fewer checkpoints per trial: retention.keep_last_n (now {retention['keep_last_n']}), "

@@ -8,22 +8,37 @@ Orphans of a study are:
 - trial folders of slots the config does not plan (>= study.n_trials) that hold no state.
 A running trial (its lock is held) is never touched; quarantined checkpoints are kept for
 inspection and only listed. Dry-run by default: it prints what it would remove and the bytes.
+
+With `--strip` it also lists (and with --apply strips) the optimizer state of every full
+checkpoint that a finished trial keeps: a finished trial never resumes, so that state (two
+thirds of an AdamW checkpoint) is never used. This upgrades studies written before
+`retention.weights_only`; a study that runs with it strips as it goes.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from leanhpo.checkpoints import plan_retention
+from leanhpo.checkpoints import WEIGHT_GROUPS, CheckpointStore, checkpoint_info, plan_retention
 from leanhpo.reports import refresh_retained
 from leanhpo.storage.preflight import human
-from leanhpo.study.pressure import effective_retention, is_running, policy_of
-from leanhpo.study.prune import epoch_values, finished_trials, ranked, retention_lock
+from leanhpo.study.pressure import is_running
+from leanhpo.study.prune import (
+    effective_retention,
+    epoch_values,
+    finished_trials,
+    policy_of,
+    ranked,
+    retention_lock,
+    strip_checkpoint,
+)
 
 TMP_PREFIXES = (".tmp-", ".trash-")
+LOG = logging.getLogger("leanhpo.cleanup")
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,18 @@ class Orphan:
     kind: str
     bytes: int
     reason: str
+
+
+def _apply(orphan: Orphan) -> int:
+    path = Path(orphan.path)
+    if orphan.kind == "strip":
+        store = CheckpointStore(path.parent, log=LOG)  # a finished trial: safe to open
+        return strip_checkpoint(store, int(path.name.removeprefix("epoch_")), LOG)
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=False)
+    elif path.exists():
+        path.unlink()
+    return orphan.bytes
 
 
 def _size(path: Path) -> int:
@@ -114,6 +141,26 @@ def find_orphans(
     return orphans
 
 
+def strippable(study_dir: Path, skip: set[str]) -> list[Orphan]:
+    """Full checkpoints of finished trials (not running), but those in `skip` (orphans)."""
+    found = []
+    for trial in finished_trials(study_dir):
+        if is_running(trial["dir"]):
+            continue
+        for folder in sorted((trial["dir"] / "checkpoints").glob("epoch_[0-9][0-9][0-9][0-9]")):
+            info = checkpoint_info(folder)
+            if info is None or not info.resumable or str(folder) in skip:
+                continue
+            reason = "a finished trial never resumes: its optimizer state is never used"
+            found.append(Orphan(str(folder), "strip", _droppable_bytes(folder), reason))
+    return found
+
+
+def _droppable_bytes(folder: Path) -> int:
+    kept = {group + ".safetensors" for group in WEIGHT_GROUPS} | {"meta.json", "MANIFEST.json"}
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name not in kept)
+
+
 def quarantined(study_dir: Path) -> list[Orphan]:
     return [
         Orphan(str(p), "quarantine", _size(p), "corrupt checkpoint kept for inspection")
@@ -122,28 +169,37 @@ def quarantined(study_dir: Path) -> list[Orphan]:
 
 
 def cleanup(
-    study_dir: Path, retention: dict[str, Any], metric: str, n_trials: int, apply: bool
+    study_dir: Path,
+    retention: dict[str, Any],
+    metric: str,
+    n_trials: int,
+    apply: bool,
+    strip: bool = False,
 ) -> dict[str, Any]:
     kept_aside = quarantined(study_dir)
     removed = 0
     with retention_lock(study_dir):  # no trial job prunes the study meanwhile
         orphans = find_orphans(study_dir, retention, metric, n_trials)
+        if strip:
+            orphans += strippable(study_dir, {o.path for o in orphans})
         for orphan in orphans if apply else []:
-            path = Path(orphan.path)
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=False)
-            elif path.exists():
-                path.unlink()
-            removed += orphan.bytes
+            removed += _apply(orphan)
         if apply:
             for report in study_dir.glob("trial_[0-9][0-9][0-9][0-9]/report.json"):
                 refresh_retained(report)
     total = sum(o.bytes for o in orphans)
-    verb = "removed" if apply else "would remove"
     lines = [f"{o.kind:<13} {human(o.bytes):>12}  {o.path}  ({o.reason})" for o in orphans]
-    lines.append(f"{verb} {len(orphans)} orphan(s), {human(total)} ({total} bytes)")
+    removals = [o for o in orphans if o.kind != "strip"]
+    size = sum(o.bytes for o in removals)
+    verb = "removed" if apply else "would remove"
+    lines.append(f"{verb} {len(removals)} orphan(s), {human(size)} ({size} bytes)")
+    if strip:
+        strips = [o for o in orphans if o.kind == "strip"]
+        size = sum(o.bytes for o in strips)
+        verb = "stripped" if apply else "would strip"
+        lines.append(f"{verb} {len(strips)} checkpoint(s) to weights only, {human(size)} freed")
     if not apply and orphans:
-        lines.append("run again with --apply to remove them")
+        lines.append("run again with --apply to do it")
     if kept_aside:
         size = sum(q.bytes for q in kept_aside)
         lines.append(

@@ -208,7 +208,7 @@ def _verified_co_best(
         except CorruptCheckpointError as error:
             event(log, f"skipping co-best checkpoint {entry['id']}: {error}", logging.WARNING)
             continue
-        if loaded.info.sha256 != entry["sha256"]:
+        if loaded.info.saved_sha256 != entry["sha256"]:  # stripping keeps the saved identity
             event(
                 log,
                 f"skipping {loaded.info.path}: it differs from the checkpoint its trial report lists",

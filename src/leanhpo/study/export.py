@@ -132,7 +132,7 @@ def _restore(
             reason = f"checkpoint {primary['id']} does not verify: {error.reason}"
             event(log, f"{reason}; retraining instead", logging.WARNING)
         else:
-            if loaded.info.sha256 != primary["sha256"]:
+            if loaded.info.saved_sha256 != primary["sha256"]:  # the same after stripping
                 raise ExportError(
                     f"{loaded.info.path} differs from the checkpoint the study report evaluated "
                     "(another SHA-256): the report is stale; rerun the evaluation"
@@ -147,7 +147,8 @@ def _restore(
                 "kind": "checkpoint",
                 "id": primary["id"],
                 "path": str(loaded.info.path),
-                "sha256": loaded.info.sha256,
+                "sha256": loaded.info.saved_sha256,
+                "checkpoint_kind": loaded.info.kind,
                 "epoch": primary["epoch"],
             }
             return network, raw, loaded.meta["metrics"], source

@@ -4,7 +4,11 @@ Before every save (and once before training) the trial asks `StorageGuard.ensure
 the save would leave less than `min_free_disk_percent` free, or push the study's checkpoints
 over `max_total_size`, it prunes aggressively, one logged step at a time, until there is room:
 
-1. every checkpoint of the current trial but its best (co-best), from which a resume restarts;
+0. (with `retention.weights_only`) strip the optimizer state of every checkpoint that will
+   never resume: all of the finished trials', and all of the current trial's but its newest;
+   nothing is deleted, so this comes first;
+1. every checkpoint of the current trial but its best (co-best) and, when none of those can
+   resume, its newest full checkpoint, from which a resume continues;
 2. `keep_best_k=1, keep_last_n=0` from now on, persisted in storage_policy.json so that later
    trials (and restarts) keep it, and applied to the finished trials at once;
 3. only the single best checkpoint of the whole study among the finished trials.
@@ -26,33 +30,26 @@ from typing import Any
 
 from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
 from leanhpo.config import parse_size
-from leanhpo.fsutil import atomic_write_json, read_json
+from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
 from leanhpo.reports import refresh_retained
 from leanhpo.storage.disk import disk_usage, largest_artifacts
+from leanhpo.storage.estimate import weights_only_bytes
 from leanhpo.storage.preflight import NoSpaceError, fixes
-from leanhpo.study.prune import epoch_values, finished_trials, ranked, retention_lock
+from leanhpo.study.prune import (
+    POLICY_FILE,
+    effective_retention,
+    finished_trials,
+    policy_of,
+    ranked,
+    retention_lock,
+    settle_trial,
+    strip_checkpoint,
+)
 
-POLICY_FILE = "storage_policy.json"
 AGGRESSIVE = {"keep_last_n": 0, "keep_best_k": 1, "keep_best_k_max": 1}
 # A save also writes small files (manifest, meta.json) and the filesystem needs some slack.
 SAFETY_BYTES = 2 << 20
-
-
-def effective_retention(study_dir: Path, retention: dict[str, Any]) -> dict[str, Any]:
-    """The config's retention, with the aggressive policy of step 2 when it was switched on."""
-    policy_file = study_dir / POLICY_FILE
-    if policy_file.exists():
-        return {**retention, **read_json(policy_file)["retention"]}
-    return dict(retention)
-
-
-def policy_of(retention: dict[str, Any]) -> RetentionPolicy:
-    # keep_best_k=0 passes validation only with checkpointing off, where no policy is applied.
-    best_k = max(1, retention["keep_best_k"])
-    return RetentionPolicy(
-        retention["keep_last_n"], best_k, max(best_k, retention["keep_best_k_max"])
-    )
 
 
 def checkpoint_folder_bytes(study_dir: Path) -> int:
@@ -138,6 +135,9 @@ class StorageGuard:
             ("2: keep_best_k=1, keep_last_n=0 from now on", self._switch_policy),
             ("3: only the study's single best checkpoint", self._keep_single_best),
         ]
+        if self.policy.weights_only:
+            strip = ("0: strip optimizer state that will never resume", lambda: self._strip(store))
+            steps.insert(0, strip)
         taken = []
         for name, step in steps:
             freed = step()
@@ -165,16 +165,35 @@ class StorageGuard:
         )
         return taken
 
+    def _strip(self, store: CheckpointStore | None) -> int:
+        freed = 0
+        if store is not None:
+            resumable = [i.epoch for i in store.list() if i.resumable]
+            for epoch in resumable[:-1]:  # the newest full one is the resume point
+                freed += strip_checkpoint(store, epoch, self.log)
+        with retention_lock(self.study_dir):
+            for trial in self._finished():
+                finished = CheckpointStore(trial["dir"] / "checkpoints", log=self.log)
+                for info in finished.list():
+                    if info.resumable:
+                        freed += strip_checkpoint(finished, info.epoch, self.log, trial["slot"])
+        return freed
+
     def _prune_current(self, store: CheckpointStore | None, values: dict[int, float | None]) -> int:
         if store is None:
             return 0
+        infos = store.list()
         plan = plan_retention(
-            [(i.epoch, values.get(i.epoch)) for i in store.list()],
+            [(i.epoch, values.get(i.epoch)) for i in infos],
             policy_of({**self.retention, **AGGRESSIVE}),
         )
+        delete = set(plan.delete)
+        resumable = [i.epoch for i in infos if i.resumable]
+        if resumable and delete.issuperset(resumable):
+            delete.discard(resumable[-1])  # never the trial's last resume point
         freed = 0
-        for info in store.list():
-            if info.epoch in plan.delete:
+        for info in infos:
+            if info.epoch in delete:
                 freed += info.bytes
                 store.delete(info.epoch)
         return freed
@@ -209,20 +228,11 @@ class StorageGuard:
     def _prune_finished(
         self, trial: dict[str, Any], keep_single: bool, drop_all: bool = False
     ) -> int:
-        store = CheckpointStore(
-            trial["dir"] / "checkpoints", log=self.log
-        )  # finished: safe to open
-        infos = store.list()
-        values = epoch_values(trial["history"], self.metric)
-        records = [(i.epoch, values.get(i.epoch)) for i in infos]
-        keep = set() if drop_all else set(plan_retention(records, self.policy, final=True).keep)
-        if keep_single and keep:
-            keep = {min(keep)}
-        freed = 0
-        for info in infos:
-            if info.epoch not in keep:
-                freed += info.bytes
-                store.delete(info.epoch)
+        store = CheckpointStore(trial["dir"] / "checkpoints", log=self.log)  # finished: safe
+        limit = 0 if drop_all else 1 if keep_single else None
+        freed = settle_trial(
+            store, trial["history"], self.policy, self.metric, self.log, limit, trial["slot"]
+        )
         refresh_retained(trial["dir"] / "report.json")
         return freed
 
@@ -245,6 +255,10 @@ class StorageGuard:
             "reason": reason,
             "disk": usage.to_dict(),
             "needed_bytes": needed,
+            # What the checkpoint will take once it no longer is a resume point.
+            "weights_only_bytes": (
+                weights_only_bytes(needed) if self.policy.weights_only and needed else needed
+            ),
             "study_checkpoint_bytes": study_bytes,
             "max_total_size": self.retention["max_total_size"],
             "max_total_bytes": self.cap_bytes,

@@ -1,4 +1,5 @@
-"""Study-wide retention: only the top `keep_best_trials` finished trials keep checkpoints.
+"""Study-wide retention: only the top `keep_best_trials` finished trials keep checkpoints,
+each only its best ones, weights only (`retention.weights_only`).
 
 Run after every trial (so disk use stays flat while the study grows) and once more by the
 `prune_study` rule, which also writes retention.json. Only finished trials are touched: opening
@@ -17,12 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from leanhpo.checkpoints import CheckpointStore
+from leanhpo.checkpoints import (
+    CheckpointStore,
+    CorruptCheckpointError,
+    RetentionPolicy,
+    epoch_id,
+    plan_retention,
+)
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.reports import refresh_retained
 
 FINISHED_STATUSES = ("completed", "failed")
+POLICY_FILE = "storage_policy.json"  # written by disk pressure (pressure.py, step 2)
 RETENTION_LOCK = ".retention.lock"
 _held = threading.local()
 
@@ -51,6 +59,26 @@ def retention_lock(study_dir: Path) -> Iterator[None]:
         finally:
             _held.depth = 0
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def effective_retention(study_dir: Path, retention: dict[str, Any]) -> dict[str, Any]:
+    """The config's retention, with the aggressive policy of disk pressure's step 2 when it
+    was switched on."""
+    policy_file = study_dir / POLICY_FILE
+    if policy_file.exists():
+        return {**retention, **read_json(policy_file)["retention"]}
+    return dict(retention)
+
+
+def policy_of(retention: dict[str, Any]) -> RetentionPolicy:
+    # keep_best_k=0 passes validation only with checkpointing off, where no policy is applied.
+    best_k = max(1, retention["keep_best_k"])
+    return RetentionPolicy(
+        retention["keep_last_n"],
+        best_k,
+        max(best_k, retention["keep_best_k_max"]),
+        bool(retention.get("weights_only", True)),
+    )
 
 
 def epoch_values(history: list[dict[str, Any]], metric: str) -> dict[int, float | None]:
@@ -88,31 +116,91 @@ def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0.0), t["slot"]))
 
 
+def settle_trial(
+    store: CheckpointStore,
+    history: list[dict[str, Any]],
+    policy: RetentionPolicy,
+    metric: str,
+    log: logging.Logger,
+    limit: int | None = None,
+    slot: int | None = None,
+) -> int:
+    """A finished trial's checkpoints as retention leaves them; returns the bytes freed.
+
+    Epochs outside its final plan (its best, co-best ties included; only the earliest `limit`
+    of them when given, as disk pressure asks) are deleted; with `policy.weights_only` the
+    rest lose their optimizer state, since a finished trial never resumes. Idempotent: every
+    rerun may settle a trial again. `slot` names the trial in the log records (another trial's
+    job may settle it)."""
+    values = epoch_values(history, metric)
+    infos = store.list()
+    planned = plan_retention([(i.epoch, values.get(i.epoch)) for i in infos], policy, final=True)
+    keep = set(sorted(planned.keep)[:limit])
+    where = {} if slot is None else {"slot": slot}
+    freed = 0
+    for info in infos:
+        if info.epoch not in keep:
+            if store.delete(info.epoch):
+                freed += info.bytes
+                message = f"pruned checkpoint epoch {info.epoch} (trial finished)"
+                event(log, message, kind="prune", epoch=info.epoch, final=True, **where)
+        elif policy.weights_only and info.resumable:
+            freed += strip_checkpoint(store, info.epoch, log, slot)
+    return freed
+
+
+def strip_checkpoint(
+    store: CheckpointStore, epoch: int, log: logging.Logger, slot: int | None = None
+) -> int:
+    """Strip one checkpoint; one that does not verify is left for `load` to quarantine."""
+    where = {} if slot is None else {"slot": slot}
+    try:
+        freed = store.strip(epoch)
+    except CorruptCheckpointError as error:
+        message = f"not stripped: {error}"
+        event(log, message, logging.WARNING, kind="strip_failed", epoch=epoch, **where)
+        return 0
+    if freed:
+        message = f"stripped {epoch_id(epoch)} to weights only"
+        event(log, message, kind="strip", epoch=epoch, freed=freed, **where)
+    return freed
+
+
 def prune_study_checkpoints(
-    study_dir: Path, keep_best_trials: int, metric: str, log: logging.Logger
+    study_dir: Path, retention: dict[str, Any], metric: str, log: logging.Logger
 ) -> dict[str, Any]:
+    """Settle the top `keep_best_trials` finished trials (settle_trial) and delete every
+    checkpoint of the others."""
     with retention_lock(study_dir):
-        return _prune_study_checkpoints(study_dir, keep_best_trials, metric, log)
+        return _prune_study_checkpoints(study_dir, retention, metric, log)
 
 
 def _prune_study_checkpoints(
-    study_dir: Path, keep_best_trials: int, metric: str, log: logging.Logger
+    study_dir: Path, retention: dict[str, Any], metric: str, log: logging.Logger
 ) -> dict[str, Any]:
-    keep_n = int(keep_best_trials)
+    keep_n = int(retention["keep_best_trials"])
+    policy = policy_of(effective_retention(study_dir, retention))
     order = ranked(finished_trials(study_dir))
-    kept, pruned = [], []
+    kept, pruned, settled = [], [], 0
     for position, trial in enumerate(order):
         store = CheckpointStore(trial["dir"] / "checkpoints", log=log)
+        in_top = position < keep_n and trial["score"] is not None
+        if in_top:
+            settled += settle_trial(
+                store, trial["history"], policy, metric, log, slot=trial["slot"]
+            )
         infos = store.list()
         entry = {
             "slot": trial["slot"],
             "status": trial["status"],
             "score": trial["score"],
             "checkpoints": [i.id for i in infos],
+            "kinds": [i.kind for i in infos],
             "bytes": sum(i.bytes for i in infos),
             "bytes_written": trial["written"],
         }
-        if position < keep_n and trial["score"] is not None:
+        if in_top:
+            refresh_retained(trial["dir"] / "report.json")
             kept.append(entry)
             continue
         for info in infos:
@@ -128,13 +216,14 @@ def _prune_study_checkpoints(
         pruned.append(entry)
     return {
         "keep_best_trials": keep_n,
+        "weights_only": policy.weights_only,
         "optimization_metric": metric,
         "kept": kept,
         "pruned": pruned,
         "bytes_retained": sum(e["bytes"] for e in kept),
-        "bytes_freed_now": sum(e["bytes"] for e in pruned),
+        "bytes_freed_now": sum(e["bytes"] for e in pruned) + settled,
         # Everything the study ever wrote minus what is still there: trial-level and study-level
-        # pruning together.
+        # pruning and stripping together.
         "bytes_written_total": sum(t["written"] for t in order),
         "bytes_pruned_total": sum(t["written"] for t in order) - sum(e["bytes"] for e in kept),
     }
@@ -147,7 +236,7 @@ def prune_study(
     log = setup_logging()
     study_info = read_json(study_file)
     summary = prune_study_checkpoints(
-        study_file.parent, retention["keep_best_trials"], study_info["optimization_metric"], log
+        study_file.parent, retention, study_info["optimization_metric"], log
     )
     summary["generated_at"] = datetime.now(UTC).isoformat()
     atomic_write_json(retention_json, summary)

@@ -301,11 +301,10 @@ def _finish(
         else:
             study.tell(current.number, state=TrialState.FAIL)
         event(log, f"told Optuna: trial {current.number} {state['status']}", kind="tell")
+    # Settles this trial's own checkpoints too (its best only, weights only): done here, once
+    # state.json says finished, so a kill before that still finds the trial's resume point.
     prune_study_checkpoints(
-        report_path.parent.parent,
-        config["retention"]["keep_best_trials"],
-        config["study"]["metric"],
-        log,
+        report_path.parent.parent, config["retention"], config["study"]["metric"], log
     )
     report = build_report(state, study_info, study._storage.get_trial(frozen._trial_id))
     write_report(report_path, report, TRIAL_SCHEMA)

@@ -13,6 +13,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo import __version__
+from leanhpo.checkpoints import checkpoint_info
 
 STATUS = {TrialState.COMPLETE: "completed", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
 EMPTY_OUTCOME: dict[str, Any] = {
@@ -35,7 +36,7 @@ def checkpoint_rows(outcome: dict[str, Any]) -> list[dict[str, Any]]:
     retained, best = set(outcome["retained"]), set(outcome["best_epochs"])
     rows = []
     for entry in outcome["ledger"]:
-        on_disk = entry["epoch"] in retained and Path(entry["path"]).is_dir()
+        info = checkpoint_info(Path(entry["path"])) if entry["epoch"] in retained else None
         rows.append(
             {
                 "id": entry["id"],
@@ -44,8 +45,10 @@ def checkpoint_rows(outcome: dict[str, Any]) -> list[dict[str, Any]]:
                 "metric": entry["metric"],
                 "co_best": entry["epoch"] in best,
                 "sha256": entry["sha256"],
-                "retained": on_disk,
+                "retained": info is not None,
                 "bytes": entry["bytes"],
+                "kind": info.kind if info else None,
+                "retained_bytes": info.bytes if info else 0,
             }
         )
     return rows
@@ -72,7 +75,7 @@ def build_report(
     outcome = {**EMPTY_OUTCOME, **(state.get("outcome") or {})}
     checkpoints = checkpoint_rows(outcome)
     written = sum(c["bytes"] for c in checkpoints)
-    retained = sum(c["bytes"] for c in checkpoints if c["retained"])
+    retained = sum(c["retained_bytes"] for c in checkpoints)
     config = state.get("config") or {}
     encoder = outcome["encoder"]
     return {

@@ -26,7 +26,7 @@ from leanhpo.logs import event
 from leanhpo.models import compatibility_metadata
 from leanhpo.storage.estimate import checkpoint_bytes
 from leanhpo.study.pressure import StorageGuard
-from leanhpo.study.prune import epoch_values
+from leanhpo.study.prune import epoch_values, strip_checkpoint
 from leanhpo.training.features import EncodedSplit, train_prevalence
 from leanhpo.training.loop import (
     EpochResult,
@@ -153,7 +153,7 @@ def run_training(
             ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
         # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
         publish(epoch, metrics)
-        _prune(store, history, spec, final=False, log=log)
+        _prune(store, history, spec, log)
         event(
             log,
             f"epoch {epoch} done",
@@ -163,7 +163,9 @@ def run_training(
             metric=spec.metric,
             value=metrics.get(spec.metric),
         )
-    retained = _prune(store, history, spec, final=True, log=log)
+    # The final retention (best only, weights only) is the job's, once state.json says the
+    # trial finished (study/prune.settle_trial): until then the newest full checkpoint stays.
+    retained = _final_keep(store, history, spec)
     return _outcome(
         spec,
         history,
@@ -211,8 +213,16 @@ def _resume(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, float]:
     if store is None:
         return [], [], 0, 0.0
-    loaded = store.load_latest_valid()
+    loaded = store.load_latest_valid(resumable_only=True)
     if loaded is None:
+        if store.list():  # weights-only checkpoints cannot resume: never a fresh optimizer
+            event(
+                log,
+                "no full checkpoint to resume from: restarting the trial from epoch 1 with the "
+                "same parameters and seed (the same metrics, recomputed)",
+                logging.WARNING,
+                kind="restart",
+            )
         return [], [], 0, 0.0
     ckpt_state.check_compatible(loaded, network, compat)
     ckpt_state.restore(loaded, network, optimisation)
@@ -284,34 +294,49 @@ def _save(
         raise guard.write_failed(error) from error
 
 
+def _policy(spec: TrialSpec) -> RetentionPolicy:
+    return spec.guard.policy if spec.guard is not None else spec.policy
+
+
 def _prune(
     store: CheckpointStore | None,
     history: list[dict[str, Any]],
     spec: TrialSpec,
-    final: bool,
     log: logging.Logger,
+) -> None:
+    """Apply retention after a save: delete what the plan drops, strip the kept epochs that
+    will never resume. A failure here is logged, not raised: pruning must never cost a metric,
+    and the next save prunes again."""
+    if store is None:
+        return
+    policy = _policy(spec)
+    values = epoch_values(history, spec.metric)
+    infos = store.list()
+    plan = plan_retention([(i.epoch, values.get(i.epoch)) for i in infos], policy)
+    for info in infos:
+        try:
+            if info.epoch in plan.delete:
+                store.delete(info.epoch)
+                event(log, f"pruned checkpoint epoch {info.epoch}", kind="prune", epoch=info.epoch)
+            elif policy.weights_only and info.resumable and info.epoch not in plan.full:
+                strip_checkpoint(store, info.epoch, log)
+        except OSError as error:
+            event(
+                log,
+                f"could not prune epoch {info.epoch}: {error}",
+                logging.WARNING,
+                kind="prune_failed",
+            )
+
+
+def _final_keep(
+    store: CheckpointStore | None, history: list[dict[str, Any]], spec: TrialSpec
 ) -> list[int]:
-    """Apply retention. During the trial a failure here is logged, not raised: pruning must
-    never cost a metric, and the next save prunes again."""
     if store is None:
         return []
-    policy = spec.guard.policy if spec.guard is not None else spec.policy
     values = epoch_values(history, spec.metric)
-    plan = plan_retention(
-        [(i.epoch, values.get(i.epoch)) for i in store.list()], policy, final=final
-    )
-    for epoch in sorted(plan.delete):
-        try:
-            store.delete(epoch)
-        except OSError as error:
-            if final:
-                raise
-            event(
-                log, f"could not prune epoch {epoch}: {error}", logging.WARNING, kind="prune_failed"
-            )
-            continue
-        event(log, f"pruned checkpoint epoch {epoch}", kind="prune", epoch=epoch, final=final)
-    return sorted(plan.keep)
+    records = [(i.epoch, values.get(i.epoch)) for i in store.list()]
+    return sorted(plan_retention(records, _policy(spec), final=True).keep)
 
 
 def _outcome(
