@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 from leanhpo.config import ConfigError, validate_config
 from leanhpo.workflow import (
     announce_n_trials,
+    announce_search,
     canonical,
     environment_problems,
     without_passwords,
@@ -34,6 +35,7 @@ N_TRIALS = config["study"]["n_trials"]
 SLOTS = [f"{slot:04d}" for slot in range(N_TRIALS)]
 TRIAL_REPORTS = expand(f"{STUDY}/trial_{{slot}}/report.json", slot=SLOTS)
 announce_n_trials(N_TRIALS)  # for "trial i/N" progress lines only; see trial_params()
+announce_search(config["study"])  # the sampler of slots not yet started; see trial_params()
 
 # What identifies the study, and how its jobs reach its storage (the retry budget).
 STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s", "lease_grace_s")
@@ -58,8 +60,10 @@ def export_params():
 
 
 def trial_params():
-    """Everything a trial job needs. study.n_trials and study.parallel are left out on purpose:
-    params are rerun triggers, and growing a study must not rerun finished trials. A change of
+    """Everything a trial job needs. study.n_trials, study.parallel and the search strategy
+    (study.sampler, n_startup_trials, enqueue) are left out on purpose and reach the jobs through
+    the environment (announce_*): params are rerun triggers, and growing a study or changing how
+    its next slots are sampled must not rerun finished trials. A change of
     data, model, train or search_space reruns them, and the trial job refuses it (a study's
     trials share one config). A change of retention or tracking reruns them cheaply: a finished
     trial only re-applies retention and rewrites its report."""

@@ -87,5 +87,10 @@ def test_a_12_trial_study_with_the_default_space_reaches_the_structure(tmp_path,
 
 def test_parallel_trials_lie_about_running_ones():
     """Parallel trial jobs (issue 9): TPE counts a running trial as a bad result (constant liar),
-    so a new trial does not pile onto the parameters of one still running."""
-    assert sampler_for(11).make(5)._constant_liar is True
+    so a new trial does not pile onto the parameters of one still running; sequential trials
+    have no running neighbour to lie about."""
+    parallel = sampler_for(11, "tpe", parallel=True)
+    assert parallel.make(5)._constant_liar is True
+    assert parallel.make_relative is not None
+    assert parallel.make_relative(5, 0)._constant_liar is True
+    assert sampler_for(11).make(5)._constant_liar is False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -32,6 +33,10 @@ LOG = logging.getLogger(__name__)
 # The planned number of trial slots, for progress lines only. Jobs inherit the environment of
 # the Snakemake process; a params value would make growing a study rerun finished trials.
 N_TRIALS_ENV = "LEANHPO_N_TRIALS"
+# Likewise the study keys that choose how slots not yet started are sampled: changing the sampler
+# or the enqueued sets must not rerun finished trials either.
+SEARCH_ENV = "LEANHPO_SEARCH"
+SEARCH_KEYS = ("sampler", "n_startup_trials", "enqueue", "parallel")
 INSTANCE_LOCK = "leanhpo.lock"
 SNAKEMAKE_LOCKS = "locks"
 
@@ -141,6 +146,20 @@ def announce_n_trials(n_trials: int) -> None:
 def planned_trials() -> int | None:
     value = os.environ.get(N_TRIALS_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+def announce_search(study: dict[str, Any]) -> None:
+    os.environ[SEARCH_ENV] = json.dumps({key: study[key] for key in SEARCH_KEYS})
+
+
+def with_planned_study(config: dict[str, Any], slot: int) -> dict[str, Any]:
+    """A trial job's config with the study keys the Snakemake driver passes out of band (see
+    N_TRIALS_ENV and SEARCH_ENV); without a driver (`python -m leanhpo trial`), its own keys.
+    n_trials defaults to the slot's own count, for progress lines."""
+    study = dict(config.get("study") or {})
+    study.update(json.loads(os.environ.get(SEARCH_ENV) or "{}"))
+    study["n_trials"] = planned_trials() or slot + 1
+    return {**config, "study": study}
 
 
 def without_passwords(sections: dict[str, Any]) -> dict[str, Any]:

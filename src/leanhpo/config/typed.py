@@ -24,6 +24,9 @@ class StudyConfig:
     parallel: bool
     storage_timeout_s: float
     lease_grace_s: float
+    sampler: str
+    n_startup_trials: int | None
+    enqueue: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

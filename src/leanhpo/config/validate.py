@@ -109,11 +109,14 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
     config = copy.deepcopy(raw) if raw else {}
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping of keys, found {type(config).__name__}")
+    # Only a config that names its search space can be checked against it (study.sampler, enqueue):
+    # the study step validates just its study and tracking sections.
+    searched = "search_space" in config
     validator = _DefaultingValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(map(_schema_error_message, errors)))
-    problems = list(_semantic_problems(config))
+    problems = list(_semantic_problems(config, searched=searched))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     # A password in a URL is masked by value from here on, in every log line and file, even
@@ -123,8 +126,9 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
     return config
 
 
-def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
+def _semantic_problems(config: dict[str, Any], searched: bool = True) -> Iterator[str]:
     from leanhpo.config.search_space import search_space_problems
+    from leanhpo.config.strategy import strategy_problems
 
     study, data, retention = config["study"], config["data"], config["retention"]
     if study["metric"] not in MAXIMISABLE_METRICS:
@@ -169,7 +173,10 @@ def _semantic_problems(config: dict[str, Any]) -> Iterator[str]:
         )
     yield from _retention_problems(config)
     yield from _augmentation_problems(config)
-    yield from search_space_problems(config)
+    space_problems = list(search_space_problems(config))
+    yield from space_problems
+    if searched and not space_problems:  # checked against a sound space only
+        yield from strategy_problems(config)
 
 
 def _augmentation_problems(config: dict[str, Any]) -> Iterator[str]:

@@ -10,23 +10,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from leanhpo.config.strategy import grid_points
 from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
 from leanhpo.study.lease import SlotLease
 from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
+from leanhpo.study.samplers import SLOT_ATTR, sampler_for
 from leanhpo.urls import expand_env_references
 
-SLOT_ATTR = "leanhpo.slot"
 TRIAL_UUID_ATTR = "leanhpo.trial_uuid"
 STUDY_UUID_ATTR = "leanhpo.study_uuid"
 CREATED_AT_ATTR = "leanhpo.created_at"
@@ -77,58 +75,19 @@ def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> Retry
     return RetryingStorage(optuna.storages._CachedStorage(rdb), retrier, TRIAL_UUID_ATTR)
 
 
-class ParamSeededSampler(optuna.samplers.BaseSampler):
-    """Draws every parameter from its own sampler, seeded by (study seed, Optuna trial number,
-    parameter name).
-
-    Why: with one random stream per trial, a kill between two `suggest` calls made the resumed
-    trial draw the remaining parameters at other positions of that stream, so it differed from
-    an uninterrupted run. Seeded per parameter, each draw depends only on the study's finished
-    trials (the same in a sequential study) and never on what this process drew before it. The
-    trial number (stable across resumes: the slot re-attaches to its own trial) keeps trials
-    apart. Independent sampling only; a relative (multivariate) sampler needs another scheme.
-    """
-
-    def __init__(self, seed: int, make: Callable[[int], optuna.samplers.BaseSampler]) -> None:
-        self.seed, self.make = seed, make
-
-    def seed_for(self, trial_number: int, param_name: str) -> int:
-        return zlib.crc32(f"{self.seed}:{trial_number}:{param_name}".encode())
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        param_name: str,
-        param_distribution: BaseDistribution,
-    ) -> Any:
-        sampler = self.make(self.seed_for(trial.number, param_name))
-        return sampler.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self.make(self.seed).after_trial(study, trial, state, values)
-
-
-def sampler_for(seed: int) -> optuna.samplers.BaseSampler:
-    """TPE, drawn per parameter (see ParamSeededSampler) so a resumed trial gets exactly the
-    parameters an uninterrupted one would."""
-    return ParamSeededSampler(seed, lambda s: optuna.samplers.TPESampler(seed=s))
+def sampler_from_config(config: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    """study.sampler with its options (see study/samplers.py); the grid is built from the
+    search space, its points taken from the first slot after the enqueued ones."""
+    study = config["study"]
+    name = study["sampler"]
+    return sampler_for(
+        study["seed"],
+        name,
+        n_startup_trials=study["n_startup_trials"],
+        parallel=study["parallel"],
+        grid=grid_points(config) if name == "grid" else (),
+        grid_offset=len(study["enqueue"]),
+    )
 
 
 def open_study(
@@ -137,12 +96,15 @@ def open_study(
     seed: int,
     *,
     timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> optuna.Study:
+    """The study, drawing with `sampler` (default: TPE seeded by `seed`; a trial job passes
+    sampler_from_config)."""
     try:
         study = optuna.load_study(
             study_name=name,
             storage=storage_for(storage_url, timeout_s),
-            sampler=sampler_for(seed),
+            sampler=sampler or sampler_for(seed),
         )
     except KeyError as error:
         raise RuntimeError(
@@ -188,8 +150,14 @@ def slot_trials(study: optuna.Study, slot: int) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT_ATTR) == slot]
 
 
-def attach_slot(study: optuna.Study, slot: int) -> FrozenTrial:
-    """The slot's Optuna trial: its finished one, else its running one, else a new one."""
+def attach_slot(
+    study: optuna.Study, slot: int, fixed_params: dict[str, Any] | None = None
+) -> FrozenTrial:
+    """The slot's Optuna trial: its finished one, else its running one, else a new one.
+
+    A new trial gets `fixed_params` (its study.enqueue set) as Optuna's own `fixed_params`
+    system attr, which `Trial.suggest_*` returns for those names: written with the trial, so a
+    resumed slot keeps them and a slot that already has a trial never takes a set again."""
     mine = slot_trials(study, slot)
     for wanted in (FINISHED, (TrialState.RUNNING, TrialState.WAITING)):
         matches = [t for t in mine if t.state in wanted]
@@ -198,6 +166,7 @@ def attach_slot(study: optuna.Study, slot: int) -> FrozenTrial:
     template = optuna.trial.create_trial(
         state=TrialState.RUNNING,
         user_attrs={SLOT_ATTR: slot, TRIAL_UUID_ATTR: str(uuid.uuid4())},
+        system_attrs={"fixed_params": fixed_params} if fixed_params else None,
     )
     study_id = study._storage.get_study_id_from_name(study.study_name)
     trial_id = study._storage.create_new_trial(study_id, template_trial=template)

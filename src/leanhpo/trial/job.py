@@ -20,6 +20,7 @@ import torch
 from optuna.trial import TrialState
 
 from leanhpo.config import Config, apply_params, sample_params, validate_config
+from leanhpo.config.strategy import enqueued_params
 from leanhpo.data import load_split
 from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
@@ -29,9 +30,16 @@ from leanhpo.storage.disk import DiskMonitor
 from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.lease import SlotLease
-from leanhpo.study.pressure import StorageGuard, effective_retention, policy_of
-from leanhpo.study.prune import prune_study_checkpoints
-from leanhpo.study.setup import OWNER_ATTR, TRIAL_UUID_ATTR, attach_slot, open_study, slot_lease
+from leanhpo.study.pressure import StorageGuard
+from leanhpo.study.prune import effective_retention, policy_of, prune_study_checkpoints
+from leanhpo.study.setup import (
+    OWNER_ATTR,
+    TRIAL_UUID_ATTR,
+    attach_slot,
+    open_study,
+    sampler_from_config,
+    slot_lease,
+)
 from leanhpo.tracking import open_tracker
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.analysis import score_for_analysis
@@ -45,7 +53,7 @@ from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
-from leanhpo.workflow import planned_trials, to_terminal
+from leanhpo.workflow import to_terminal, with_planned_study
 
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
@@ -94,10 +102,10 @@ def run_trial_job(
     with TrialLock(trial_dir):
         log = setup_logging(trial_dir / "logs" / "trial.jsonl", trial=trial_dir.name)
         study_info = read_json(study_file)
-        config = validate_config(config)
-        # Not a rerun trigger (growing a study must not rerun finished trials), so it arrives
-        # out of band and only feeds the "trial i/N" progress line.
-        config["study"]["n_trials"] = planned_trials() or slot + 1
+        # Not rerun triggers (growing a study, or changing how its next slots are sampled, must
+        # not rerun finished trials), so n_trials (the "trial i/N" line, the grid's size) and the
+        # search strategy arrive out of band.
+        config = validate_config(with_planned_study(config, slot))
         progress = EpochProgress(
             trial_dir.parent, slot, config["study"]["n_trials"], write=to_terminal
         )
@@ -119,6 +127,7 @@ def _run_locked(
         study_cfg["storage"],
         study_cfg["seed"],
         timeout_s=study_cfg["storage_timeout_s"],
+        sampler=sampler_from_config(config),
     )
     # One owner anywhere (other drivers, other hosts), before the slot's trial is even looked
     # up: two drivers must not both create or both train it (see study/lease.py).
@@ -140,7 +149,10 @@ def _run_owned(
     study_cfg = config["study"]
     data_report = read_json(data_dir / "data_report.json")
     trial_fingerprint = fingerprint(config, data_report["fingerprint"])
-    frozen = attach_slot(study, slot)
+    frozen = attach_slot(study, slot, enqueued_params(config, slot))
+    if frozen.system_attrs.get("fixed_params"):
+        fixed = frozen.system_attrs["fixed_params"]
+        event(log, f"enqueued parameters (study.enqueue[{slot}]): {fixed}", kind="enqueued")
     state_path = trial_dir / "state.json"
     state = read_json(state_path) if state_path.exists() else None
     check_trial_fingerprint(state, trial_fingerprint, config, trial_dir.name)
