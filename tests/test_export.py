@@ -158,7 +158,7 @@ def test_the_export_loads_with_transformers_and_holds_no_pickle(studies):
     info = read_json(folder / INFO_NAME)
     report = made.report
     assert info["symptoms"] == list(SYMPTOMS)
-    assert info["decision_threshold"] == 0.5
+    assert info["decision_thresholds"] == dict.fromkeys(SYMPTOMS, 0.5)  # the default, per symptom
     assert info["null_threshold"] == report["test_metrics"]["evidence_binding"]["null_threshold"]
     assert info["study"] == {"id": report["study_id"], "name": report["study_name"]}
     assert info["best_trial"]["uuid"] == report["best_trial"]["uuid"]

@@ -30,6 +30,11 @@ CRITERIA_SUMMARY = (
     "pr_auc_macro",
 )
 CRITERIA_PER_SYMPTOM = ("f1", "precision", "recall", "pr_auc")
+# Logged with every evaluation beside the criteria metrics (`val_criteria_threshold_<S>`): the
+# probability at or above which each symptom counts as present (model.decision_threshold, tuned
+# on validation with `auto`), so every checkpoint's metric snapshot holds the cuts it was
+# scored with. Not maximisable: a threshold is a setting, not a score.
+DECISION_THRESHOLD_KEYS: tuple[str, ...] = tuple(f"criteria_threshold_{s}" for s in SYMPTOMS)
 EVIDENCE_SUMMARY = ("exact_match", "f1", "char_f1", "null_span_accuracy", "balanced_f1")
 
 # Higher is better for all of these, so each can be the study's optimisation metric.

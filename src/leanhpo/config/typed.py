@@ -69,6 +69,7 @@ class ModelConfig:
     dropout: float
     max_answer_tokens: int
     null_threshold: float | str  # a number, or 'auto' (calibrated on validation)
+    decision_threshold: float | str  # a probability in (0, 1), or 'auto' (per symptom, validation)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,28 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
         return f"config key '{where}': unknown key(s) {', '.join(map(repr, extra))}{hint}"
     if error.validator == "enum":
         return f"config key '{path}': {error.instance!r} is not one of {error.validator_value}"
+    accepted = _alternatives(error.validator_value) if error.validator == "anyOf" else None
+    if accepted:
+        return f"config key '{path}': {error.instance!r} is not {accepted}"
     return f"config key '{path}': {error.message}"
+
+
+def _alternatives(options: list[dict[str, Any]]) -> str | None:
+    """What an anyOf of constants and bounded numbers accepts, in words ("'auto' or a number
+    in (0, 1)"); None for any other anyOf, whose jsonschema message stands."""
+    described = []
+    for option in options:
+        if set(option) == {"const"}:
+            described.append(repr(option["const"]))
+            continue
+        low = option.get("exclusiveMinimum", option.get("minimum"))
+        high = option.get("exclusiveMaximum", option.get("maximum"))
+        if option.get("type") != "number" or low is None or high is None:
+            return None
+        opening = "(" if "exclusiveMinimum" in option else "["
+        closing = ")" if "exclusiveMaximum" in option else "]"
+        described.append(f"a number in {opening}{low:g}, {high:g}{closing}")
+    return " or ".join(described)
 
 
 def parse_size(text: str) -> int:

@@ -7,8 +7,9 @@ Layout (every file listed with its SHA-256 in manifest.json):
 - the tokenizer files (`tokenizer.json`, `vocab.txt`, ...): `AutoTokenizer.from_pretrained`;
 - `heads.safetensors`: every other tensor of the multi-task model (pooler, criteria head,
   evidence head, coupling, window pooling), under its name in the model's state dict;
-- `leanhpo_model.json`: the resolved config, symptom order, decision and null thresholds,
-  versions, provenance (study, trial, checkpoint, data) and metrics;
+- `leanhpo_model.json`: the resolved config, symptom order, the per-symptom decision thresholds
+  (`decision_thresholds`; exports of older versions hold one `decision_threshold` for all), the
+  null threshold, versions, provenance (study, trial, checkpoint, data) and metrics;
 - `README.md`: the model card.
 
 Loading verifies every file first, then builds the encoder from the folder itself (the
@@ -63,8 +64,9 @@ class ExportedModel:
     folder: Path
 
     @property
-    def decision_threshold(self) -> float:
-        return float(self.info["decision_threshold"])
+    def decision_thresholds(self) -> tuple[float, ...]:
+        """Per symptom, in `symptoms` order: present when probability >= it."""
+        return read_decision_thresholds(self.info, self.folder / INFO_NAME)
 
     @property
     def null_threshold(self) -> float:
@@ -175,6 +177,25 @@ def load_exported(folder: Path | str, device: str = "auto") -> ExportedModel:
     return ExportedModel(network=network, config=config, info=info, folder=folder)
 
 
+def read_decision_thresholds(info: dict[str, Any], where: Path | str) -> tuple[float, ...]:
+    """The nine decision thresholds of `info`, in SYMPTOMS order: its `decision_thresholds`
+    (symptom -> threshold), or the single `decision_threshold` older exports hold for all."""
+    stored = info.get("decision_thresholds")
+    if stored is None and "decision_threshold" in info:
+        stored = dict.fromkeys(SYMPTOMS, info["decision_threshold"])
+    if not isinstance(stored, dict) or set(stored) != set(SYMPTOMS):
+        raise ExportError(
+            f"{where} lacks decision_thresholds (a threshold for each of {', '.join(SYMPTOMS)}); "
+            f"found {stored!r}"
+        )
+    values = [stored[name] for name in SYMPTOMS]
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        raise ExportError(f"{where}: decision_thresholds must be numbers; found {stored!r}")
+    return tuple(float(v) for v in values)
+
+
 def _read_info(folder: Path) -> dict[str, Any]:
     path = folder / INFO_NAME
     try:
@@ -183,9 +204,10 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise ExportError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{path} is not in format {EXPORT_FORMAT}")
-    missing = [k for k in ("config", "decision_threshold", "null_threshold") if k not in info]
+    missing = [k for k in ("config", "null_threshold") if k not in info]
     if missing:
         raise ExportError(f"{path} lacks {', '.join(missing)}")
+    read_decision_thresholds(info, path)
     if tuple(info.get("symptoms", ())) != SYMPTOMS:
         raise ExportError(
             f"{path} orders the symptoms as {info.get('symptoms')}, this leanhpo version as "

@@ -142,16 +142,32 @@ def _data(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def _decisions(info: dict[str, Any]) -> str:
+    """How symptoms are decided: one threshold, or one per symptom."""
+    thresholds = info.get("decision_thresholds") or dict.fromkeys(
+        SYMPTOMS, info.get("decision_threshold")
+    )
+    values = {thresholds[name] for name in SYMPTOMS}
+    if len(values) == 1:
+        return f"Symptoms are decided at probability >= {_number(values.pop())}"
+    each = ", ".join(f"{name} {thresholds[name]:.4g}" for name in SYMPTOMS)
+    return f"A symptom is decided present at probability >= its own threshold ({each})"
+
+
 def _scores(info: dict[str, Any]) -> list[str]:
     decide = (
-        f"Symptoms are decided at probability >= {info['decision_threshold']}; evidence is null "
-        f"where the evidence head's null margin exceeds {info['null_threshold']:.6g}."
+        f"{_decisions(info)}; evidence is null where the evidence head's null margin exceeds "
+        f"{info['null_threshold']:.6g}."
     )
-    calibrated = (
-        " (The null threshold was calibrated on validation.)"
-        if info["config"]["model"].get("null_threshold") == "auto"
-        else ""
-    )
+    model = info["config"]["model"]
+    calibrated = ""
+    if model.get("null_threshold") == "auto":
+        calibrated += " (The null threshold was calibrated on validation.)"
+    if model.get("decision_threshold") == "auto":
+        calibrated += (
+            " (The decision thresholds were tuned on validation, one per symptom, for its F1: "
+            "the validation scores are optimistic, the test scores are not.)"
+        )
     if not info.get("metrics"):
         return ["## Scores", "", f"None recorded: no study evaluated this model. {decide}", ""]
     return [

@@ -120,7 +120,7 @@ def _predict_chunk(
             post,
             [float(p) for p in evaluation.probabilities[index]],
             pairs[index * n : (index + 1) * n],
-            model.decision_threshold,
+            model.decision_thresholds,
         )
         for index, post in enumerate(posts)
     ]
@@ -130,19 +130,21 @@ def prediction(
     post: dict[str, Any],
     probabilities: list[float],
     pairs: list[EvidenceExample],
-    decision_threshold: float,
+    decision_thresholds: Sequence[float],
 ) -> dict[str, Any]:
     """{post_id, symptoms: {NAME: {probability, present}}, evidence: {NAME: null | {text,
-    start, end}}} for all nine symptoms; `present` is probability >= the decision threshold
-    (as the study's metrics decide), evidence the evidence head's own decision."""
+    start, end}}} for all nine symptoms; `present` is probability >= the symptom's decision
+    threshold (as the study's metrics decide), evidence the evidence head's own decision."""
     for value in probabilities:
         if not math.isfinite(value):
             raise ValueError(f"post {post['post_id']}: the model gave a non-finite probability")
     return {
         "post_id": post["post_id"],
         "symptoms": {
-            name: {"probability": value, "present": value >= decision_threshold}
-            for name, value in zip(SYMPTOMS, probabilities, strict=True)
+            name: {"probability": value, "present": value >= threshold}
+            for name, value, threshold in zip(
+                SYMPTOMS, probabilities, decision_thresholds, strict=True
+            )
         },
         "evidence": {
             name: _evidence(post["text"], pair) for name, pair in zip(SYMPTOMS, pairs, strict=True)

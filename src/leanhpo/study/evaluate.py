@@ -12,7 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,7 +23,13 @@ from leanhpo.config.typed import EvaluationConfig
 from leanhpo.data import load_split
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
-from leanhpo.metric_names import CRITERIA_PER_SYMPTOM, CRITERIA_SUMMARY, EVIDENCE_SUMMARY, SYMPTOMS
+from leanhpo.metric_names import (
+    CRITERIA_PER_SYMPTOM,
+    CRITERIA_SUMMARY,
+    DECISION_THRESHOLD_KEYS,
+    EVIDENCE_SUMMARY,
+    SYMPTOMS,
+)
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.setup import open_study, trial_counts
@@ -31,6 +37,7 @@ from leanhpo.tracking import open_tracker
 from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
 from leanhpo.training.features import train_prevalence
 from leanhpo.training.loop import Evaluation, evaluate
+from leanhpo.training.metrics import threshold_vector
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.runner import replay_training
@@ -43,6 +50,16 @@ EVIDENCE_KEYS = (
     "n_null_pairs",
     "n_excluded",
 )
+
+
+class BestNetwork(NamedTuple):
+    """A network to evaluate on test, with the thresholds its trial chose on validation."""
+
+    entry: dict[str, Any]  # the checkpoint row of the trial report
+    network: Network
+    config: Config
+    null_threshold: float
+    decision_thresholds: np.ndarray  # per symptom, in SYMPTOMS order
 
 
 def pick_best(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,9 +113,11 @@ def bootstrap(
     train_posts: list[dict[str, Any]],
     settings: EvaluationConfig,
     seed: int,
+    decision_thresholds: float | np.ndarray,
 ) -> BootstrapResult | None:
     """The test figures' intervals, on resamples seeded by the study seed (so a rerun, and
-    every co-best checkpoint, gets the same resamples)."""
+    every co-best checkpoint, gets the same resamples); `threshold` decodes the evidence,
+    `decision_thresholds` decide the symptoms."""
     if evaluation.pair_posts is None:
         raise ValueError("the evaluation does not say which post each evidence pair belongs to")
     return bootstrap_test_metrics(
@@ -110,6 +129,7 @@ def bootstrap(
         settings.bootstrap_samples,
         settings.ci_level,
         seed,
+        decision_thresholds,
     )
 
 
@@ -127,10 +147,35 @@ def validation_null_threshold(validation_metrics: dict[str, Any], config: Config
     return float(config.model.null_threshold)
 
 
+def validation_decision_thresholds(
+    validation_metrics: dict[str, Any], config: Config
+) -> np.ndarray:
+    """The nine decision thresholds the trial scored that epoch's validation with (tuned with
+    `auto`), so the test split is decided exactly as the checkpoint was selected, never tuned
+    on test. A snapshot from before they were logged holds none: then model.decision_threshold
+    (0.5 by default), unless it is `auto`."""
+    found = [validation_metrics.get(f"val_{key}") for key in DECISION_THRESHOLD_KEYS]
+    if all(value is not None for value in found):
+        return threshold_vector(np.array(found, dtype=float))
+    if any(value is not None for value in found) or config.model.decision_threshold == "auto":
+        missing = [
+            f"val_{k}" for k, v in zip(DECISION_THRESHOLD_KEYS, found, strict=True) if v is None
+        ]
+        raise RuntimeError(
+            f"the best trial's validation metrics lack {', '.join(missing)}, so the decision "
+            "thresholds it was selected with are unknown; rerun the trial with this leanhpo version"
+        )
+    return threshold_vector(float(config.model.decision_threshold))
+
+
+def thresholds_by_symptom(decision_thresholds: np.ndarray) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(SYMPTOMS, decision_thresholds, strict=True)}
+
+
 def best_networks(
     best: dict[str, Any], study_dir: Path, data_dir: Path, log: logging.Logger
-) -> list[tuple[dict[str, Any], Network, Config, float]]:
-    """(checkpoint entry, restored network, config, null threshold) for each co-best
+) -> list[BestNetwork]:
+    """A BestNetwork (checkpoint entry, restored network, config, thresholds) for each co-best
     checkpoint of a trial report that is on disk and verifies; else the trial retrained in
     memory to its first best epoch. Also the per-trial test evaluation's (trial/analysis.py)."""
     trial_dir = study_dir / f"trial_{best['slot']:04d}"
@@ -149,11 +194,12 @@ def best_networks(
         network = replay_training(config, seed, load_split(data_dir, "train"), epoch)
         metrics = next(h["metrics"] for h in best["history"] if h["epoch"] == epoch)
         return [
-            (
+            BestNetwork(
                 {"id": f"epoch_{epoch:04d}", "path": "", "epoch": epoch, "sha256": None},
                 network,
                 config,
                 validation_null_threshold(metrics, config),
+                validation_decision_thresholds(metrics, config),
             )
         ]
     result = []
@@ -164,8 +210,16 @@ def best_networks(
             loaded, network, compatibility_metadata(network.model, config.model.id, __version__)
         )
         ckpt_state.restore(loaded, network, optimisation=None)
-        threshold = validation_null_threshold(loaded.meta["metrics"], config)
-        result.append((entry, network, config, threshold))
+        metrics = loaded.meta["metrics"]
+        result.append(
+            BestNetwork(
+                entry,
+                network,
+                config,
+                validation_null_threshold(metrics, config),
+                validation_decision_thresholds(metrics, config),
+            )
+        )
     return result
 
 
@@ -237,13 +291,15 @@ def evaluate_study(
     best = pick_best(reports)
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluated = []
-    for entry, network, model_config, threshold in best_networks(
+    for entry, network, model_config, threshold, decision in best_networks(
         best, study_file.parent, data_dir, log
     ):
         evaluation = score_test_split(network, model_config, test_posts, train_posts)
-        flat = evaluation.metrics("", threshold)
+        flat = evaluation.metrics("", threshold, decision)
         started = time.perf_counter()
-        intervals = bootstrap(evaluation, threshold, train_posts, settings, study_info["seed"])
+        intervals = bootstrap(
+            evaluation, threshold, train_posts, settings, study_info["seed"], decision
+        )
         if intervals is not None:
             event(
                 log,
@@ -253,6 +309,7 @@ def evaluate_study(
         evaluated.append(
             {
                 **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},
+                "decision_thresholds": thresholds_by_symptom(decision),
                 "test_metrics": structure_metrics(flat),
                 "test_metrics_ci": structure_intervals(intervals),
                 "flat": flat,

@@ -25,9 +25,12 @@ from leanhpo.export import ExportError, model_card, write_export
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.models import compatibility_metadata
-from leanhpo.study.evaluate import validation_null_threshold
+from leanhpo.study.evaluate import (
+    thresholds_by_symptom,
+    validation_decision_thresholds,
+    validation_null_threshold,
+)
 from leanhpo.study.publish import publish_model
-from leanhpo.training.metrics import DEFAULT_THRESHOLD
 from leanhpo.training.setup import Network, build_network
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.runner import replay_training
@@ -68,8 +71,8 @@ def export_best_model(
     info = {
         "leanhpo_version": __version__,
         "config": raw_config,
-        "decision_threshold": float(
-            raw_config["model"].get("decision_threshold", DEFAULT_THRESHOLD)
+        "decision_thresholds": _decision_thresholds(
+            metrics, raw_config, primary, study_report_path
         ),
         "null_threshold": null_threshold,
         "seed": report["seeds"]["trial"],
@@ -109,6 +112,28 @@ def export_best_model(
     if tracking is not None:
         result["mlflow"] = publish_model(study_dir, out_dir, tracking, log)
     return result
+
+
+def _decision_thresholds(
+    metrics: dict[str, Any],
+    raw_config: dict[str, Any],
+    primary: dict[str, Any],
+    study_report_path: Path,
+) -> dict[str, float]:
+    """Per symptom, the checkpoint's decision threshold (stored with its validation metrics),
+    which must be the one the study report decided the test split with."""
+    stored = thresholds_by_symptom(
+        validation_decision_thresholds(metrics, Config.from_dict(raw_config))
+    )
+    evaluated = primary.get("decision_thresholds")  # absent in reports of older versions
+    if evaluated is not None and any(
+        not math.isclose(evaluated[name], value, rel_tol=1e-12) for name, value in stored.items()
+    ):
+        raise ExportError(
+            f"{study_report_path} decided the test symptoms at thresholds {evaluated}, the "
+            f"checkpoint gives {stored}: the report is stale; rerun the evaluation"
+        )
+    return stored
 
 
 def _restore(

@@ -32,6 +32,7 @@ from leanhpo.training.metrics import (
     baseline_criteria_metrics,
     criteria_metrics,
     evidence_metrics,
+    threshold_vector,
 )
 
 # The resamples' stream is SeedSequence([study seed, BOOTSTRAP_STREAM]): reproducible from the
@@ -101,16 +102,17 @@ def criteria_resamples(
     y_true: np.ndarray,
     scores: np.ndarray,
     counts: np.ndarray,
-    threshold: float | np.ndarray = DEFAULT_THRESHOLD,
+    threshold: float | Sequence[float] | np.ndarray = DEFAULT_THRESHOLD,
     names: Sequence[str] = SYMPTOMS,
     pr_auc: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every key of :func:`~leanhpo.training.metrics.criteria_metrics` but ``support_<S>``, as a
-    [B] array per resample (``counts``: [B, N]); NaN where undefined. ``pr_auc=False`` skips the
-    average precision (the slow part), which the baseline comparison does not need."""
+    [B] array per resample (``counts``: [B, N]); NaN where undefined. ``threshold``: one for
+    all symptoms or one per symptom. ``pr_auc=False`` skips the average precision (the slow
+    part), which the baseline comparison does not need."""
     y = np.asarray(y_true).astype(float)
     probabilities = np.asarray(scores, dtype=float)
-    pred = (probabilities >= threshold).astype(float)
+    pred = (probabilities >= threshold_vector(threshold, names)).astype(float)
     w = np.asarray(counts, dtype=float)
     tp, fp, fn = w @ (y * pred), w @ ((1 - y) * pred), w @ (y * (1 - pred))  # [B, labels]
     pred_sum, true_sum = tp + fp, tp + fn
@@ -232,11 +234,13 @@ def bootstrap_test_metrics(
     samples: int,
     level: float,
     seed: int,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | Sequence[float] | np.ndarray = DEFAULT_THRESHOLD,
 ) -> BootstrapResult | None:
     """Intervals of every test figure and the baseline comparison; ``None`` when ``samples`` is
     0 (the bootstrap is off). ``y_true``/``scores``: [N, 9] per post; ``examples``: the
-    decoded evidence pairs, ``pair_posts`` their post indices."""
+    decoded evidence pairs, ``pair_posts`` their post indices; ``threshold``: the model's
+    decision threshold(s), one or one per symptom (the trivial baselines keep their own
+    definitions at DEFAULT_THRESHOLD)."""
     if samples == 0:
         return None
     if not 0 < level < 1:

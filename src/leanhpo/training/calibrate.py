@@ -1,4 +1,6 @@
-"""Calibrating the evidence null threshold on validation (`model.null_threshold: auto`).
+"""Calibrating on validation: the evidence null threshold (`model.null_threshold: auto`) and
+the criteria decision thresholds (`model.decision_threshold: auto`, see
+:func:`tune_decision_thresholds`).
 
 Every evidence head gives each (post, symptom) pair its best span and a null margin (null score
 minus that span's score); the pair is predicted null when the margin exceeds the threshold.
@@ -23,10 +25,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from leanhpo.training.metrics import EvidenceExample, positive_pair_token_f1
+from leanhpo.training.metrics import DEFAULT_THRESHOLD, EvidenceExample, positive_pair_token_f1
 
 FALLBACK_THRESHOLD = 0.0
 EDGE_OFFSET = 1.0  # how far beyond the extreme margins the all-span / all-null cuts lie
+TIE_TOLERANCE = 1e-12  # objective values this close count as a tie
 
 
 def calibrate_null_threshold(
@@ -78,3 +81,44 @@ def _objective(
         total = f1 + null_accuracy
         return np.divide(2 * f1 * null_accuracy, total, out=np.zeros_like(total), where=total > 0)
     return f1 if has_positive else null_accuracy
+
+
+def tune_decision_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Per symptom (column), the decision threshold maximising that symptom's F1 on these
+    posts, where a symptom is predicted when its probability is >= the threshold.
+
+    The sweep is exact, as for the null threshold: F1 only changes where the threshold crosses
+    a score, so every cut between two neighbouring distinct scores is tried, plus one below the
+    lowest score (everything predicted, at half that score, so it stays a probability). No cut
+    above the highest score is needed: predicting nothing scores F1 0, and predicting
+    everything scores more whenever the symptom occurs. Ties go to the cut nearest
+    DEFAULT_THRESHOLD (the lower one when two are equally near). A symptom without a positive
+    or without a negative post has no informative cut and keeps DEFAULT_THRESHOLD.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if labels.ndim != 2 or labels.shape != probabilities.shape:
+        raise ValueError(
+            f"labels and probabilities must be [posts, symptoms]; got {labels.shape} and "
+            f"{probabilities.shape}"
+        )
+    return np.array(
+        [
+            _best_f1_cut(labels[:, j].astype(bool), probabilities[:, j])
+            for j in range(labels.shape[1])
+        ]
+    )
+
+
+def _best_f1_cut(positive: np.ndarray, scores: np.ndarray) -> float:
+    n_positive = int(positive.sum())
+    if n_positive == 0 or n_positive == len(positive):
+        return DEFAULT_THRESHOLD
+    distinct = np.unique(scores)  # sorted
+    cuts = np.concatenate([[distinct[0] / 2], (distinct[:-1] + distinct[1:]) / 2])
+    # Posts at or above each cut: all of them, and the positives among them.
+    predicted = len(scores) - np.searchsorted(np.sort(scores), cuts, side="left")
+    true_positive = n_positive - np.searchsorted(np.sort(scores[positive]), cuts, side="left")
+    f1 = 2 * true_positive / (n_positive + predicted)  # sklearn's 2TP / (2TP + FP + FN)
+    best = cuts[np.isclose(f1, f1.max(), rtol=0.0, atol=TIE_TOLERANCE)]
+    return float(min(best, key=lambda cut: (abs(cut - DEFAULT_THRESHOLD), cut)))

@@ -17,15 +17,17 @@ from transformers import get_linear_schedule_with_warmup
 
 from leanhpo.config import ModelConfig, TrainConfig
 from leanhpo.exit_codes import EXIT_BAD_INPUT
-from leanhpo.metric_names import SYMPTOMS
+from leanhpo.metric_names import DECISION_THRESHOLD_KEYS, SYMPTOMS
 from leanhpo.models import MultiTaskModel, criteria_loss
-from leanhpo.training.calibrate import calibrate_null_threshold
+from leanhpo.training.calibrate import calibrate_null_threshold, tune_decision_thresholds
 from leanhpo.training.decode import char_span
 from leanhpo.training.features import EncodedSplit, collate
 from leanhpo.training.metrics import (
+    DEFAULT_THRESHOLD,
     EvidenceExample,
     criteria_metrics,
     evidence_metrics,
+    threshold_vector,
 )
 from leanhpo.training.microbatch import split_batch
 
@@ -283,15 +285,27 @@ class Evaluation:
     def calibrated_null_threshold(self) -> float:
         return calibrate_null_threshold(self.candidates, self.margins)
 
-    def metrics(self, prefix: str, null_threshold: float) -> dict[str, float | None]:
+    def tuned_decision_thresholds(self) -> np.ndarray:
+        return tune_decision_thresholds(self.labels, self.probabilities)
+
+    def metrics(
+        self,
+        prefix: str,
+        null_threshold: float,
+        decision_thresholds: float | np.ndarray = DEFAULT_THRESHOLD,
+    ) -> dict[str, float | None]:
         """Flat metrics with `prefix` (e.g. 'val_'); None where a value is undefined.
 
         Evidence is decoded under `null_threshold`, which is reported as
-        `<prefix>evidence_null_threshold`.
+        `<prefix>evidence_null_threshold`; symptoms are decided at `decision_thresholds` (one
+        for all, or one per symptom), reported as `<prefix>criteria_threshold_<S>`.
         """
+        decision = threshold_vector(decision_thresholds)
         flat: dict[str, float | None] = {f"{prefix}{k}": v for k, v in self.losses.items()}
-        for key, value in criteria_metrics(self.labels, self.probabilities).items():
+        for key, value in criteria_metrics(self.labels, self.probabilities, decision).items():
             flat[f"{prefix}criteria_{key}"] = value
+        for key, value in zip(DECISION_THRESHOLD_KEYS, decision, strict=True):
+            flat[f"{prefix}{key}"] = float(value)
         for key, value in evidence_metrics(self.evidence(null_threshold)).items():
             flat[f"{prefix}evidence_{key}"] = value
         flat[f"{prefix}evidence_null_threshold"] = null_threshold
@@ -303,6 +317,14 @@ def resolve_null_threshold(model_cfg: ModelConfig, validation: Evaluation) -> fl
     if model_cfg.null_threshold == "auto":
         return validation.calibrated_null_threshold()
     return float(model_cfg.null_threshold)
+
+
+def resolve_decision_thresholds(model_cfg: ModelConfig, validation: Evaluation) -> np.ndarray:
+    """Per symptom: `model.decision_threshold`, or with `auto` the cut that maximises the
+    symptom's F1 on this validation pass."""
+    if model_cfg.decision_threshold == "auto":
+        return validation.tuned_decision_thresholds()
+    return threshold_vector(float(model_cfg.decision_threshold))
 
 
 @torch.no_grad()

@@ -57,15 +57,26 @@ def _mean_defined(values: Iterable[MetricValue]) -> MetricValue:
     return float(np.mean(defined)) if defined else None
 
 
+def threshold_vector(
+    threshold: float | Sequence[float] | np.ndarray, names: Sequence[str] = SYMPTOMS
+) -> np.ndarray:
+    """One decision threshold per symptom ([len(names)] floats): a scalar is used for all."""
+    array = np.asarray(threshold, dtype=float)
+    if array.shape not in ((), (len(names),)) or not np.isfinite(array).all():
+        raise ValueError(f"need one finite threshold or {len(names)}; got {threshold!r}")
+    return np.broadcast_to(array, (len(names),)).copy()
+
+
 def criteria_metrics(
     y_true: np.ndarray,
     scores: np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | Sequence[float] | np.ndarray = DEFAULT_THRESHOLD,
     names: Sequence[str] = SYMPTOMS,
 ) -> dict[str, MetricValue]:
     """Criteria-matching metrics of ``scores`` (probabilities, [N, 9]) against ``y_true`` (0/1).
 
-    A symptom is predicted when its score is ``>= threshold``. Keys:
+    A symptom is predicted when its score is ``>= threshold``: one threshold for all symptoms,
+    or one per symptom (in the order of ``names``). Keys:
 
     - ``accuracy``: fraction of the N×9 (post, symptom) decisions that are correct.
     - ``exact_match_ratio``: fraction of posts whose 9 decisions are all correct.
@@ -83,7 +94,7 @@ def criteria_metrics(
     y_true = np.asarray(y_true).astype(int)
     scores = np.asarray(scores, dtype=float)
     _check_criteria_inputs(y_true, scores, names)
-    y_pred = (scores >= threshold).astype(int)
+    y_pred = (scores >= threshold_vector(threshold, names)).astype(int)
     labels = list(range(len(names)))
     metrics: dict[str, MetricValue] = {
         "accuracy": float(np.mean(y_pred == y_true)),

@@ -3,8 +3,9 @@
 A completed trial's best checkpoint (its first best epoch, as the study evaluation's primary) is
 evaluated on the test split once the trial has finished training, with the study evaluation's
 own functions (study/evaluate.py: the verified checkpoint, or the trial retrained in memory when
-none is on disk, and the validation null threshold). The result goes to state.json, to the trial
-report as `test_metrics_for_analysis` and to the trial's MLflow run as `analysis_test_*`.
+none is on disk, and the validation null and decision thresholds of that epoch). The result goes
+to state.json, to the trial report as `test_metrics_for_analysis` and to the trial's MLflow run
+as `analysis_test_*`.
 
 Nothing reads it back: selection, pruning, retention, Optuna and the study report use
 validation scores only. Resumable: until state.json holds the result it is computed again (a
@@ -27,6 +28,7 @@ from leanhpo.study.evaluate import (
     score_test_split,
     structure_intervals,
     structure_metrics,
+    thresholds_by_symptom,
 )
 from leanhpo.tracking import Tracker, open_tracker
 from leanhpo.trial.report import checkpoint_rows
@@ -87,13 +89,15 @@ def _evaluate(
         "seeds": {"trial": state["config"]["study"]["seed"]},
     }
     networks = best_networks(trial, trial_dir.parent, data_dir, log)
-    entry, network, model_config, threshold = min(networks, key=lambda n: n[0]["epoch"])
+    entry, network, model_config, threshold, decision = min(
+        networks, key=lambda n: n.entry["epoch"]
+    )
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluation = score_test_split(network, model_config, test_posts, train_posts)
     seed = state["config"]["study"]["seed"]  # the study evaluation's resamples, too
-    intervals = bootstrap(evaluation, threshold, train_posts, settings, seed)
+    intervals = bootstrap(evaluation, threshold, train_posts, settings, seed, decision)
     flat: dict[str, float | None] = {
-        k: v for k, v in evaluation.metrics("", threshold).items() if v is not None
+        k: v for k, v in evaluation.metrics("", threshold, decision).items() if v is not None
     }
     event(
         log,
@@ -105,6 +109,7 @@ def _evaluate(
     return {
         "note": NOTE,
         "checkpoint": {k: entry[k] for k in ("id", "epoch", "sha256")},
+        "decision_thresholds": thresholds_by_symptom(decision),
         "test_posts": len(test_posts),
         "test_metrics": structure_metrics(flat),
         "test_metrics_ci": structure_intervals(intervals),

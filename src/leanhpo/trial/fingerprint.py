@@ -19,6 +19,10 @@ STUDY_FINGERPRINT_CONFIG_ATTR = "leanhpo.fingerprint_config"
 # Keys of those sections that change how a trial runs, not what it learns: lowering
 # train.max_batch_rows after an out-of-memory stop must resume the study, not be refused.
 EXECUTION_KEYS = {"train": ("max_batch_rows",)}
+# Keys added after studies were fingerprinted, with the value that does what the code did before
+# them: at that value they stay out of the fingerprint, so a study started earlier resumes and
+# grows; any other value is a change like any other.
+INTRODUCED_KEYS: dict[str, dict[str, Any]] = {"model": {"decision_threshold": 0.5}}
 
 
 class StudyConfigMismatchError(RuntimeError):
@@ -26,13 +30,21 @@ class StudyConfigMismatchError(RuntimeError):
 
 
 def training_sections(config: dict[str, Any]) -> dict[str, Any]:
-    """The sections that decide a trial's result, without the EXECUTION_KEYS."""
+    """The sections that decide a trial's result, without the EXECUTION_KEYS and without the
+    INTRODUCED_KEYS at their earlier behaviour."""
     return {
         section: {
-            k: v for k, v in config[section].items() if k not in EXECUTION_KEYS.get(section, ())
+            k: v
+            for k, v in config[section].items()
+            if k not in EXECUTION_KEYS.get(section, ()) and not _as_before(section, k, v)
         }
         for section in TRAINING_SECTIONS
     }
+
+
+def _as_before(section: str, key: str, value: Any) -> bool:
+    before = INTRODUCED_KEYS.get(section, {})
+    return key in before and value == before[key]
 
 
 def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:

@@ -34,6 +34,7 @@ from leanhpo.training.loop import (
     evaluate,
     evidence_pairs,
     make_loader,
+    resolve_decision_thresholds,
     resolve_null_threshold,
     train_one_epoch,
 )
@@ -201,7 +202,8 @@ def _train_and_validate(
         optimisation.class_weights,
     )
     threshold = resolve_null_threshold(config.model, evaluation)
-    return {**result.metrics, **_finite(evaluation.metrics("val_", threshold))}
+    decision = resolve_decision_thresholds(config.model, evaluation)
+    return {**result.metrics, **_finite(evaluation.metrics("val_", threshold, decision))}
 
 
 def _resume(
