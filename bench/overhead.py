@@ -19,8 +19,8 @@ MLflow telemetry off). The defaults train about 60 s on the shared 2-core machin
    model load, tokenising, baselines), the epochs, and the last `epoch_end` -> exit (Optuna
    tell, MLflow close, retention, report: the bookkeeping).
 3. bare: the same resolved config (read back from the trial's state.json) trained in this
-   process: build_network, encode, build_optimisation, then per epoch make_loader +
-   train_one_epoch + evaluate (+ the validation metrics); no Optuna, MLflow, checkpoints or
+   process: build_network, encode, build_optimisation, then per epoch the trial's own
+   runner._train_and_validate (train, validate, thresholds); no Optuna, MLflow, checkpoints or
    reports. Imports are not timed (a resident process pays them once). Its per-epoch
    validation metric is compared with the trial's to show it is the same training.
 4. kill: slot 1 (same params) starts; 2 s after its epoch-2 `epoch_start` the whole Snakemake
@@ -64,15 +64,8 @@ import yaml
 
 from leanhpo.config import Config
 from leanhpo.data import load_split
-from leanhpo.training.loop import (
-    epoch_shuffle_seed,
-    evaluate,
-    make_loader,
-    resolve_decision_thresholds,
-    resolve_null_threshold,
-    train_one_epoch,
-)
 from leanhpo.training.setup import build_network, build_optimisation, encode
+from leanhpo.trial.runner import _train_and_validate
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = Path(sys.executable)
@@ -247,33 +240,17 @@ def bare(root: Path, config: Config, threads: int) -> dict[str, Any]:
     epochs = []
     for epoch in range(1, config.train.epochs + 1):
         t_epoch = time.perf_counter()
-        loader = make_loader(
-            train_split,
-            config.train.batch_size,
-            network.pad_token_id,
-            epoch_shuffle_seed(SEED, epoch),
+        # The trial's own epoch (train, validate, thresholds), without what run_training adds.
+        metrics = _train_and_validate(
+            network, optimisation, config, SEED, epoch, train_split, val_split
         )
-        args = (optimisation.optimizer, optimisation.scheduler, config.train, network.device)
-        result = train_one_epoch(network.model, loader, *args, optimisation.class_weights)
-        evaluation = evaluate(
-            network.model,
-            val_split,
-            config.model,
-            config.train,
-            network.device,
-            network.pad_token_id,
-            optimisation.class_weights,
-        )
-        threshold = resolve_null_threshold(config.model, evaluation)
-        decision = resolve_decision_thresholds(config.model, evaluation)
-        value = evaluation.metrics("val_", threshold, decision)[metric]
         epochs.append(
             {
                 "epoch": epoch,
                 "seconds": time.perf_counter() - t_epoch,
-                "steps": result.steps,
-                "train_loss": result.metrics["train_loss"],
-                "value": value,
+                "steps": optimisation.steps_per_epoch,
+                "train_loss": metrics["train_loss"],
+                "value": metrics[metric],
             }
         )
     wall = time.perf_counter() - t0

@@ -237,9 +237,10 @@ def _retention_problems(config: dict[str, Any]) -> Iterator[str]:
     # from the resume point, stripped.
     needed = one * min(train["epochs"], 2)
     what = f"a resume point while it writes the next, {human(one)} each"
-    if retention.get("weights_only", True) and train["epochs"] >= 3:
-        needed += weights_only_bytes(one) if one else 0
-        what += f", and its best epoch, {human(weights_only_bytes(one) if one else 0)} weights only"
+    if retention.get("weights_only", True) and train["epochs"] >= 3 and one:
+        stripped = weights_only_bytes(one)
+        needed += stripped
+        what += f", and its best epoch, {human(stripped)} weights only"
     if cap < max(needed, 1):
         yield (
             f"config key 'retention.max_total_size': {retention['max_total_size']} cannot hold what a "
