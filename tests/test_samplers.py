@@ -43,7 +43,10 @@ FAST = {
 @pytest.fixture(autouse=True)
 def _no_driver(monkeypatch):
     """No Snakemake driver: a trial job then takes the search strategy from its own config."""
-    monkeypatch.delenv(SEARCH_ENV, raising=False)
+    # Set first, so that teardown restores the variable's absence even after a test has
+    # announced a search (announce_search writes os.environ itself).
+    monkeypatch.setenv(SEARCH_ENV, "")
+    monkeypatch.delenv(SEARCH_ENV)
     monkeypatch.delenv("LEANHPO_N_TRIALS", raising=False)
 
 

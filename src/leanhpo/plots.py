@@ -29,9 +29,15 @@ def plot_study(
     history_png.parent.mkdir(parents=True, exist_ok=True)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    slots = [r["slot"] for r in reports if r["best_validation_score"] is not None]
-    scores = [r["best_validation_score"] for r in reports if r["best_validation_score"] is not None]
+    scored = [r for r in reports if r["best_validation_score"] is not None]
+    done = [r for r in scored if r["status"] == "completed"]
+    slots = [r["slot"] for r in done]
+    scores = [r["best_validation_score"] for r in done]
     ax.plot(slots, scores, "o", label="trial best")
+    pruned = [r for r in scored if r["status"] == "pruned"]
+    if pruned:  # their best before study.pruner stopped them; never the study's best
+        xs, ys = [r["slot"] for r in pruned], [r["best_validation_score"] for r in pruned]
+        ax.plot(xs, ys, "x", color="grey", label="pruned (best before stopping)")
     running = [max(scores[: i + 1]) for i in range(len(scores))]
     ax.step(slots, running, where="post", label="best so far")
     baselines = [r["baseline"]["optimization_metric_value"] for r in reports]
@@ -48,7 +54,9 @@ def plot_study(
     for report in reports:
         epochs = [h["epoch"] for h in report["history"]]
         values = [h["metrics"].get(metric) for h in report["history"]]
-        ax.plot(epochs, values, marker=".", label=f"slot {report['slot']}")
+        style = "--" if report["status"] == "pruned" else "-"
+        tag = " (pruned)" if report["status"] == "pruned" else ""
+        ax.plot(epochs, values, style, marker=".", label=f"slot {report['slot']}{tag}")
     ax.set(xlabel="epoch", ylabel=metric, title="Learning curves")
     if len(reports) <= 12:
         ax.legend(fontsize="small")

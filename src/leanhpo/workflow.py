@@ -38,7 +38,7 @@ N_TRIALS_ENV = "LEANHPO_N_TRIALS"
 # Likewise the study keys that choose how slots not yet started are sampled: changing the sampler
 # or the enqueued sets must not rerun finished trials either.
 SEARCH_ENV = "LEANHPO_SEARCH"
-SEARCH_KEYS = ("sampler", "n_startup_trials", "enqueue", "parallel")
+SEARCH_KEYS = ("sampler", "n_startup_trials", "enqueue", "parallel", "pruner", "pruner_options")
 INSTANCE_LOCK = "leanhpo.lock"
 _FREEZE_AT_EXIT: list[bool] = []  # registered once per process
 SNAKEMAKE_LOCKS = "locks"

@@ -13,6 +13,27 @@ from typing import Any
 from leanhpo.config.search_space import active_space, condition_holds
 
 MAX_GRID_POINTS = 100_000  # beyond this a grid cannot be run to the end; another sampler fits
+# The options each study.pruner takes (Optuna's names); patience and min_delta wrap any of them.
+PRUNER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "percentile": (
+        "percentile",
+        "n_startup_trials",
+        "n_warmup_steps",
+        "interval_steps",
+        "n_min_trials",
+    ),
+    "successive_halving": (
+        "min_resource",
+        "reduction_factor",
+        "min_early_stopping_rate",
+        "bootstrap_count",
+    ),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
+    "threshold": ("lower", "upper", "n_warmup_steps", "interval_steps"),
+}
+WRAPPER_OPTIONS = ("patience", "min_delta")
 
 
 def grid_values(spec: dict[str, Any]) -> list[Any] | None:
@@ -57,6 +78,49 @@ def strategy_problems(config: dict[str, Any]) -> Iterator[str]:
     yield from _enqueue_problems(study["enqueue"], active_space(config))
     if study["sampler"] == "grid":
         yield from _grid_problems(config)
+
+
+def pruner_problems(config: dict[str, Any]) -> Iterator[str]:
+    """Every problem of study.pruner and study.pruner_options against train.epochs."""
+    name, options = config["study"]["pruner"], config["study"]["pruner_options"]
+    takes = PRUNER_OPTIONS[name] + WRAPPER_OPTIONS
+    for key in options:
+        if key not in takes:
+            yield (
+                f"config key 'study.pruner_options.{key}': not an option of pruner {name!r}, "
+                f"which takes: {', '.join(takes)}"
+            )
+    if "min_delta" in options and "patience" not in options:
+        yield (
+            "config key 'study.pruner_options.min_delta': only patience uses it; set "
+            "study.pruner_options.patience too, or remove min_delta"
+        )
+    if name == "none" and "patience" not in options:
+        return
+    epochs = config["train"]["epochs"]
+    if epochs < 2:
+        yield (
+            f"config key 'study.pruner': {name!r} can never stop a trial of train.epochs="
+            f"{epochs}: decisions are taken after each epoch but the last; set study.pruner "
+            "to none or train more epochs"
+        )
+    if name == "threshold" and options.get("lower") is None and options.get("upper") is None:
+        yield (
+            "config key 'study.pruner_options': the threshold pruner needs lower (stop a trial "
+            "whose metric falls below it), upper, or both"
+        )
+    first = options.get("min_resource", 1)
+    if name in ("successive_halving", "hyperband") and first >= epochs:
+        yield (
+            f"config key 'study.pruner_options.min_resource': {first} epochs, but a trial has "
+            f"train.epochs={epochs} and is never stopped at its last epoch, so {name} could "
+            f"never stop one; use at most {epochs - 1}"
+        )
+    if name == "hyperband" and options.get("max_resource", epochs) < first:
+        yield (
+            f"config key 'study.pruner_options.max_resource': {options['max_resource']} is "
+            f"smaller than min_resource ({first}); leave it unset for train.epochs"
+        )
 
 
 def _grid_problems(config: dict[str, Any]) -> Iterator[str]:

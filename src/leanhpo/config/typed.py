@@ -27,6 +27,8 @@ class StudyConfig:
     sampler: str
     n_startup_trials: int | None
     enqueue: list[dict[str, Any]]
+    pruner: str = "none"
+    pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

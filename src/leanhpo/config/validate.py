@@ -149,7 +149,7 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
 
 def _semantic_problems(config: dict[str, Any], searched: bool = True) -> Iterator[str]:
     from leanhpo.config.search_space import search_space_problems
-    from leanhpo.config.strategy import strategy_problems
+    from leanhpo.config.strategy import pruner_problems, strategy_problems
 
     study, data, retention = config["study"], config["data"], config["retention"]
     if study["metric"] not in MAXIMISABLE_METRICS:
@@ -194,6 +194,7 @@ def _semantic_problems(config: dict[str, Any], searched: bool = True) -> Iterato
         )
     yield from _retention_problems(config)
     yield from _augmentation_problems(config)
+    yield from pruner_problems(config)
     space_problems = list(search_space_problems(config))
     yield from space_problems
     if searched and not space_problems:  # checked against a sound space only

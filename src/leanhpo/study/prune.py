@@ -29,7 +29,7 @@ from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.reports import refresh_retained
 
-FINISHED_STATUSES = ("completed", "failed")
+FINISHED_STATUSES = ("completed", "failed", "pruned")
 POLICY_FILE = "storage_policy.json"  # written by disk pressure (pressure.py, step 2)
 RETENTION_LOCK = ".retention.lock"
 _held = threading.local()
@@ -96,7 +96,10 @@ def finished_trials(study_dir: Path) -> list[dict[str, Any]]:
             continue
         outcome = state.get("outcome") or {}
         value = outcome.get("best_value")
-        score = float(value) if value is not None and math.isfinite(value) else None
+        # The ranking score: a pruned trial stopped early and can never be the best, so, like
+        # a failed one, it keeps no checkpoint.
+        completed = state["status"] == "completed"
+        score = float(value) if completed and value is not None and math.isfinite(value) else None
         written = sum(int(e["bytes"]) for e in outcome.get("ledger", []))
         rows.append(
             {
@@ -112,7 +115,7 @@ def finished_trials(study_dir: Path) -> list[dict[str, Any]]:
 
 
 def ranked(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best first; ties go to the earlier slot, unscored (failed) trials last."""
+    """Best first; ties go to the earlier slot, unscored (failed, pruned) trials last."""
     return sorted(trials, key=lambda t: (t["score"] is None, -(t["score"] or 0.0), t["slot"]))
 
 

@@ -31,7 +31,13 @@ from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.lease import SlotLease
 from leanhpo.study.pressure import StorageGuard
-from leanhpo.study.prune import effective_retention, policy_of, prune_study_checkpoints
+from leanhpo.study.prune import (
+    FINISHED_STATUSES,
+    effective_retention,
+    policy_of,
+    prune_study_checkpoints,
+)
+from leanhpo.study.pruners import recorded_decisions
 from leanhpo.study.setup import (
     OWNER_ATTR,
     TRIAL_UUID_ATTR,
@@ -157,7 +163,7 @@ def _run_owned(
     state = read_json(state_path) if state_path.exists() else None
     check_trial_fingerprint(state, trial_fingerprint, config, trial_dir.name)
     check_study_fingerprint(study, trial_fingerprint, config)
-    trained = state is not None and state.get("status") in ("completed", "failed")
+    trained = state is not None and state.get("status") in FINISHED_STATUSES
     if trained or frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
         if trained and state is not None:  # (narrows the type for mypy)
             score_for_analysis(state_path, state, config, data_dir, log)  # opt-in; once
@@ -210,6 +216,9 @@ def _run_owned(
         policy=policy_of(retention),
         guard=guard,
         fence=lease.fence,
+        stop_after=recorded_decisions(
+            config, study, frozen._trial_id, state, state_path, lease.fence, log
+        ),
         identity={
             "slot": slot,
             "trial_uuid": state["trial_uuid"],
@@ -251,9 +260,11 @@ def _run_owned(
         atomic_write_json(state_path, state)
         close_tracking(state_path, state, study_info, config, log, tracker)
         return _finish(study, frozen, state, study_info, config, report_path, log, lease)
+    if outcome.pruned_at_epoch is not None:
+        state["pruning"]["pruned_at_epoch"] = outcome.pruned_at_epoch
     state.update(
         {
-            "status": "completed",
+            "status": "completed" if outcome.pruned_at_epoch is None else "pruned",
             "outcome": vars(outcome),
             "disk": {
                 "pressure_steps": guard.steps_taken,
@@ -299,7 +310,7 @@ def _finish(
                 "report or evaluate the study here, copy that trial folder into "
                 f"{report_path.parent.parent} and rerun (see docs/scale.md)."
             )
-    if state is None or state.get("status") not in ("completed", "failed"):
+    if state is None or state.get("status") not in FINISHED_STATUSES:
         raise RuntimeError(
             f"Optuna trial {frozen.number} of slot {report_path.parent.name} is {frozen.state.name} but its "
             f"state file {report_path.parent / 'state.json'} is missing or unfinished; the trial cannot be "
@@ -308,13 +319,16 @@ def _finish(
     current = study._storage.get_trial(frozen._trial_id)
     if current.state == TrialState.RUNNING:
         lease.fence()
-        if state["status"] == "completed" and state["outcome"]["best_value"] is not None:
+        if state["status"] == "pruned":  # the last reported value becomes the trial's value
+            study.tell(current.number, state=TrialState.PRUNED)
+        elif state["status"] == "completed" and state["outcome"]["best_value"] is not None:
             study.tell(current.number, state["outcome"]["best_value"])
         else:
             study.tell(current.number, state=TrialState.FAIL)
         event(log, f"told Optuna: trial {current.number} {state['status']}", kind="tell")
-    # Settles this trial's own checkpoints too (its best only, weights only): done here, once
-    # state.json says finished, so a kill before that still finds the trial's resume point.
+    # Settles this trial's own checkpoints too (its best only, weights only; none when pruned):
+    # done here, once state.json says finished, so a kill before that still finds the trial's
+    # resume point.
     prune_study_checkpoints(
         report_path.parent.parent, config["retention"], config["study"]["metric"], log
     )

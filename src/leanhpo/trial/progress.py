@@ -67,6 +67,11 @@ class EpochProgress(logging.Handler):
                 self.write(self.line(context))
             except Exception:  # a progress line must never stop a trial
                 self.handleError(record)
+        elif kind == "pruned":
+            self.write(
+                f"{PREFIX}  trial {self.slot + 1}/{self.n_trials}  pruned after epoch "
+                f"{context['epoch']} (study.pruner); it keeps no checkpoint"
+            )
 
     def line(self, context: dict[str, Any]) -> str:
         if self.started is not None:
@@ -87,8 +92,8 @@ class EpochProgress(logging.Handler):
     def _best(self, others: list[dict[str, Any]]) -> str:
         scored = [
             (r["best_validation_score"], r["slot"])
-            for r in others
-            if r.get("best_validation_score") is not None
+            for r in others  # a pruned trial's score is not a result: it stopped early
+            if r.get("best_validation_score") is not None and r.get("status") == "completed"
         ]
         if self.best_here is not None:
             scored.append((self.best_here, self.slot))

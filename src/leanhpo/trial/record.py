@@ -87,6 +87,14 @@ def close_tracking(
                 "leanhpo.best_epochs": state["outcome"]["best_epochs"],
             }
             status = "FINISHED"
+        elif state["status"] == "pruned":  # stopped by study.pruner: ended normally, not killed
+            pruning = state["pruning"]
+            tags = {
+                "leanhpo.status": "pruned",
+                "leanhpo.pruned_at_epoch": pruning["pruned_at_epoch"],
+                "leanhpo.pruner": pruning["pruner"],
+            }
+            status = "FINISHED"
         else:
             reason = state["failure"]["reason"][:MAX_TAG_CHARS]
             tags, status = {"leanhpo.status": "failed", "leanhpo.failure": reason}, "FAILED"

@@ -134,6 +134,8 @@ def build_report(
         },
         "evidence_window": outcome["evidence_window"],
         "failure": state.get("failure"),
+        # study.pruner: its decision after each epoch, and the epoch it stopped the trial at
+        "pruning": state.get("pruning"),
         # evaluation.per_trial_test only: analysis, never selection (see trial/analysis.py)
         "test_metrics_for_analysis": _analysis(state),
         "tracking": state.get("tracking", {"spool_pending": 0, "max_wait_s": 0.0}),

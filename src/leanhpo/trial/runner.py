@@ -1,4 +1,5 @@
-"""One trial's epoch loop: train -> validate -> save checkpoint -> publish metrics -> prune.
+"""One trial's epoch loop: train -> validate -> save checkpoint -> publish metrics -> prune
+(retention) -> ask the pruner whether to stop.
 
 The order is the exactly-once guarantee: an epoch's metrics are published only after its
 checkpoint is committed, and a resumed trial first re-publishes the history stored in the
@@ -58,6 +59,10 @@ class TrialSpec:
     guard: StorageGuard | None = None  # disk pressure and preflight; None in unit tests
     # Raises unless this process still owns the slot (study/lease.py); before every save.
     fence: Callable[[], None] | None = None
+    # study.pruner: whether to stop after an epoch (asked after every epoch but the last, once
+    # its checkpoint is committed and its metrics published; the answer is recorded before it
+    # is returned, so a rerun gets the same one). None: never stop.
+    stop_after: Callable[[int], bool] | None = None
 
 
 @dataclass
@@ -74,6 +79,7 @@ class TrainingOutcome:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     tmp_cleaned: int = 0
     encoder: dict[str, Any] = field(default_factory=dict)
+    pruned_at_epoch: int | None = None  # the epoch after which study.pruner stopped the trial
 
 
 def _finite(metrics: dict[str, float | None]) -> dict[str, float]:
@@ -135,9 +141,15 @@ def run_training(
             for k, v in m.items()
         },
     )
-    if store is not None and start_epoch < config.train.epochs:  # preflight before training
-        _ensure_room(spec, network, optimisation, store, history)
+    # Killed after a decision to stop (or before it was taken): decide, or read it back, first.
+    pruned_at = start_epoch if _stops(spec, start_epoch, config.train.epochs) else None
+    if pruned_at is not None:
+        event(log, f"pruned after epoch {pruned_at}", kind="pruned", epoch=pruned_at)
+    if store is not None and pruned_at is None and start_epoch < config.train.epochs:
+        _ensure_room(spec, network, optimisation, store, history)  # preflight before training
     for epoch in range(start_epoch + 1, config.train.epochs + 1):
+        if pruned_at is not None:
+            break
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
         metrics = _train_and_validate(
@@ -164,10 +176,13 @@ def run_training(
             metric=spec.metric,
             value=metrics.get(spec.metric),
         )
+        if _stops(spec, epoch, config.train.epochs):
+            pruned_at = epoch
+            event(log, f"pruned after epoch {epoch}", kind="pruned", epoch=epoch)
     # The final retention (best only, weights only) is the job's, once state.json says the
     # trial finished (study/prune.settle_trial): until then the newest full checkpoint stays.
-    retained = _final_keep(store, history, spec)
-    return _outcome(
+    retained = [] if pruned_at is not None else _final_keep(store, history, spec)
+    outcome = _outcome(
         spec,
         history,
         ledger,
@@ -180,6 +195,14 @@ def run_training(
         store,
         network,
     )
+    outcome.pruned_at_epoch = pruned_at
+    return outcome
+
+
+def _stops(spec: TrialSpec, epoch: int, epochs: int) -> bool:
+    """Whether study.pruner stops the trial after `epoch`; never before the first epoch or
+    after the last (a trial that trained every epoch is completed)."""
+    return spec.stop_after is not None and 0 < epoch < epochs and spec.stop_after(epoch)
 
 
 def _train_and_validate(
