@@ -11,8 +11,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.leanhpo-installed
 # Trials run one at a time; each uses the cores Snakemake is given (see rules/hpo.smk).
 CORES ?= $(shell nproc 2>/dev/null || echo 1)
-CONTAINER ?= $(shell command -v docker || command -v podman)
 IMAGE ?= leanhpo:cpu
+# Container engine: docker when its engine answers, else podman through podman-local.sh (a
+# local Debian base image, for machines with no Docker engine and no registry), else podman.
+# Worked out once, and only by the container targets.
+PODMAN_LOCAL ?= $(abspath ../shared/tools/podman-local.sh)
+CONTAINER ?= $(eval CONTAINER := $(shell \
+  if docker info >/dev/null 2>&1; then echo docker; \
+  elif [ -x "$(PODMAN_LOCAL)" ]; then echo "$(PODMAN_LOCAL) podman"; \
+  else command -v podman || true; fi))$(CONTAINER)
+# The torch wheel folder of pip's find-links (machines without the PyTorch index), passed to
+# the build as the `wheels` context when it holds a torch wheel.
+WHEELS ?= $(eval WHEELS := $(firstword $(PIP_FIND_LINKS) $(shell \
+  { $(BIN)/pip config get global.find-links || pip3 config get global.find-links; } 2>/dev/null)))$(WHEELS)
+# Where train-container writes (a host folder, owned by you) and extra config overlays.
+EXPERIMENTS ?= $(CURDIR)/experiments
+OVERLAY ?=
 # pip warns once per package about mirror folders that do not exist on this machine.
 PIPFILTER := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
@@ -22,7 +36,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # WordNet and stopwords for the TextAttack augmentation (`make nltk-data`; git-ignored).
 export NLTK_DATA := $(CURDIR)/.nltk_data
 
-.PHONY: help install nltk-data all resume test lint clean build shell train-container report dashboard ui
+.PHONY: help install nltk-data all resume test lint clean build shell train-container test-container container-engine report dashboard ui
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -75,11 +89,35 @@ lint: install ## ruff (lint + format), mypy, snakemake --lint
 clean: ## Remove the study outputs and Snakemake state (keeps .venv)
 	rm -rf experiments .snakemake mlruns report.html .pytest_cache .coverage
 
-build: ## Build the CPU container image
-	$(CONTAINER) build -t $(IMAGE) .
+# docker/podman run as you, with a writable HOME: files in $(EXPERIMENTS) stay yours.
+CONTAINER_RUN = $(CONTAINER) run --rm --user $$(id -u):$$(id -g) --env HOME=/tmp \
+  --volume $(abspath $(EXPERIMENTS)):/app/experiments \
+  $(foreach file,$(OVERLAY),--volume $(abspath $(file)):/overlays-host/$(notdir $(file)):ro)
+BUILD_ARGS = $(strip $(if $(wildcard $(WHEELS)/torch-*.whl),--build-context wheels=$(WHEELS)) \
+  $(foreach var,PIP_INDEX_URL PIP_EXTRA_INDEX_URL HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy,$(if $($(var)),--build-arg $(var))))
 
-shell: build ## Open a shell in the container
-	$(CONTAINER) run --rm -it -v $(CURDIR)/experiments:/app/experiments $(IMAGE) bash
+container-engine:
+	@if [ -z "$(CONTAINER)" ]; then \
+	  echo "No container engine (CONTAINER is empty): 'docker info' fails, $(PODMAN_LOCAL) does not exist, no podman." >&2; \
+	  echo "Install docker or podman, or set CONTAINER=... (or PODMAN_LOCAL=/path/to/podman-local.sh)." >&2; exit 1; fi
+	@case "$(CONTAINER)" in "$(PODMAN_LOCAL) "*) $(PODMAN_LOCAL) setup;; esac
 
-train-container: build ## Run the study inside the container
-	$(CONTAINER) run --rm -v $(CURDIR)/experiments:/app/experiments $(IMAGE) snakemake --cores $(CORES) --rerun-incomplete
+build: container-engine ## Build the CPU container image IMAGE (leanhpo:cpu; CUDA: see the Dockerfile)
+	$(CONTAINER) build $(if $(filter $(PODMAN_LOCAL),$(CONTAINER)),--pull=never) $(BUILD_ARGS) -t $(IMAGE) .
+
+shell: build ## Open a shell in the container (experiments/ mounted)
+	mkdir -p $(EXPERIMENTS)
+	$(CONTAINER_RUN) -it $(IMAGE) bash
+
+train-container: build ## Run (or continue) the study in the container; OVERLAY=x.yaml adds overlays
+	mkdir -p $(EXPERIMENTS)
+	$(CONTAINER_RUN) $(IMAGE) snakemake --cores $(CORES) --rerun-incomplete \
+	  $(if $(OVERLAY),--configfile config.yaml $(addprefix /overlays-host/,$(notdir $(OVERLAY))))
+
+test-container: ## Build the image and run the tiny test study in it, in a temporary folder
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(MAKE) --no-print-directory train-container CONTAINER='$(CONTAINER)' IMAGE='$(IMAGE)' \
+	  EXPERIMENTS=$$tmp OVERLAY=tests/config/tiny.yaml CORES=1 \
+	  && test -s $$tmp/tiny/study_report.json \
+	  && test "$$(stat -c %u $$tmp/tiny/study_report.json)" = "$$(id -u)" \
+	  && echo "test-container: the tiny study ran in $(IMAGE); its files are owned by uid $$(id -u)"
