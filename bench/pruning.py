@@ -1,11 +1,11 @@
 """Each study.pruner against none on the same study: epochs trained, wall time, best score.
 
     .venv/bin/python bench/pruning.py [--model tiny|minilm] [--trials 16] [--epochs 4]
-        [--seed 42] [--only NAME ...]
+        [--posts 200] [--seed 42] [--only NAME ...]
 
 Runs one real study per pruner, in-process (trial jobs called one after another, as Snakemake
 would run them, without each job's ~9 s of imports), in its own temporary folder: the tiny model
-(random weights) or MiniLM (`--model minilm`) on 200 short sample posts (first 128 tokens), the
+(random weights) or MiniLM (`--model minilm`) on 200 short sample posts (`--posts`) (first 128 tokens), the
 default search space (heads, losses, optimiser; augmentation left out), the same seed (`--seed`,
 42), the pruners' default options (threshold: lower 0.15; patience: 1 epoch). Prints and writes,
 per pruner: epochs trained, wall seconds, the best completed trial's validation score, and the
@@ -58,7 +58,7 @@ def config_for(args: argparse.Namespace, root: Path, name: str) -> dict[str, Any
             "pruner_options": PRUNERS[name],
         },
         "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
-        "data": {"sample_posts": 200, "sample_profile": "short"},
+        "data": {"sample_posts": args.posts, "sample_profile": "short"},
         "model": {"id": args.model, "max_length": 128, "long_posts": "truncate"},
         "train": {"epochs": args.epochs, "batch_size": 8, "device": "cpu"},
         "search_space": {"augmentation_prob": None, "augmentation_methods": None},
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", default="tiny", help="tiny (random BERT) or minilm")
+    parser.add_argument("--posts", type=int, default=200, help="sample posts (short profile)")
     parser.add_argument("--only", nargs="*", default=list(PRUNERS), choices=list(PRUNERS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
@@ -126,7 +127,10 @@ def main() -> None:
             and row["epochs_ratio"] <= 1 - GOAL_FEWER_EPOCHS
             and gap <= GOAL_SCORE_GAP
         )
-    print(f"{args.trials} trials x {args.epochs} epochs, model {args.model}, seed {args.seed}")
+    print(
+        f"{args.trials} trials x {args.epochs} epochs, model {args.model}, "
+        f"{args.posts} posts, seed {args.seed}"
+    )
     print(
         f"{'pruner':20} {'epochs':>7} {'ratio':>6} {'wall s':>7} {'ratio':>6} {'best':>7} {'gap':>7}  goal"
     )
