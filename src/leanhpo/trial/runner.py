@@ -143,13 +143,10 @@ def run_training(
     )
     # Killed after a decision to stop (or before it was taken): decide, or read it back, first.
     pruned_at = start_epoch if _stops(spec, start_epoch, config.train.epochs) else None
-    if pruned_at is not None:
-        event(log, f"pruned after epoch {pruned_at}", kind="pruned", epoch=pruned_at)
     if store is not None and pruned_at is None and start_epoch < config.train.epochs:
         _ensure_room(spec, network, optimisation, store, history)  # preflight before training
-    for epoch in range(start_epoch + 1, config.train.epochs + 1):
-        if pruned_at is not None:
-            break
+    remaining = range(start_epoch + 1, config.train.epochs + 1) if pruned_at is None else ()
+    for epoch in remaining:
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
         metrics = _train_and_validate(
@@ -178,7 +175,9 @@ def run_training(
         )
         if _stops(spec, epoch, config.train.epochs):
             pruned_at = epoch
-            event(log, f"pruned after epoch {epoch}", kind="pruned", epoch=epoch)
+            break
+    if pruned_at is not None:
+        event(log, f"pruned after epoch {pruned_at}", kind="pruned", epoch=pruned_at)
     # The final retention (best only, weights only) is the job's, once state.json says the
     # trial finished (study/prune.settle_trial): until then the newest full checkpoint stays.
     retained = [] if pruned_at is not None else _final_keep(store, history, spec)
