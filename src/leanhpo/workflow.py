@@ -221,6 +221,9 @@ def describe(error: BaseException) -> str:
 
 
 def _terminated(signum: int, _frame: Any) -> None:
+    # Once: a second SIGTERM (one to the process group and one to the job, say) must not cut
+    # short the unwinding the first one started (the slot lease's release above all).
+    signal.signal(signum, signal.SIG_IGN)
     raise SystemExit(128 + signum)
 
 
