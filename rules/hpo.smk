@@ -42,3 +42,11 @@ rule run_trial:
         "../envs/leanhpo.yaml"
     script:
         "../scripts/run_trial.py"
+
+
+# The preloaded worker that CPU trial jobs fork from (resources.preload, leanhpo.preload): it
+# imports torch, transformers, Optuna and MLflow while the first jobs run, once per run.
+onstart:
+    from leanhpo.preload.driver import start_server
+
+    start_server(workflow, config["resources"]["preload"], f"{LOGS}/preload.log")

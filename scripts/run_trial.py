@@ -1,15 +1,15 @@
-"""Adapter: rule run_trial -> leanhpo.trial.job.run_trial_job."""
+"""Adapter: rule run_trial -> leanhpo.trial.job.main, forked from the driver's preloaded worker
+when it runs one (resources.preload; see leanhpo.preload), else in this process."""
 
-from pathlib import Path
+from leanhpo.preload.client import cpu_job, run_job
 
-from leanhpo.trial.job import run_trial_job
-from leanhpo.workflow import job
-
-with job(snakemake.log[0]):
-    run_trial_job(
-        slot=int(snakemake.wildcards.slot),
-        config=snakemake.params.config,
-        study_file=Path(snakemake.input.study),
-        data_dir=Path(snakemake.input.data_report).parent,
-        report_path=Path(snakemake.output.report),
-    )
+run_job(
+    "leanhpo.trial.job:main",
+    preload=cpu_job(snakemake.params.config["train"]["device"]),
+    log=snakemake.log[0],
+    slot=int(snakemake.wildcards.slot),
+    config=snakemake.params.config,
+    study_file=snakemake.input.study,
+    data_report=snakemake.input.data_report,
+    report=snakemake.output.report,
+)

@@ -132,6 +132,39 @@ def test_retention_keeps_only_best_checkpoints_of_the_best_trials(finished):
         assert on_disk == (best if slot in kept else [])
 
 
+def _thread_events(workdir: Path) -> list[dict]:
+    events = []
+    for slot in range(N_TRIALS):
+        log = _study_dir(workdir) / f"trial_{slot:04d}" / "logs" / "trial.jsonl"
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        events += [line["context"] for line in lines if line["context"].get("kind") == "threads"]
+    return events
+
+
+def _test_metrics(workdir: Path) -> dict:
+    return json.loads((_study_dir(workdir) / "study_report.json").read_text())["test_metrics"]
+
+
+def test_trials_fork_from_the_preloaded_worker_which_leaves_with_the_driver(finished):
+    events = _thread_events(finished)
+    assert len(events) == N_TRIALS
+    assert all(e["preloaded"] for e in events) and {e["threads"] for e in events} == {1}
+    log = (_study_dir(finished) / "logs" / "preload.log").read_text()
+    assert log.count("runs leanhpo.trial.job:main") == N_TRIALS and log.rstrip().endswith("exiting")
+
+
+def test_without_the_preloaded_worker_the_study_is_the_same(finished, tmp_path):
+    overlay = tmp_path / "no_preload.yaml"
+    overlay.write_text("resources: {preload: false}\n")
+    workdir = tmp_path / "fresh"
+    result = snakemake(workdir, overlays=(overlay,))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not any(e["preloaded"] for e in _thread_events(workdir))
+    assert not (_study_dir(workdir) / "logs" / "preload.log").exists()
+    assert _histories(workdir) == _histories(finished)
+    assert _test_metrics(workdir) == _test_metrics(finished)
+
+
 def test_dry_run_of_a_finished_study_has_nothing_to_do(finished):
     result = snakemake(finished, "-n")
     assert result.returncode == 0

@@ -25,6 +25,7 @@ from leanhpo.data import load_split
 from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
+from leanhpo.preload import PRELOADED_ENV
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
 from leanhpo.storage.preflight import NoSpaceError
@@ -59,7 +60,7 @@ from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
-from leanhpo.workflow import to_terminal, with_planned_study
+from leanhpo.workflow import job, to_terminal, with_planned_study
 
 TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
 
@@ -99,6 +100,14 @@ class TrialLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def main(
+    log: str, slot: int, config: dict[str, Any], study_file: str, data_report: str, report: str
+) -> None:
+    """The run_trial rule's job (scripts/run_trial.py calls it, in the preloaded worker or not)."""
+    with job(log):
+        run_trial_job(slot, config, Path(study_file), Path(data_report).parent, Path(report))
 
 
 def run_trial_job(
@@ -232,6 +241,7 @@ def _run_owned(
         f"{torch.get_num_threads()} CPU thread(s)",
         kind="threads",
         threads=torch.get_num_threads(),
+        preloaded=os.environ.get(PRELOADED_ENV) == "1",  # forked from the preloaded worker
     )
     started = time.monotonic()
     splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
