@@ -86,7 +86,7 @@ def overlay(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {
         "study": {
             "name": "bench",
-            "n_trials": 2,
+            "n_trials": 4,
             "seed": SEED,
             "storage": f"sqlite:///{root}/optuna.db",
         },
@@ -114,9 +114,13 @@ def fail(root: Path, message: str) -> None:
     raise SystemExit(f"{message}\n{tail}")
 
 
-def snakemake(root: Path, cores: int, *targets: str, rerun: bool = False) -> subprocess.Popen:
+def snakemake(
+    root: Path, cores: int, *targets: str, rerun: bool = False, preload: bool = True
+) -> subprocess.Popen:
     command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(root)]
     command += ["--configfile", str(REPO / "config.yaml"), str(root / "overlay.yaml")]
+    if not preload:
+        command.append(str(root / "no_preload.yaml"))
     command += ["--cores", str(cores), *(["--rerun-incomplete"] if rerun else []), *targets]
     log = (root / f"snakemake-{time.time_ns()}.log").open("w")
     return subprocess.Popen(
@@ -125,16 +129,23 @@ def snakemake(root: Path, cores: int, *targets: str, rerun: bool = False) -> sub
 
 
 class JobWatcher(threading.Thread):
-    """Finds the trial job's python process under Snakemake and records its start and exit."""
+    """Finds the trial jobs' python processes under Snakemake (one after another: sequential
+    slots) and records each one's start and exit."""
 
     def __init__(self, snakemake_pid: int) -> None:
         super().__init__(daemon=True)
         self.root = psutil.Process(snakemake_pid)
-        self.started: float | None = None
-        self.exited: float | None = None
-        self.pid: int | None = None
+        self.jobs: list[dict[str, float]] = []  # {"pid", "started", "exited"} in start order
 
-    def _find(self) -> psutil.Process | None:
+    @property
+    def started(self) -> float | None:
+        return self.jobs[0]["started"] if self.jobs else None
+
+    @property
+    def exited(self) -> float | None:
+        return self.jobs[0].get("exited") if self.jobs else None
+
+    def _find(self, seen: set[int]) -> psutil.Process | None:
         try:
             children = self.root.children(recursive=True)
         except psutil.NoSuchProcess:
@@ -144,27 +155,36 @@ class JobWatcher(threading.Thread):
                 line = child.cmdline()
             except psutil.Error:
                 continue
-            if line and "python" in Path(line[0]).name and any("run_trial" in a for a in line):
+            if child.pid in seen or not line or "python" not in Path(line[0]).name:
+                continue
+            if any("run_trial" in a for a in line):
                 return child
         return None
 
+    def _alive(self) -> bool:
+        try:
+            return self.root.is_running() and self.root.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def run(self) -> None:
-        job = None
-        while job is None:
-            if not self.root.is_running() or self.root.status() == psutil.STATUS_ZOMBIE:
-                return
-            job = self._find()
+        seen: set[int] = set()
+        while self._alive():
+            job = self._find(seen)
             if job is None:
                 time.sleep(POLL_S)
-        self.pid, self.started = job.pid, job.create_time()
-        while True:
-            try:
-                if job.status() == psutil.STATUS_ZOMBIE:
+                continue
+            seen.add(job.pid)
+            record = {"pid": job.pid, "started": job.create_time()}
+            self.jobs.append(record)
+            while True:
+                try:
+                    if job.status() == psutil.STATUS_ZOMBIE:
+                        break
+                except psutil.NoSuchProcess:
                     break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(POLL_S)
-        self.exited = time.time()
+                time.sleep(POLL_S)
+            record["exited"] = time.time()
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -185,20 +205,32 @@ def kind(record: dict[str, Any]) -> str | None:
     return (record.get("context") or {}).get("kind")
 
 
-def run_job(root: Path, cores: int, slot: int) -> dict[str, Any]:
-    """Run one trial slot as a Snakemake job; its process wall and its log's phases."""
-    target = f"{STUDY}/trial_{slot:04d}/report.json"
+def run_jobs(root: Path, cores: int, slots: list[int], preload: bool) -> list[dict[str, Any]]:
+    """Run trial slots (consecutive, in one Snakemake invocation: one preloaded worker serves
+    them all) as Snakemake jobs; each job's process wall and its log's phases."""
+    target = f"{STUDY}/trial_{slots[-1]:04d}/report.json"
     t0 = time.time()
-    process = snakemake(root, cores, target)
+    process = snakemake(root, cores, target, preload=preload)
     watcher = JobWatcher(process.pid)
     watcher.start()
     rc = process.wait()
     t_end = time.time()
     watcher.join(5)
-    if rc != 0 or watcher.started is None or watcher.exited is None:
-        fail(root, f"snakemake for slot {slot} failed (rc {rc})")
-    log = events(root / STUDY / f"trial_{slot:04d}" / "logs" / "trial.jsonl")
-    return {"snakemake_wall_s": t_end - t0, **phases(log, watcher.started, watcher.exited, t0)}
+    if rc != 0 or len(watcher.jobs) != len(slots) or "exited" not in watcher.jobs[-1]:
+        fail(root, f"snakemake for slots {slots} failed (rc {rc})")
+    results = []
+    for slot, job in zip(slots, watcher.jobs, strict=True):
+        log = events(root / STUDY / f"trial_{slot:04d}" / "logs" / "trial.jsonl")
+        threads = [r for r in log if kind(r) == "threads"]
+        results.append(
+            {
+                "slot": slot,
+                "preloaded": bool(threads and threads[-1]["context"].get("preloaded")),
+                "snakemake_wall_s": t_end - t0,
+                **phases(log, job["started"], job["exited"], t0),
+            }
+        )
+    return results
 
 
 def phases(log: list[dict[str, Any]], started: float, exited: float, t0: float) -> dict[str, Any]:
@@ -426,21 +458,26 @@ def main() -> None:
     root = Path(tmp)
     try:
         (root / "overlay.yaml").write_text(yaml.safe_dump(overlay(args, root)))
+        (root / "no_preload.yaml").write_text(yaml.safe_dump({"resources": {"preload": False}}))
         setup = snakemake(root, args.cores, f"{STUDY}/data/data_report.json", f"{STUDY}/study.json")
         if setup.wait() != 0:
             fail(root, "setup failed")
-        print(f"[load {load()}] trial job (slot 0) ...", flush=True)
-        job = run_job(root, args.cores, 0) | {"load_average": load()}
+        print(f"[load {load()}] trial job without the preloaded worker (slot 0) ...", flush=True)
+        (fresh,) = run_jobs(root, args.cores, [0], preload=False)
+        fresh["load_average"] = load()
         state = json.loads((root / STUDY / "trial_0000" / "state.json").read_text())
         config = Config.from_dict(state["config"])
         print(f"[load {load()}] bare loop 1 ...", flush=True)
         bare_runs = [bare(root, config, args.cores)]
-        print(
-            f"[load {load()}] kill -9 in epoch 2 of slot 1, then --rerun-incomplete ...", flush=True
-        )
-        kill = kill_and_resume(root, args.cores, 1, args.kill_after)
+        print(f"[load {load()}] slots 1 and 2 in one run, preloaded worker on ...", flush=True)
+        cold, warm = run_jobs(root, args.cores, [1, 2], preload=True)
+        warm["load_average"] = load()
         print(f"[load {load()}] bare loop 2 ...", flush=True)
         bare_runs.append(bare(root, config, args.cores))
+        print(
+            f"[load {load()}] kill -9 in epoch 2 of slot 3, then --rerun-incomplete ...", flush=True
+        )
+        kill = kill_and_resume(root, args.cores, 3, args.kill_after)
         print(f"[load {load()}] imports ...", flush=True)
         result["imports"] = imports()
     finally:
@@ -450,17 +487,21 @@ def main() -> None:
     bare_epochs = sum(b["epochs_s"] for b in bare_runs) / len(bare_runs)
     result.update(
         {
-            "job": job,
+            "job": warm,
+            "job_first_of_run": cold,
+            "job_without_preload": fresh,
             "bare": bare_runs,
             "kill": kill,
             "same_training": {
-                "trial_values": [e["value"] for e in job["epochs"]],
+                "trial_values": [e["value"] for e in warm["epochs"]],
+                "trial_values_without_preload": [e["value"] for e in fresh["epochs"]],
                 "bare_values": [e["value"] for e in bare_runs[0]["epochs"]],
             },
             "ratios": {
-                "job_wall_over_bare": job["job_wall_s"] / bare_wall,
-                "snakemake_wall_over_bare": job["snakemake_wall_s"] / bare_wall,
-                "job_epochs_over_bare_epochs": job["epochs_s"] / bare_epochs,
+                "job_wall_over_bare": warm["job_wall_s"] / bare_wall,
+                "job_epochs_over_bare_epochs": warm["epochs_s"] / bare_epochs,
+                "first_job_of_run_wall_over_bare": cold["job_wall_s"] / bare_wall,
+                "job_without_preload_wall_over_bare": fresh["job_wall_s"] / bare_wall,
             },
         }
     )
@@ -473,10 +514,31 @@ def main() -> None:
 
 def print_table(result: dict[str, Any], bare_wall: float, bare_epochs: float) -> None:
     job, kill, imp, ratios = result["job"], result["kill"], result["imports"], result["ratios"]
+    fresh, cold = result["job_without_preload"], result["job_first_of_run"]
     rows = [
         ("bare loop wall (mean of 2; model load + encode + epochs)", bare_wall, None),
-        ("trial job wall (process start -> exit)", job["job_wall_s"], ratios["job_wall_over_bare"]),
-        ("snakemake invocation wall", job["snakemake_wall_s"], ratios["snakemake_wall_over_bare"]),
+        (
+            "trial job wall, preloaded worker warm (slot 2)",
+            job["job_wall_s"],
+            ratios["job_wall_over_bare"],
+        ),
+        (
+            "trial job wall, first of its run: waits for the worker's imports (slot 1)",
+            cold["job_wall_s"],
+            ratios["first_job_of_run_wall_over_bare"],
+        ),
+        (
+            "trial job wall, resources.preload false (slot 0)",
+            fresh["job_wall_s"],
+            ratios["job_without_preload_wall_over_bare"],
+        ),
+        (
+            "  without preload: job start -> first epoch_start",
+            fresh["start_to_first_epoch_start_s"],
+            None,
+        ),
+        ("  without preload: bookkeeping", fresh["bookkeeping_s"], None),
+        ("warm job (slot 2):", 0.0, None),
         ("  snakemake start -> job process start", job["snakemake_to_job_start_s"], None),
         ("  job start -> first log record (python, imports)", job["start_to_first_log_s"], None),
         ("  first log -> first epoch_start", job["first_log_to_first_epoch_start_s"], None),
