@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def report(out: str, code: int = 0, sleep: float = 0.0) -> None:
+def report(out: str, code: int = 0, sleep: float = 0.0, when: object = None) -> None:
     """Write down what process this is and what it took from the job, then end with `code`."""
     import torch
 

@@ -213,3 +213,17 @@ def test_without_a_server_the_job_runs_in_its_own_process(tmp_path: Path) -> Non
     assert job.returncode == 0 and "preload" not in job.stderr
     state = json.loads(out.read_text())
     assert state["pid"] != state["ppid"] and state["preloaded"] is None
+
+
+def test_a_call_that_is_not_json_runs_in_the_job(server: Server, tmp_path: Path) -> None:
+    """A YAML date in the config, say: the job runs the call itself."""
+    out = tmp_path / "state.json"
+    code = (
+        f"import datetime, sys; sys.path.insert(0, {str(TESTS)!r});"
+        "from leanhpo.preload.client import run_job;"
+        f"run_job('preload_target:report', out={str(out)!r}, when=datetime.date(2026, 1, 1))"
+    )
+    env = {**os.environ, PRELOAD_ENV: server.socket}
+    job = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True)
+    assert job.returncode == 0 and "cannot be sent to the preloaded worker" in job.stderr
+    assert json.loads(out.read_text())["ppid"] == os.getpid()  # the job itself ran it

@@ -135,7 +135,11 @@ class _Forwarder:
 def _delegate(address: str, target: str, kwargs: dict[str, Any]) -> int | None:
     """Run the call in a forked child of the server; its wait status, or None when nothing
     was started (then the caller runs the call here)."""
-    payload = _request(target, kwargs)
+    try:
+        payload = _request(target, kwargs)
+    except (TypeError, ValueError) as error:  # not JSON (a YAML date, say): run it here
+        _note(f"this job's call cannot be sent to the preloaded worker ({error}); running here")
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT_S)
