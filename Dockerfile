@@ -90,8 +90,11 @@ RUN apt-get update \
 
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=builder /opt/nltk_data /opt/nltk_data
-RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    PIP_NO_CACHE_DIR=1 pip install --quiet --no-deps --disable-pip-version-check /dist/leanhpo-*.whl
+# COPY, not a bind mount: buildah leaves a bind mount's content out of the layer cache key, so a
+# changed wheel was once installed from a cached layer holding the old one.
+COPY --from=builder /dist /tmp/dist
+RUN PIP_NO_CACHE_DIR=1 pip install --quiet --no-deps --disable-pip-version-check /tmp/dist/leanhpo-*.whl \
+    && rm -rf /tmp/dist
 
 WORKDIR /app
 COPY Snakefile config.yaml ./
