@@ -6,7 +6,10 @@ fresh machine; this needs root). The daemons run as root on free ports with thei
 temporary folder. The config is also written to /etc/slurm/slurm.conf: a job step (`srun` inside
 a batch job, which Snakemake's SLURM executor uses) reads only that file, not SLURM_CONF, and
 fails with "Could not establish a configuration source". A file already there is put back at
-teardown.
+teardown, unless it is one this fixture wrote in a run that was killed before its teardown (it
+starts with CONF_MARKER): that one names a controller that is gone, which makes every
+`scontrol` wait 10 s, and Snakemake's SLURM executor plugin runs `scontrol show config` whenever
+Snakemake loads it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ PACKAGES = ("slurm-wlm", "munge")
 BINARIES = ("slurmctld", "slurmd", "sinfo", "squeue", "sbatch", "srun", "scancel", "munged")
 SEARCH_PATH = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"))
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+CONF_MARKER = "# written by leanhpo's tests (tests/services/slurm.py); removed at teardown\n"
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 MUNGE_PID = MUNGE_RUN / "munged.pid"
@@ -177,7 +181,7 @@ class SlurmCluster:
         return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
 
     def write_conf(self) -> str:
-        text = f"""\
+        text = CONF_MARKER + f"""\
 ClusterName=leanhpo
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={self.ctld_port}
@@ -235,6 +239,10 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         _stop_pid_files(self.root / "slurmd.pid", self.root / "slurmctld.pid")
 
 
+def _left_by_a_killed_run(conf: Path) -> bool:
+    return conf.read_text(errors="replace").startswith(CONF_MARKER)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
     """A running one-node cluster for the session; everything it started is stopped after."""
@@ -261,7 +269,7 @@ def one_node_cluster() -> Iterator[SlurmCluster]:
         if not _munge_works():
             _start_munged()
         text = cluster.write_conf()
-        if SYSTEM_CONF.exists():
+        if SYSTEM_CONF.exists() and not _left_by_a_killed_run(SYSTEM_CONF):
             shutil.copy2(SYSTEM_CONF, backup)
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
         wrote_system_conf = True
