@@ -91,6 +91,13 @@ def trial_threads(wildcards):
     return 1 if config["study"]["parallel"] else all_cores()
 
 
+def per_trial_test_input(wildcards):
+    """evaluation.per_trial_test makes each trial score its best checkpoint on the test split,
+    so the job reads it: declared, so Snakemake orders it and a cluster or storage plugin
+    ships it like the other splits."""
+    return f"{DATA}/test.jsonl" if config["evaluation"]["per_trial_test"] else []
+
+
 def previous_trial_report(wildcards):
     """Slots run one at a time in slot order (reproducible TPE), unless study.parallel."""
     slot = int(wildcards.slot)

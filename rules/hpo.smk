@@ -16,6 +16,7 @@ rule run_trial:
         study=f"{STUDY}/study.json",
         train=f"{DATA}/train.jsonl",
         validation=f"{DATA}/validation.jsonl",
+        test=per_trial_test_input,
         data_report=f"{DATA}/data_report.json",
         previous=previous_trial_report,
     output:

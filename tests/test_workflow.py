@@ -249,6 +249,26 @@ def test_a_second_live_instance_is_refused(tmp_path):
     assert "LockException" in second.stdout + second.stderr or "cannot be locked" in second.stderr
 
 
+def _run_trial_inputs(plan: str) -> list[list[str]]:
+    blocks = plan.split("rule run_trial:")[1:]
+    return [block.split("input:", 1)[1].split("\n", 1)[0].split(", ") for block in blocks]
+
+
+@pytest.mark.parametrize("per_trial_test", [False, True])
+def test_trial_jobs_declare_the_test_split_only_when_they_score_on_it(tmp_path, per_trial_test):
+    """evaluation.per_trial_test makes each trial read test.jsonl: then it is a declared input
+    (ordered and shipped like the other splits), and only then."""
+    overlay = tmp_path / "evaluation.yaml"
+    overlay.write_text(yaml.safe_dump({"evaluation": {"per_trial_test": per_trial_test}}))
+    plan = snakemake(tmp_path, "-n", overlays=(overlay,))
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    inputs = _run_trial_inputs(plan.stdout + plan.stderr)
+    assert len(inputs) == N_TRIALS
+    test_split = "experiments/tiny/data/test.jsonl"
+    assert all((test_split in job) is per_trial_test for job in inputs), inputs
+    assert all("experiments/tiny/data/validation.jsonl" in job for job in inputs)
+
+
 def test_growing_n_trials_runs_only_the_new_slots(finished):
     overlay = finished / "grow.yaml"
     overlay.write_text(yaml.safe_dump({"study": {"n_trials": N_TRIALS + 2}}))
