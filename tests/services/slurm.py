@@ -181,8 +181,8 @@ class SlurmCluster:
         return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
 
     def write_conf(self) -> str:
-        text = CONF_MARKER + f"""\
-ClusterName=leanhpo
+        text = f"""\
+{CONF_MARKER}ClusterName=leanhpo
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.d_port}
