@@ -21,7 +21,7 @@ trial); the whole bench takes about 11 min.
    tell, MLflow close, retention, report: the bookkeeping).
 3. bare: the same resolved config (read back from the trial's state.json) trained in this
    process: build_network, encode, build_optimisation, then per epoch the trial's own
-   runner._train_and_validate (train, validate, thresholds); no Optuna, MLflow, checkpoints or
+   leanhpo.trial.epoch.train_and_validate (train, validate, thresholds); no Optuna, MLflow, checkpoints or
    reports. Imports are not timed (a resident process pays them once). Its per-epoch
    validation metric is compared with the trial's to show it is the same training.
 4. kill: slot 1 (same params) starts; 2 s after its epoch-2 `epoch_start` the whole Snakemake
@@ -66,7 +66,7 @@ import yaml
 from leanhpo.config import Config
 from leanhpo.data import load_split
 from leanhpo.training.setup import build_network, build_optimisation, encode
-from leanhpo.trial.runner import _train_and_validate
+from leanhpo.trial.epoch import train_and_validate
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = Path(sys.executable)
@@ -274,7 +274,7 @@ def bare(root: Path, config: Config, threads: int) -> dict[str, Any]:
     for epoch in range(1, config.train.epochs + 1):
         t_epoch = time.perf_counter()
         # The trial's own epoch (train, validate, thresholds), without what run_training adds.
-        metrics = _train_and_validate(
+        metrics = train_and_validate(
             network, optimisation, config, SEED, epoch, train_split, val_split
         )
         epochs.append(

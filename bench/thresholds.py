@@ -45,7 +45,7 @@ from leanhpo.metric_names import SYMPTOMS
 from leanhpo.training.loop import Evaluation, evaluate, resolve_decision_thresholds
 from leanhpo.training.metrics import criteria_metrics
 from leanhpo.training.setup import build_network, build_optimisation, encode
-from leanhpo.trial.runner import _train_epoch
+from leanhpo.trial.epoch import train_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "f1_macro"
@@ -84,7 +84,7 @@ def one_seed(args: argparse.Namespace, data_dir: Path, seed: int) -> dict[str, A
     optimisation = build_optimisation(network, fixed_cfg, splits["train"])
     epochs = []
     for epoch in range(1, args.epochs + 1):
-        _train_epoch(network, optimisation, fixed_cfg, seed, epoch, splits["train"], "train")
+        train_epoch(network, optimisation, fixed_cfg, seed, epoch, splits["train"], "train")
         passes = {
             name: evaluate(
                 network.model,

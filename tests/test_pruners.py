@@ -5,9 +5,6 @@ decisions write rung values to the storage while they are taken."""
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import optuna
 import pytest
 import yaml
 from studyhelper import Study
-from workflowhelper import job_env, snakemake_command
+from workflowhelper import job_env, kill_storm, snakemake_command
 
 from leanhpo.config import ConfigError
 from leanhpo.fsutil import read_json
@@ -340,27 +337,9 @@ def test_hyperband_study_killed_at_random_instants_prunes_the_same_trials(tmp_pa
     expected = _storm_outcomes(clean / "experiments" / "tiny")
     assert any(status == "pruned" for status, _, _ in expected.values()), expected
 
-    rng = random.Random(11)
-    kills = []
-    for _ in range(STORM_KILLS):
-        process = subprocess.Popen(
-            command(stormed),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=job_env(),
-            start_new_session=True,
-        )
-        instant = rng.uniform(4.0, 30.0)
-        try:
-            process.wait(timeout=instant)
-            break
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            kills.append(round(instant, 1))
+    kills = kill_storm(command(stormed), STORM_KILLS, seed=11, window=(4.0, 30.0))
     final = subprocess.run(command(stormed), capture_output=True, text=True, env=job_env())
     assert final.returncode == 0, final.stderr[-4000:]
-    print(f"kill -9 at {kills} s after each start")
     assert len(kills) >= 3, kills
 
     study_dir = stormed / "experiments" / "tiny"

@@ -132,7 +132,7 @@ def _dies_on_host_a_at_epoch_2(study, monkeypatch) -> None:
     from leanhpo.study.lease import SlotLease
     from leanhpo.trial import runner
 
-    original = runner._train_and_validate
+    original = runner.train_and_validate
 
     def dies(network, optimisation, config, seed, epoch, *splits):
         if epoch == 2:
@@ -144,7 +144,7 @@ def _dies_on_host_a_at_epoch_2(study, monkeypatch) -> None:
 
     with monkeypatch.context() as patch:
         patch.setenv(HOST_ENV, "host-a")
-        patch.setattr(runner, "_train_and_validate", dies)
+        patch.setattr(runner, "train_and_validate", dies)
         patch.setattr(SlotLease, "release", killed)
         with pytest.raises(KeyboardInterrupt):
             study.run(0)

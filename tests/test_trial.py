@@ -78,14 +78,14 @@ def test_trial_runs_reports_and_keeps_only_its_best(study):
 
 
 def _crash_at_epoch(monkeypatch, epoch: int):
-    original = runner._train_and_validate
+    original = runner.train_and_validate
 
     def crashing(network, optimisation, config, seed, e, train_split, val_split):
         if e == epoch:
             raise Crash(f"killed at epoch {e}")
         return original(network, optimisation, config, seed, e, train_split, val_split)
 
-    monkeypatch.setattr(runner, "_train_and_validate", crashing)
+    monkeypatch.setattr(runner, "train_and_validate", crashing)
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path, monkeypatch):

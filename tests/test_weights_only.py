@@ -27,7 +27,7 @@ class Crash(Exception):
 
 
 def script_metric(monkeypatch, metric: str, crash_at: int | None = None) -> None:
-    original = runner._train_and_validate
+    original = runner.train_and_validate
 
     def scripted(network, optimisation, config, seed, epoch, train_split, val_split):
         if epoch == crash_at:
@@ -35,7 +35,7 @@ def script_metric(monkeypatch, metric: str, crash_at: int | None = None) -> None
         metrics = original(network, optimisation, config, seed, epoch, train_split, val_split)
         return {**metrics, metric: SCRIPT[epoch]}
 
-    monkeypatch.setattr(runner, "_train_and_validate", scripted)
+    monkeypatch.setattr(runner, "train_and_validate", scripted)
 
 
 def kinds(study: Study, slot: int) -> dict[int, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from workflowhelper import job_env, snakemake_command
+from workflowhelper import job_env, kill_storm, snakemake_command
 
 from leanhpo.checkpoints import CheckpointStore, checkpoint_info
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
@@ -290,31 +290,18 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_result(fi
     random instants over a whole study, each followed by the resume command, until it ends.
     Every slot COMPLETE once, no duplicate or missing epoch in MLflow, no run left RUNNING,
     and the test metrics of the uninterrupted study. LEANHPO_KILL_ROUNDS sets the kill count."""
-    import random
-
     workdir = tmp_path / "storm"
     workdir.mkdir()
-    rng = random.Random(8)
-    kills: list[float] = []
     locks_left: list[bool] = []  # a kill -9 leaves Snakemake's locks; no --unlock is needed
-    for _ in range(KILL_ROUNDS):
-        process = subprocess.Popen(
-            [*_command(workdir), "--rerun-incomplete"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=job_env(),
-            start_new_session=True,
-        )
-        instant = rng.uniform(2.0, 14.0)
-        try:
-            process.wait(timeout=instant)
-        except subprocess.TimeoutExpired:
-            _kill(process)
-            kills.append(round(instant, 1))
-            locks_left.append(bool(list((workdir / ".snakemake" / "locks").glob("*.lock"))))
-            continue
-        break  # finished before this round's instant came
-    print(f"kill -9 at {kills} s after each start")
+    kills = kill_storm(
+        [*_command(workdir), "--rerun-incomplete"],
+        KILL_ROUNDS,
+        seed=8,
+        window=(2.0, 14.0),
+        after_kill=lambda: locks_left.append(
+            bool(list((workdir / ".snakemake" / "locks").glob("*.lock")))
+        ),
+    )
     final = snakemake(workdir, "--rerun-incomplete")
     assert final.returncode == 0, final.stderr[-4000:]
     assert len(kills) >= min(3, KILL_ROUNDS), kills

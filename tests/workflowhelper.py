@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,3 +28,38 @@ def job_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["PATH"] = f"{SNAKEMAKE.parent}:{env['PATH']}"
     return env
+
+
+def kill_storm(
+    command: list[str],
+    rounds: int,
+    seed: int,
+    window: tuple[float, float],
+    after_kill: Callable[[], None] | None = None,
+) -> list[float]:
+    """Run `command` (in its own session) up to `rounds` times, each killed with SIGKILL to its
+    whole process group (Snakemake and its jobs) at a seeded random instant within `window`
+    seconds of its start; `after_kill` runs after each kill. Stops early when a run ends before
+    its instant. Returns the instants of the kills."""
+    rng = random.Random(seed)
+    kills: list[float] = []
+    for _ in range(rounds):
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=job_env(),
+            start_new_session=True,
+        )
+        instant = rng.uniform(*window)
+        try:
+            process.wait(timeout=instant)
+            break  # finished before this round's instant came
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            kills.append(round(instant, 1))
+            if after_kill is not None:
+                after_kill()
+    print(f"kill -9 at {kills} s after each start")
+    return kills

@@ -40,7 +40,7 @@ from leanhpo.training.loop import Evaluation, evaluate
 from leanhpo.training.metrics import threshold_vector
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
-from leanhpo.trial.runner import replay_training
+from leanhpo.trial.epoch import replay_training
 
 PER_CRITERION = (*CRITERIA_PER_SYMPTOM, "support")
 EVIDENCE_KEYS = (

@@ -33,7 +33,7 @@ from leanhpo.study.evaluate import (
 from leanhpo.study.publish import publish_model
 from leanhpo.training.setup import Network, build_network
 from leanhpo.trial import state as ckpt_state
-from leanhpo.trial.runner import replay_training
+from leanhpo.trial.epoch import replay_training
 
 
 def export_best_model(

@@ -9,7 +9,6 @@ Publishing goes through a callback; this module knows the checkpoint store but n
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import time
@@ -18,33 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from leanhpo import __version__
-from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
+from leanhpo.checkpoints import CheckpointStore, RetentionPolicy
 from leanhpo.config import Config
 from leanhpo.logs import event
 from leanhpo.models import compatibility_metadata
-from leanhpo.storage.estimate import checkpoint_bytes
 from leanhpo.study.pressure import StorageGuard
-from leanhpo.study.prune import epoch_values, strip_checkpoint
-from leanhpo.training.features import EncodedSplit, train_prevalence
-from leanhpo.training.loop import (
-    EpochResult,
-    epoch_shuffle_seed,
-    evaluate,
-    evidence_pairs,
-    make_loader,
-    resolve_decision_thresholds,
-    resolve_null_threshold,
-    train_one_epoch,
-)
-from leanhpo.training.metrics import baseline_criteria_metrics, evidence_metrics
-from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
+from leanhpo.training.features import EncodedSplit
+from leanhpo.training.setup import Network, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
+from leanhpo.trial.checkpointing import (
+    apply_retention,
+    checkpoint_meta,
+    ensure_room,
+    final_keep,
+    resume,
+    save_epoch,
+)
+from leanhpo.trial.epoch import compute_baseline, train_and_validate
 
 Publisher = Callable[[int, dict[str, float]], None]
-LOG = logging.getLogger("leanhpo.trial")
 
 
 @dataclass
@@ -82,33 +74,6 @@ class TrainingOutcome:
     pruned_at_epoch: int | None = None  # the epoch after which study.pruner stopped the trial
 
 
-def _finite(metrics: dict[str, float | None]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-
-
-def compute_baseline(
-    train_posts: list[dict[str, Any]], val: EncodedSplit, metric: str
-) -> dict[str, Any]:
-    """Trivial predictors on the validation split, and the strongest one's optimisation value."""
-    labels = np.array([p["labels"] for p in val.posts], dtype=np.int64)
-    criteria = baseline_criteria_metrics(np.array(train_prevalence(train_posts)), labels)
-    all_null, _ = evidence_pairs(val, {})  # the model's pairs and exclusions, all predicted null
-    baselines: dict[str, dict[str, float]] = {
-        name: _finite({f"val_criteria_{k}": v for k, v in values.items()})
-        for name, values in criteria.items()
-    }
-    baselines["always_null"] = _finite(
-        {f"val_evidence_{k}": v for k, v in evidence_metrics(all_null).items()}
-    )
-    scored = {name: values[metric] for name, values in baselines.items() if metric in values}
-    best_name = max(scored, key=lambda n: scored[n]) if scored else None
-    return {
-        "metrics": baselines,
-        "best": best_name,
-        "optimization_metric_value": scored.get(best_name) if best_name else None,
-    }
-
-
 def run_training(
     spec: TrialSpec,
     train_posts: list[dict[str, Any]],
@@ -129,7 +94,7 @@ def run_training(
         if config.train.checkpointing
         else None
     )
-    history, ledger, start_epoch, train_seconds = _resume(store, network, optimisation, compat, log)
+    history, ledger, start_epoch, train_seconds = resume(store, network, optimisation, compat, log)
     for past in history:  # exactly-once: the publisher skips what MLflow already holds
         publish(past["epoch"], past["metrics"])
     baseline = compute_baseline(train_posts, val_split, spec.metric)
@@ -144,26 +109,30 @@ def run_training(
     # Killed after a decision to stop (or before it was taken): decide, or read it back, first.
     pruned_at = start_epoch if _stops(spec, start_epoch, config.train.epochs) else None
     if store is not None and pruned_at is None and start_epoch < config.train.epochs:
-        _ensure_room(spec, network, optimisation, store, history)  # preflight before training
+        ensure_room(spec, network, optimisation, store, history)  # preflight before training
     remaining = range(start_epoch + 1, config.train.epochs + 1) if pruned_at is None else ()
     for epoch in remaining:
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
-        metrics = _train_and_validate(
+        metrics = train_and_validate(
             network, optimisation, config, spec.seed, epoch, train_split, val_split
         )
         train_seconds += time.monotonic() - started
         history.append({"epoch": epoch, "metrics": metrics})
         if store is not None:
-            _ensure_room(spec, network, optimisation, store, history)
-            meta = _meta(spec, compat, epoch, optimisation, history, ledger, train_seconds)
+            ensure_room(spec, network, optimisation, store, history)
+            meta = checkpoint_meta(
+                spec, compat, epoch, optimisation, history, ledger, train_seconds
+            )
             if spec.fence is not None:
                 spec.fence()
-            info = _save(store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard)
+            info = save_epoch(
+                store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard
+            )
             ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
         # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
         publish(epoch, metrics)
-        _prune(store, history, spec, log)
+        apply_retention(store, history, spec, log)
         event(
             log,
             f"epoch {epoch} done",
@@ -180,7 +149,7 @@ def run_training(
         event(log, f"pruned after epoch {pruned_at}", kind="pruned", epoch=pruned_at)
     # The final retention (best only, weights only) is the job's, once state.json says the
     # trial finished (study/prune.settle_trial): until then the newest full checkpoint stays.
-    retained = [] if pruned_at is not None else _final_keep(store, history, spec)
+    retained = [] if pruned_at is not None else final_keep(store, history, spec)
     outcome = _outcome(
         spec,
         history,
@@ -202,165 +171,6 @@ def _stops(spec: TrialSpec, epoch: int, epochs: int) -> bool:
     """Whether study.pruner stops the trial after `epoch`; never before the first epoch or
     after the last (a trial that trained every epoch is completed)."""
     return spec.stop_after is not None and 0 < epoch < epochs and spec.stop_after(epoch)
-
-
-def _train_and_validate(
-    network: Network,
-    optimisation: Optimisation,
-    config: Config,
-    seed: int,
-    epoch: int,
-    train_split: EncodedSplit,
-    val_split: EncodedSplit,
-) -> dict[str, float]:
-    result = _train_epoch(network, optimisation, config, seed, epoch, train_split, f"epoch {epoch}")
-    evaluation = evaluate(
-        network.model,
-        val_split,
-        config.model,
-        config.train,
-        network.device,
-        network.pad_token_id,
-        optimisation.class_weights,
-    )
-    threshold = resolve_null_threshold(config.model, evaluation)
-    decision = resolve_decision_thresholds(config.model, evaluation)
-    return {**result.metrics, **_finite(evaluation.metrics("val_", threshold, decision))}
-
-
-def _resume(
-    store: CheckpointStore | None,
-    network: Network,
-    optimisation: Optimisation,
-    compat: dict[str, Any],
-    log: logging.Logger,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, float]:
-    if store is None:
-        return [], [], 0, 0.0
-    loaded = store.load_latest_valid(resumable_only=True)
-    if loaded is None:
-        if store.list():  # weights-only checkpoints cannot resume: never a fresh optimizer
-            event(
-                log,
-                "no full checkpoint to resume from: restarting the trial from epoch 1 with the "
-                "same parameters and seed (the same metrics, recomputed)",
-                logging.WARNING,
-                kind="restart",
-            )
-        return [], [], 0, 0.0
-    ckpt_state.check_compatible(loaded, network, compat)
-    ckpt_state.restore(loaded, network, optimisation)
-    meta = loaded.meta
-    ledger = [*meta["ledger"], {**loaded.info.to_dict(), "metric": meta["metric_value"]}]
-    event(
-        log,
-        f"resumed from checkpoint {loaded.info.id}",
-        kind="resume",
-        epoch=meta["epoch"],
-        path=str(loaded.info.path),
-    )
-    return list(meta["history"]), ledger, int(meta["epoch"]), float(meta["train_seconds"])
-
-
-def _meta(
-    spec: TrialSpec,
-    compat: dict[str, Any],
-    epoch: int,
-    optimisation: Optimisation,
-    history: list[dict[str, Any]],
-    ledger: list[dict[str, Any]],
-    train_seconds: float,
-) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "global_step": epoch * optimisation.steps_per_epoch,
-        "metrics": history[-1]["metrics"],
-        "metric_name": spec.metric,
-        "metric_value": history[-1]["metrics"].get(spec.metric),
-        "history": history,
-        "ledger": ledger,
-        "train_seconds": train_seconds,
-        "config": spec.config.to_dict(),
-        "params": spec.params,
-        "seed": spec.seed,
-        "compat": compat,
-        "trial": spec.identity,
-    }
-
-
-def _ensure_room(
-    spec: TrialSpec,
-    network: Network,
-    optimisation: Optimisation,
-    store: CheckpointStore,
-    history: list[dict[str, Any]],
-) -> None:
-    if spec.guard is not None:
-        needed = checkpoint_bytes(network.model, optimisation.optimizer)
-        spec.guard.ensure_room(needed, store, epoch_values(history, spec.metric))
-
-
-def _save(
-    store: CheckpointStore,
-    epoch: int,
-    groups: dict[str, Any],
-    meta: dict[str, Any],
-    guard: StorageGuard | None,
-) -> Any:
-    """Save; a disk that fills up during the write (another process, a bad estimate) becomes
-    the same NoSpaceError as the preflight. The store has already removed its temporary folder,
-    so nothing half-written remains."""
-    try:
-        return store.save(epoch, groups, meta)
-    except OSError as error:
-        if error.errno != errno.ENOSPC or guard is None:
-            raise
-        raise guard.write_failed(error) from error
-
-
-def _policy(spec: TrialSpec) -> RetentionPolicy:
-    return spec.guard.policy if spec.guard is not None else spec.policy
-
-
-def _prune(
-    store: CheckpointStore | None,
-    history: list[dict[str, Any]],
-    spec: TrialSpec,
-    log: logging.Logger,
-) -> None:
-    """Apply retention after a save: delete what the plan drops, strip the kept epochs that
-    will never resume. A failure here is logged, not raised: pruning must never cost a metric,
-    and the next save prunes again."""
-    if store is None:
-        return
-    policy = _policy(spec)
-    values = epoch_values(history, spec.metric)
-    infos = store.list()
-    plan = plan_retention([(i.epoch, values.get(i.epoch)) for i in infos], policy)
-    for info in infos:
-        try:
-            if info.epoch in plan.delete:
-                store.delete(info.epoch)
-                event(log, f"pruned checkpoint epoch {info.epoch}", kind="prune", epoch=info.epoch)
-            elif policy.weights_only and info.resumable and info.epoch not in plan.full:
-                strip_checkpoint(store, info.epoch, log)
-        except OSError as error:
-            event(
-                log,
-                f"could not prune epoch {info.epoch}: {error}",
-                logging.WARNING,
-                kind="prune_failed",
-            )
-
-
-def _final_keep(
-    store: CheckpointStore | None, history: list[dict[str, Any]], spec: TrialSpec
-) -> list[int]:
-    if store is None:
-        return []
-    values = epoch_values(history, spec.metric)
-    records = [(i.epoch, values.get(i.epoch)) for i in store.list()]
-    return sorted(plan_retention(records, _policy(spec), final=True).keep)
 
 
 def _outcome(
@@ -396,73 +206,3 @@ def _outcome(
         tmp_cleaned=store.cleaned_tmp if store else 0,
         encoder=vars(network.encoder_info),
     )
-
-
-def replay_training(
-    config: Config, seed: int, train_posts: list[dict[str, Any]], until_epoch: int
-) -> Network:
-    """Retrain a trial in memory up to `until_epoch`, exactly as the trial did.
-
-    The final evaluation uses this when the study ran with checkpointing off. The per-epoch
-    validation pass is skipped: in eval mode it draws no random numbers, so skipping it does not
-    change the training trajectory.
-    """
-    network = build_network(config, seed)
-    train_split = encode(network, config, train_posts)
-    optimisation = build_optimisation(network, config, train_split)
-    for epoch in range(1, until_epoch + 1):
-        _train_epoch(network, optimisation, config, seed, epoch, train_split, f"replay {epoch}")
-    return network
-
-
-def _train_epoch(
-    network: Network,
-    optimisation: Optimisation,
-    config: Config,
-    seed: int,
-    epoch: int,
-    train_split: EncodedSplit,
-    progress: str,
-) -> EpochResult:
-    """One epoch in the order fixed by (seed, epoch), augmentation included: the same in a
-    trial, a resumed trial and a replay."""
-    split, augmentation = _augmented(network, config, seed, epoch, train_split)
-    loader = make_loader(
-        split, config.train.batch_size, network.pad_token_id, epoch_shuffle_seed(seed, epoch)
-    )
-    result = train_one_epoch(
-        network.model,
-        loader,
-        optimisation.optimizer,
-        optimisation.scheduler,
-        config.train,
-        network.device,
-        optimisation.class_weights,
-        progress,
-    )
-    result.metrics.update(augmentation)
-    return result
-
-
-def _augmented(
-    network: Network, config: Config, seed: int, epoch: int, train_split: EncodedSplit
-) -> tuple[EncodedSplit, dict[str, float]]:
-    """The epoch's training split with its evidence sentences rewritten (train.augmentation_prob),
-    and the epoch's counts as metrics. Only the train split ever reaches this."""
-    if config.train.augmentation_prob <= 0:
-        return train_split, {}
-    from leanhpo.data.augment import augment_split
-
-    methods = config.train.augmentation_methods
-    posts, stats = augment_split(
-        "train", train_split.posts, config.train.augmentation_prob, methods, seed, epoch
-    )
-    counts = {
-        "train_augmented_posts": float(stats["posts_augmented"]),
-        "train_augmented_sentences": float(stats["sentences_rewritten"]),
-        "train_augmentation_unchanged": float(stats["sentences_unchanged"]),
-        **{f"train_augmented_{method}": float(n) for method, n in stats["by_method"].items()},
-    }
-    message = f"epoch {epoch}: augmented {stats['sentences_rewritten']} evidence sentences"
-    event(LOG, message, kind="augmentation", epoch=epoch, examples=stats["examples"], counts=counts)
-    return encode(network, config, posts), counts
