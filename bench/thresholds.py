@@ -8,7 +8,7 @@ The decision rule does not change training (the criteria loss reads probabilitie
 decisions), so one training run per seed serves both rules: config.yaml's model and train
 values with MiniLM, `long_posts: truncate` at `--max-length` and fp32 on the CPU, on the bundled
 sample (`--sample-posts` posts split 80/10/10 by config.yaml's split). After every epoch the
-validation and test splits are scored (`leanhpo.training.loop.evaluate`) and each rule is
+validation and test splits are scored (`leanhpo.training.evaluation.evaluate`) and each rule is
 applied as a trial and the study's test evaluation apply it:
 
 - fixed: every symptom decided at 0.5; the epoch is selected on validation macro-F1 at 0.5;
@@ -42,7 +42,7 @@ import yaml
 from leanhpo.config import Config, deep_merge
 from leanhpo.data import load_split, prepare_dataset
 from leanhpo.metric_names import SYMPTOMS
-from leanhpo.training.loop import Evaluation, evaluate, resolve_decision_thresholds
+from leanhpo.training.evaluation import Evaluation, evaluate, resolve_decision_thresholds
 from leanhpo.training.metrics import criteria_metrics
 from leanhpo.training.setup import build_network, build_optimisation, encode
 from leanhpo.trial.epoch import train_epoch

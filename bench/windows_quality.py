@@ -23,13 +23,8 @@ import torch
 
 from leanhpo.config import Config
 from leanhpo.data import load_split, prepare_dataset
-from leanhpo.training.loop import (
-    epoch_shuffle_seed,
-    evaluate,
-    make_loader,
-    resolve_null_threshold,
-    train_one_epoch,
-)
+from leanhpo.training.evaluation import evaluate, resolve_null_threshold
+from leanhpo.training.loop import epoch_shuffle_seed, make_loader, train_one_epoch
 from leanhpo.training.setup import build_network, build_optimisation, encode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -134,7 +134,7 @@ def test_evaluation_decodes_under_the_resolved_threshold():
     import numpy as np
 
     from leanhpo.config import Config
-    from leanhpo.training.loop import Evaluation, resolve_null_threshold
+    from leanhpo.training.evaluation import Evaluation, resolve_null_threshold
 
     evaluation = Evaluation(
         {"loss": 1.0}, np.zeros((1, 9)), np.zeros((1, 9)), [_positive(SLEEP), _null()], [4.0, 9.0]

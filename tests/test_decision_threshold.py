@@ -39,7 +39,7 @@ from leanhpo.study.evaluate import (
 from leanhpo.study.export import export_best_model
 from leanhpo.training.bootstrap import criteria_resamples, resample_counts
 from leanhpo.training.calibrate import tune_decision_thresholds
-from leanhpo.training.loop import Evaluation, resolve_decision_thresholds
+from leanhpo.training.evaluation import Evaluation, resolve_decision_thresholds
 from leanhpo.training.metrics import DEFAULT_THRESHOLD, criteria_metrics, threshold_vector
 
 VAL_KEYS = [f"val_{key}" for key in DECISION_THRESHOLD_KEYS]

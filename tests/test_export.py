@@ -39,7 +39,7 @@ from leanhpo.fsutil import read_json
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.study.evaluate import evaluate_study, structure_metrics
 from leanhpo.study.export import export_best_model
-from leanhpo.training.loop import evaluate, evidence_pairs
+from leanhpo.training.evaluation import evaluate, evidence_pairs
 from leanhpo.training.metrics import criteria_metrics, evidence_metrics
 from leanhpo.training.setup import build_network, encode
 

@@ -14,7 +14,7 @@ from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import IGNORE_INDEX
 from leanhpo.training.features import EncodedSplit, Windowing, encode_posts
 from leanhpo.training.loop import (
-    _losses,
+    batch_losses,
     make_loader,
     make_optimizer,
     make_scheduler,
@@ -211,12 +211,12 @@ def test_evidence_shares_follow_each_heads_denominator(evidence_head, input_form
     assert sum(evidence for _, evidence in shares) == pytest.approx(1.0)
     assert any(abs(criteria - evidence) > 1e-3 for criteria, evidence in shares)
     with torch.no_grad():
-        _, _, whole_criteria, whole_evidence = _losses(
+        _, _, whole_criteria, whole_evidence = batch_losses(
             network.model, batch, config.train, CLASS_WEIGHTS
         )
         criteria = evidence = 0.0
         for part, (criteria_share, evidence_share) in zip(parts, shares, strict=True):
-            _, _, part_criteria, part_evidence = _losses(
+            _, _, part_criteria, part_evidence = batch_losses(
                 network.model, part.batch, config.train, CLASS_WEIGHTS
             )
             criteria += criteria_share * float(part_criteria)
@@ -232,7 +232,7 @@ def _train_epoch_as_before(
     network.model.train()
     for batch in loader:
         done = training_progress(scheduler, len(loader), config.train.epochs)
-        _, total, _, _ = _losses(network.model, batch, config.train, CLASS_WEIGHTS, done)
+        _, total, _, _ = batch_losses(network.model, batch, config.train, CLASS_WEIGHTS, done)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(network.model.parameters(), config.train.max_grad_norm)

@@ -288,7 +288,7 @@ def _model_from(tiny_encoder, config):
 
 def _trajectory(tiny_encoder, batch, config, train_posts) -> tuple[float, float]:
     """Total loss before and after one AdamW step, with the same seed for every dropout draw."""
-    from leanhpo.training.loop import _losses
+    from leanhpo.training.loop import batch_losses
     from leanhpo.training.setup import class_weights
 
     model = _model_from(tiny_encoder, config)
@@ -298,7 +298,7 @@ def _trajectory(tiny_encoder, batch, config, train_posts) -> tuple[float, float]
     losses = []
     for _ in range(2):
         torch.manual_seed(1)
-        _, total, _, _ = _losses(model, batch, config.train, weights, progress=0.3)
+        _, total, _, _ = batch_losses(model, batch, config.train, weights, progress=0.3)
         losses.append(total.item())
         optimizer.zero_grad()
         total.backward()
@@ -370,7 +370,7 @@ def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
 )
 def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, head):
     """50 steps on 4 posts: the evidence loss falls below half and decoding finds the targets."""
-    from leanhpo.training.loop import _losses
+    from leanhpo.training.loop import batch_losses
 
     config = Config.from_dict(
         {
@@ -390,15 +390,15 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
     split = encode_posts(posts, tiny_encoder[1], "multi_label", 96)
     batch = collate(split.examples, int(tiny_encoder[1].pad_token_id))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    _, _, _, first = _losses(model, batch, config.train, None)
+    _, _, _, first = batch_losses(model, batch, config.train, None)
     for _ in range(50):
-        _, total, _, _ = _losses(model, batch, config.train, None)
+        _, total, _, _ = batch_losses(model, batch, config.train, None)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        outputs, _, _, last = _losses(model, batch, config.train, None)
+        outputs, _, _, last = batch_losses(model, batch, config.train, None)
     assert last.item() < 0.5 * first.item()
     spans = model.decode_evidence(outputs, batch, config.model.max_answer_tokens, 0.0)
     gold = zip(batch["start_positions"].tolist(), batch["end_positions"].tolist(), strict=True)
@@ -416,7 +416,7 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
     "head", ["start_end_linear", "start_end_mlp", "biaffine", "bio_crf", "sentence_reranker"]
 )
 def test_evaluate_works_for_every_evidence_head(tiny_encoder, sample_posts, head, input_format):
-    from leanhpo.training.loop import evaluate
+    from leanhpo.training.evaluation import evaluate
 
     config = Config.from_dict(
         {

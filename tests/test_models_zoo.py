@@ -23,7 +23,7 @@ from leanhpo.models.losses import (
     scheduled_gamma,
 )
 from leanhpo.training.features import collate, encode_posts
-from leanhpo.training.loop import _losses
+from leanhpo.training.loop import batch_losses
 from leanhpo.training.setup import class_weights, head_settings
 
 CRITERIA_HEADS = ["linear", "mlp", "mlp_residual", "gated", "multi_sample_dropout"]
@@ -88,7 +88,7 @@ def test_criteria_head_and_pooling_forward_backward(tiny, batches, head, pooling
     cfg = config({"criteria_head": head, "pooling": pooling, "input_format": input_format})
     model = build(tiny, cfg)
     batch = batches[input_format]
-    outputs, total, crit, _ = _losses(model, batch, cfg.train, None)
+    outputs, total, crit, _ = batch_losses(model, batch, cfg.train, None)
     assert outputs["criteria_logits"].shape == (len(batch["labels"]), n_outputs(input_format))
     assert torch.isfinite(total)
     crit.backward()
@@ -115,7 +115,7 @@ def test_evidence_head_forward_backward_decode(tiny, batches, head, input_format
     cfg = config({"evidence_head": head, "input_format": input_format})
     model = build(tiny, cfg)
     batch = batches[input_format]
-    outputs, _, _, evid = _losses(model, batch, cfg.train, None)
+    outputs, _, _, evid = batch_losses(model, batch, cfg.train, None)
     rows, width = batch["input_ids"].shape
     shapes = {
         "start_logits": (rows, n_outputs(input_format), width),
@@ -216,7 +216,7 @@ def test_every_loss_trains_the_encoder(tiny, batches, sample_posts, loss, input_
     model = build(tiny, cfg)
     weights = class_weights(cfg, sample_posts["train"], torch.device("cpu"))
     assert (weights is not None) == (loss != "bce")  # the focal family is alpha-balanced
-    _, total, crit, _ = _losses(model, batches[input_format], cfg.train, weights, progress=0.3)
+    _, total, crit, _ = batch_losses(model, batches[input_format], cfg.train, weights, progress=0.3)
     assert torch.isfinite(total) and crit > 0
     crit.backward()
     assert encoder_got_gradient(model)
@@ -273,7 +273,7 @@ def test_coupling_feeds_evidence_features_into_the_criteria_head(
         }
     )
     model = build(tiny, cfg)
-    outputs, _, crit, _ = _losses(model, batches["multi_label"], cfg.train, None)
+    outputs, _, crit, _ = batch_losses(model, batches["multi_label"], cfg.train, None)
     assert outputs["criteria_logits"].shape == (len(batches["multi_label"]["labels"]), 9)
     crit.backward()  # the criteria loss alone
     evidence_grads = [p.grad for p in model.evidence_head.parameters()]
@@ -289,7 +289,7 @@ def test_coupling_feeds_evidence_features_into_the_criteria_head(
 def test_coupling_works_with_every_evidence_head(tiny, batches, head, input_format):
     cfg = config({"evidence_head": head, "coupling": "coupled", "input_format": input_format})
     model = build(tiny, cfg)
-    _, total, crit, _ = _losses(model, batches[input_format], cfg.train, None)
+    _, total, crit, _ = batch_losses(model, batches[input_format], cfg.train, None)
     assert torch.isfinite(total)
     crit.backward()
     grads = [p.grad for p in model.evidence_head.parameters()]

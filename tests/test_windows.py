@@ -11,8 +11,9 @@ from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import load_encoder
 from leanhpo.models.multitask import NULL_INDEX
 from leanhpo.models.pooling import WindowPool
+from leanhpo.training.evaluation import evaluate
 from leanhpo.training.features import Windowing, collate, encode_posts
-from leanhpo.training.loop import evaluate, make_loader
+from leanhpo.training.loop import make_loader
 from leanhpo.training.setup import build_network
 
 MAX_LENGTH = 64

@@ -1,7 +1,7 @@
 """Predict with an export: the study's own encode + evaluate path, on posts without labels.
 
 Unlabelled texts become post dicts with nine zero labels and no evidence, and go through
-`training.setup.encode` and `training.loop.evaluate` exactly as the test split did in the
+`training.setup.encode` and `training.evaluation.evaluate` exactly as the test split did in the
 study's evaluation (truncation or windows, batching, autocast, evidence decoding); the labels
 only feed the losses, which are thrown away. So the export's predictions on the test split are
 the ones the study report scored, bit for bit, at the default batch size.
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from leanhpo.export.bundle import ExportedModel
 from leanhpo.export.errors import ExportError
 from leanhpo.metric_names import SYMPTOMS
-from leanhpo.training.loop import evaluate
+from leanhpo.training.evaluation import evaluate
 from leanhpo.training.metrics import EvidenceExample
 from leanhpo.training.setup import encode
 

@@ -35,8 +35,8 @@ from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.setup import open_study, trial_counts
 from leanhpo.tracking import open_tracker
 from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
+from leanhpo.training.evaluation import Evaluation, evaluate
 from leanhpo.training.features import train_prevalence
-from leanhpo.training.loop import Evaluation, evaluate
 from leanhpo.training.metrics import threshold_vector
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state

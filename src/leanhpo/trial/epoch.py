@@ -12,17 +12,14 @@ import numpy as np
 
 from leanhpo.config import Config
 from leanhpo.logs import event
-from leanhpo.training.features import EncodedSplit, train_prevalence
-from leanhpo.training.loop import (
-    EpochResult,
-    epoch_shuffle_seed,
+from leanhpo.training.evaluation import (
     evaluate,
     evidence_pairs,
-    make_loader,
     resolve_decision_thresholds,
     resolve_null_threshold,
-    train_one_epoch,
 )
+from leanhpo.training.features import EncodedSplit, train_prevalence
+from leanhpo.training.loop import EpochResult, epoch_shuffle_seed, make_loader, train_one_epoch
 from leanhpo.training.metrics import baseline_criteria_metrics, evidence_metrics
 from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
 
