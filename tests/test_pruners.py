@@ -6,6 +6,7 @@ decisions write rung values to the storage while they are taken."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -332,12 +333,14 @@ def test_hyperband_study_killed_at_random_instants_prunes_the_same_trials(tmp_pa
     clean, stormed = tmp_path / "clean", tmp_path / "storm"
     for folder in (clean, stormed):
         folder.mkdir()
+    started = time.monotonic()
     result = subprocess.run(command(clean), capture_output=True, text=True, env=job_env())
+    uninterrupted_s = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-4000:]
     expected = _storm_outcomes(clean / "experiments" / "tiny")
     assert any(status == "pruned" for status, _, _ in expected.values()), expected
 
-    kills = kill_storm(command(stormed), STORM_KILLS, seed=11, window=(4.0, 30.0))
+    kills = kill_storm(command(stormed), STORM_KILLS, seed=11, uninterrupted_s=uninterrupted_s)
     final = subprocess.run(command(stormed), capture_output=True, text=True, env=job_env())
     assert final.returncode == 0, final.stderr[-4000:]
     assert len(kills) >= 3, kills

@@ -12,6 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+KILL_WINDOW = (0.05, 0.25)  # kill_storm's instants, as shares of the uninterrupted run's wall time
 
 
 def snakemake_command(workdir: Path, *overlays: Path | str) -> list[str]:
@@ -34,14 +35,21 @@ def kill_storm(
     command: list[str],
     rounds: int,
     seed: int,
-    window: tuple[float, float],
+    uninterrupted_s: float,
     after_kill: Callable[[], None] | None = None,
 ) -> list[float]:
     """Run `command` (in its own session) up to `rounds` times, each killed with SIGKILL to its
-    whole process group (Snakemake and its jobs) at a seeded random instant within `window`
-    seconds of its start; `after_kill` runs after each kill. Stops early when a run ends before
-    its instant. Returns the instants of the kills."""
+    whole process group (Snakemake and its jobs) at a seeded random instant; `after_kill` runs
+    after each kill. Stops early when a run ends before its instant. Returns the instants.
+
+    The instants are drawn from KILL_WINDOW times `uninterrupted_s`, the wall time of the same
+    run without kills measured in the same test: a fixed window in seconds lets a study that
+    got faster (a warm worker, a quieter machine) finish before the kills a test asks for. A
+    killed run progresses at most its instant (less: the resume redoes the unsaved epoch), so
+    three kills cover at most 75 % of the study and the fourth round at the earliest can end it.
+    """
     rng = random.Random(seed)
+    low, high = (share * uninterrupted_s for share in KILL_WINDOW)
     kills: list[float] = []
     for _ in range(rounds):
         process = subprocess.Popen(
@@ -51,7 +59,7 @@ def kill_storm(
             env=job_env(),
             start_new_session=True,
         )
-        instant = rng.uniform(*window)
+        instant = rng.uniform(low, high)
         try:
             process.wait(timeout=instant)
             break  # finished before this round's instant came
@@ -61,5 +69,5 @@ def kill_storm(
             kills.append(round(instant, 1))
             if after_kill is not None:
                 after_kill()
-    print(f"kill -9 at {kills} s after each start")
+    print(f"kill -9 at {kills} s after each start (uninterrupted: {uninterrupted_s:.1f} s)")
     return kills
