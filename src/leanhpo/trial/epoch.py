@@ -62,6 +62,8 @@ def train_and_validate(
     train_split: EncodedSplit,
     val_split: EncodedSplit,
 ) -> dict[str, float]:
+    """A trial's epoch: train it, validate, resolve the null and decision thresholds on that
+    validation pass, and return the epoch's finite train_* and val_* metrics."""
     result = train_epoch(network, optimisation, config, seed, epoch, train_split, f"epoch {epoch}")
     evaluation = evaluate(
         network.model,
