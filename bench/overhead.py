@@ -21,9 +21,9 @@ trial); the whole bench takes about 11 min.
    tell, MLflow close, retention, report: the bookkeeping).
 3. bare: the same resolved config (read back from the trial's state.json) trained in this
    process: build_network, encode, build_optimisation, then per epoch the trial's own
-   leanhpo.trial.epoch.train_and_validate (train, validate, thresholds); no Optuna, MLflow, checkpoints or
-   reports. Imports are not timed (a resident process pays them once). Its per-epoch
-   validation metric is compared with the trial's to show it is the same training.
+   leanhpo.trial.epoch.train_and_validate (train, validate, thresholds); no Optuna, MLflow,
+   checkpoints or reports. Imports are not timed (a resident process pays them once). Its
+   per-epoch validation metric is compared with the trial's to show it is the same training.
 4. kill: slot 1 (same params) starts; 2 s after its epoch-2 `epoch_start` the whole Snakemake
    process group gets SIGKILL; then `snakemake --rerun-incomplete` of the same target, timed from
    its Popen to the resumed trial's first `epoch_start` (the resumed epoch; the first optimizer

@@ -76,9 +76,10 @@ def scores(evaluation: Evaluation, thresholds: np.ndarray) -> dict[str, Any]:
     }
 
 
-def one_seed(args: argparse.Namespace, data_dir: Path, seed: int) -> dict[str, Any]:
+def one_seed(
+    args: argparse.Namespace, posts: dict[str, list[dict[str, Any]]], seed: int
+) -> dict[str, Any]:
     fixed_cfg, auto_cfg = make_config(args, 0.5), make_config(args, "auto")
-    posts = {name: load_split(data_dir, name) for name in ("train", "validation", "test")}
     network = build_network(fixed_cfg, seed)
     splits = {name: encode(network, fixed_cfg, p) for name, p in posts.items()}
     optimisation = build_optimisation(network, fixed_cfg, splits["train"])
@@ -153,8 +154,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="leanhpo-bench-thresholds-") as name:
         data_dir = Path(name) / "data"
         prepare_dataset(make_config(args, 0.5).to_dict()["data"], data_dir)
-        sizes = {split: len(load_split(data_dir, split)) for split in ("validation", "test")}
-        runs = [one_seed(args, data_dir, seed) for seed in args.seeds]
+        posts = {name: load_split(data_dir, name) for name in ("train", "validation", "test")}
+    sizes = {split: len(posts[split]) for split in ("validation", "test")}
+    runs = [one_seed(args, posts, seed) for seed in args.seeds]
     env["load_average_end"] = os.getloadavg()
     mean = {
         rule: {
