@@ -77,6 +77,12 @@ rule plot_study:
             caption="../docs/report/test_results.rst",
             category="Study",
         ),
+        # The report's landing page (docs/report/workflow.rst) shows this fragment inline.
+        page=report(
+            f"{STUDY}/plots/study_results.html",
+            caption="../docs/report/study_results.rst",
+            category="Study",
+        ),
     log:
         f"{LOGS}/plot_study.log",
     params:

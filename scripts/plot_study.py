@@ -11,6 +11,8 @@ with job(snakemake.log[0]):
         study_report=Path(snakemake.input.study_report),
         history_png=Path(snakemake.output.history),
         curves_png=Path(snakemake.output.curves),
-        items={k: Path(snakemake.output[k]) for k in ("disk", "importances", "trials", "test")},
+        items={
+            k: Path(snakemake.output[k]) for k in ("disk", "importances", "trials", "test", "page")
+        },
         study_config=snakemake.params.study,
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from services.chromium import chromium  # noqa: F401
 from services.fake_hub import fake_hub, fake_hub_repos  # noqa: F401
 from services.mlflow_server import (  # noqa: F401
     mlflow_auth_server,

@@ -17,7 +17,8 @@ def plot_study(
     study_config: dict[str, Any] | None = None,
 ) -> None:
     """The two plots, and with `items` (disk, importances, trials, test) the report items of
-    leanhpo.report_items; `study_config` (name, storage, seed) opens the Optuna study for the
+    leanhpo.report_items; with `items["page"]` also the report's landing page with all of them
+    (leanhpo.report_page). `study_config` (name, storage, seed) opens the Optuna study for the
     importances."""
     import matplotlib
 
@@ -65,6 +66,11 @@ def plot_study(
     plt.close(fig)
     if items is not None:
         _report_items(report_paths, study_report, items, study_config)
+    if items is not None and "page" in items:
+        from leanhpo.report_page import write_study_page
+
+        figures = [history_png, curves_png, items["disk"], items["importances"]]
+        write_study_page(read_json(study_report), reports, items["page"], figures)
 
 
 def _report_items(

@@ -4,7 +4,8 @@
   what keeping all of them would take (replayed from the trials' JSONL logs and reports);
 - parameter importances: Optuna's fANOVA, once enough trials completed (a placeholder before);
 - a per-trial table (status, params, best score, epochs, wall time), as CSV;
-- the test results with their bootstrap intervals, as CSV.
+- the test results with their bootstrap intervals, as CSV;
+- both tables again, rounded, on the report's landing page (leanhpo.report_page).
 """
 
 from __future__ import annotations
@@ -130,77 +131,86 @@ def plot_importances(importances: dict[str, float] | None, n_complete: int, png:
     plt.close(fig)
 
 
-def write_trials_table(reports: list[dict[str, Any]], out_csv: Path) -> None:
+TRIAL_COLUMNS = (
+    "slot",
+    "optuna_number",
+    "status",
+    "best_validation_score",
+    "best_epochs",
+    "epochs_trained",
+    "train_seconds",
+    "wall_seconds_last_run",
+    "bytes_retained",
+)
+TEST_COLUMNS = ("section", "metric", "value", "ci_low", "ci_high", "ci_level")
+
+
+def trials_table(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(header, one row per trial slot): the per-trial table, its sampled params last."""
     params = sorted({name for r in reports for name in r.get("params") or {}})
-    with out_csv.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
+    rows = []
+    for r in sorted(reports, key=lambda r: r["slot"]):
+        timings = r.get("timings") or {}
+        rows.append(
             [
-                "slot",
-                "optuna_number",
-                "status",
-                "best_validation_score",
-                "best_epochs",
-                "epochs_trained",
-                "train_seconds",
-                "wall_seconds_last_run",
-                "bytes_retained",
-                *params,
+                r["slot"],
+                r.get("optuna_number"),
+                r["status"],
+                r.get("best_validation_score"),
+                " ".join(map(str, r.get("best_epochs") or [])),
+                len(r.get("history") or []),
+                timings.get("train_seconds"),
+                timings.get("wall_seconds_last_run"),
+                (r.get("storage") or {}).get("bytes_retained"),
+                *((r.get("params") or {}).get(p) for p in params),
             ]
         )
-        for r in sorted(reports, key=lambda r: r["slot"]):
-            timings = r.get("timings") or {}
-            writer.writerow(
-                [
-                    r["slot"],
-                    r.get("optuna_number"),
-                    r["status"],
-                    r.get("best_validation_score"),
-                    " ".join(map(str, r.get("best_epochs") or [])),
-                    len(r.get("history") or []),
-                    timings.get("train_seconds"),
-                    timings.get("wall_seconds_last_run"),
-                    (r.get("storage") or {}).get("bytes_retained"),
-                    *((r.get("params") or {}).get(p) for p in params),
-                ]
-            )
+    return [*TRIAL_COLUMNS, *params], rows
+
+
+def results_table(study_report: dict[str, Any]) -> list[list[Any]]:
+    """Every test metric with its interval (from study_report.json), then the baseline's, as
+    rows of TEST_COLUMNS. (Not named test_*: pytest would collect it where it is imported.)"""
+    metrics, ci = study_report.get("test_metrics") or {}, study_report.get("test_metrics_ci") or {}
+    rows = []
+    for section in ("criteria_matching", "evidence_binding", "losses"):
+        for name, value in (metrics.get(section) or {}).items():
+            if isinstance(value, dict):
+                continue  # per-criterion detail stays in study_report.json
+            interval = (ci.get(section) or {}).get(name) or {}
+            level = ci.get("level") if interval else None
+            rows.append([section, name, value, interval.get("low"), interval.get("high"), level])
+    comparison = study_report.get("baseline_comparison") or {}
+    if comparison.get("baseline"):
+        metric = next((k[6:] for k in comparison if k.startswith("model_")), "score")
+        interval = comparison.get("baseline_ci") or {}
+        rows.append(
+            [
+                "baseline",
+                f"{comparison['baseline']}_{metric}",
+                comparison.get(f"baseline_{metric}"),
+                interval.get("low"),
+                interval.get("high"),
+                comparison.get("level"),
+            ]
+        )
+    return rows
+
+
+def _write_csv(header: list[str] | tuple[str, ...], rows: list[list[Any]], out_csv: Path) -> None:
+    with out_csv.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_trials_table(reports: list[dict[str, Any]], out_csv: Path) -> None:
+    _write_csv(*trials_table(reports), out_csv)
 
 
 def write_test_table(study_report: dict[str, Any], out_csv: Path) -> None:
-    """Every test metric with its interval (from study_report.json), and the baseline."""
-    metrics, ci = study_report.get("test_metrics") or {}, study_report.get("test_metrics_ci") or {}
-    with out_csv.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["section", "metric", "value", "ci_low", "ci_high", "ci_level"])
-        for section in ("criteria_matching", "evidence_binding", "losses"):
-            for name, value in (metrics.get(section) or {}).items():
-                if isinstance(value, dict):
-                    continue  # per-criterion detail stays in study_report.json
-                interval = (ci.get(section) or {}).get(name) or {}
-                writer.writerow(
-                    [
-                        section,
-                        name,
-                        value,
-                        interval.get("low"),
-                        interval.get("high"),
-                        ci.get("level") if interval else None,
-                    ]
-                )
-        comparison = study_report.get("baseline_comparison") or {}
-        if comparison.get("baseline"):
-            metric = next((k[6:] for k in comparison if k.startswith("model_")), "score")
-            interval = comparison.get("baseline_ci") or {}
-            writer.writerow(
-                [
-                    "baseline",
-                    f"{comparison['baseline']}_{metric}",
-                    comparison.get(f"baseline_{metric}"),
-                    interval.get("low"),
-                    interval.get("high"),
-                    comparison.get("level"),
-                ]
-            )
+    """Every test metric with its interval, and the baseline (see results_table)."""
+    _write_csv(TEST_COLUMNS, results_table(study_report), out_csv)
 
 
 def write_report_items(
