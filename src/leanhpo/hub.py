@@ -4,8 +4,8 @@ which errors are worth a retry, and how to say so without leaking the token.
 
 The cache is always tried first, without network. After a miss, one network attempt is made
 at once, then up to five retries follow the waits below. Only transient failures (a 5xx or
-429 answer, a lost connection, a timeout) are retried; a refusal (401/403, gated) or a missing
-repo stops at once.
+429 answer, a lost connection, a timeout) are retried; a refusal (401/403, gated), a missing
+repo, or a hub whose host name does not even resolve (no network, no DNS) stops at once.
 
 LEANHPO_HUB_RETRY_SCALE (a float, default 1) multiplies every wait: tests set it to 0.01 to
 run the whole schedule in a fraction of a second; 0 retries without waiting.
@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import requests
 from tenacity import (
@@ -54,6 +56,14 @@ HubErrorKind = Literal["transient", "refused", "missing", "permanent"]
 
 class HubUnavailable(requests.RequestException):
     """The hub answered 5xx/408/429 or could not be reached; worth another attempt later."""
+
+
+class HubUnresolvable(requests.RequestException):
+    """The hub's host name did not resolve: this machine has no network or no DNS.
+
+    Not retried: the backoff (31 s in all) would only delay the message, and the cure (a
+    network, or the files in the cache with HF_HUB_OFFLINE=1) is the user's. A hub that
+    resolves but refuses connections or times out is still retried, as SPEC 3 asks."""
 
 
 def hub_offline() -> bool:
@@ -151,6 +161,12 @@ class _SingleShotSession(requests.Session):
         except (requests.exceptions.SSLError, requests.exceptions.ProxyError):
             raise  # a configuration problem: waiting does not fix it
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+            if unresolved_host(error):
+                host = urlsplit(str(url)).hostname
+                raise HubUnresolvable(
+                    f"{method} {url!s}: the host name {host} does not resolve (no network or no "
+                    "DNS here; not retried)"
+                ) from error
             raise HubUnavailable(f"{method} {url!s}: {type(error).__name__}") from error
         if _is_transient_status(response.status_code):
             raise HubUnavailable(
@@ -173,6 +189,12 @@ def error_chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
+def unresolved_host(error: BaseException) -> bool:
+    """Whether the chain holds a failed name lookup (getaddrinfo's error, which urllib3 wraps
+    in NameResolutionError), as opposed to a host that resolved and then did not answer."""
+    return any(isinstance(link, socket.gaierror) for link in error_chain(error))
+
+
 def hub_status(error: BaseException) -> int | None:
     """The first HTTP status found along the chain of causes, if any."""
     for link in error_chain(error):
@@ -187,6 +209,8 @@ def hub_error_kind(error: BaseException) -> HubErrorKind | None:
     """What a hub failure means, from the first link of the chain that says; None if none does."""
     from huggingface_hub import errors as hub_errors
 
+    if unresolved_host(error):
+        return "permanent"
     for link in error_chain(error):
         if isinstance(link, HubUnavailable):
             return "transient"

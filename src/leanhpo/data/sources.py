@@ -22,6 +22,7 @@ from leanhpo.data.sample import DEFAULT_PROFILE, SAMPLE_VERSION, generate_sample
 from leanhpo.fsutil import atomic_write_bytes, sha256_file
 from leanhpo.hub import (
     HUB_RETRY_WAITS,
+    HubUnresolvable,
     describe_hub_error,
     error_chain,
     hub_cache_dir,
@@ -209,6 +210,10 @@ def _hub_error(
         f"the hub did not answer ({attempts} attempt{plural}, last: "
         f"{redact(describe_hub_error(error))})"
     )
+    unresolved = [link for link in chain if isinstance(link, HubUnresolvable)]
+    if unresolved:  # the request and the host it could not find say more than the types
+        found = redact(str(unresolved[0]))
+        reason = f"the hub could not be reached ({attempts} attempt{plural}: {found})"
     return DataError(_unreachable_message(repo_id, revision, cache, reason))
 
 
