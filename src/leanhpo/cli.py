@@ -211,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="config file; repeat to overlay (later files win), default config.yaml",
         )
+        cmd.add_argument(
+            "--configfile",
+            nargs="+",
+            action="extend",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="overlays as `snakemake --configfile a.yaml b.yaml` takes them: merged in order "
+            "over config.yaml (or over the --config files)",
+        )
         if name == "run-trial":
             cmd.add_argument("--slot", type=int, required=True, help="trial slot number (0-based)")
         if name == "cleanup":
@@ -230,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler, _ = COMMANDS[args.command]
-    paths_given = [] if args.command in CONFIG_FREE else args.config or [Path("config.yaml")]
+    # As in Snakemake, --configfile overlays the base config (the Snakefile's config.yaml).
+    base = [] if args.command in CONFIG_FREE else args.config or [Path("config.yaml")]
+    paths_given = base + (getattr(args, "configfile", None) or [])
     missing = [str(p) for p in paths_given if not Path(p).is_file()]
     if missing:
         print(f"leanhpo: config file not found: {', '.join(missing)}", file=sys.stderr)

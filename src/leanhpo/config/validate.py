@@ -35,6 +35,11 @@ SIZE_UNITS = {
 }
 SIZE_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)\s*$", re.IGNORECASE)
 SPLIT_TOLERANCE = 1e-6
+# YAML 1.1, which PyYAML implements, reads a number in exponent form only with a dot in it and a
+# sign on the exponent: 5e-5 and 1e4 stay text, 5.0e-5 and 1.0e+4 are numbers. Every YAML 1.2
+# tool says otherwise, so users meet this as "not a number" and need the spelling that works.
+YAML11_EXPONENT_TEXT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+NUMBER_TYPES = ("number", "integer")
 
 
 class ConfigError(ValueError):
@@ -78,6 +83,10 @@ def key_path(parts: Any) -> str:
 
 
 def _schema_error_message(error: jsonschema.ValidationError) -> str:
+    return _schema_error_text(error) + _yaml_number_hint(error)
+
+
+def _schema_error_text(error: jsonschema.ValidationError) -> str:
     path = key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -93,6 +102,35 @@ def _schema_error_message(error: jsonschema.ValidationError) -> str:
     if accepted:
         return f"config key '{path}': {error.instance!r} is not {accepted}"
     return f"config key '{path}': {error.message}"
+
+
+def _yaml_number_hint(error: jsonschema.ValidationError) -> str:
+    """How to spell as a YAML number the text a number key got (see YAML11_EXPONENT_TEXT);
+    empty unless that is what went wrong. The value is never converted: a number that YAML
+    read as text may be text in other tools that read the same file."""
+    text = error.instance
+    if not isinstance(text, str) or not YAML11_EXPONENT_TEXT.match(text):
+        return ""
+    if error.validator == "anyOf":
+        wanted = {option.get("type") for option in error.validator_value}
+    elif error.validator == "type":
+        value = error.validator_value
+        wanted = set(value) if isinstance(value, list) else {value}
+    else:
+        return ""
+    if not wanted & set(NUMBER_TYPES):
+        return ""
+    if "number" not in wanted and float(text).is_integer():
+        return f"; YAML reads {text} as text, not as a number: write {int(float(text))}"
+    mantissa, exponent = re.split("[eE]", text)
+    mantissa += "0" if mantissa.endswith(".") else "" if "." in mantissa else ".0"
+    fixed = f"{mantissa}e{exponent if exponent[0] in '+-' else '+' + exponent}"
+    if fixed == text or not isinstance(yaml.safe_load(fixed), float):
+        return ""  # text that YAML would read as a number: it came quoted, or not from YAML
+    return (
+        f"; YAML reads {text} as text, not as a number: write {fixed} (YAML needs a dot in "
+        "the number and a sign on the exponent)"
+    )
 
 
 def _alternatives(options: list[dict[str, Any]]) -> str | None:

@@ -5,7 +5,7 @@ output must be byte-identical on every machine.
 """
 
 from leanhpo.data.errors import DataError
-from leanhpo.data.prepare import load_split, prepare_dataset
+from leanhpo.data.prepare import load_split, prepare_dataset, read_data_report
 from leanhpo.data.redsm5 import ANNOTATIONS_FILE, POSTS_FILE, load_redsm5
 from leanhpo.data.sample import generate_sample
 from leanhpo.data.sources import HUB_RETRY_WAITS, materialize_source
@@ -32,5 +32,6 @@ __all__ = [
     "load_split",
     "materialize_source",
     "prepare_dataset",
+    "read_data_report",
     "split_posts",
 ]

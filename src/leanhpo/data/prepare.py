@@ -96,6 +96,21 @@ def too_few_posts_message(source: dict[str, Any], kept: int, cleaning: dict[str,
     )
 
 
+def read_data_report(out_dir: Path) -> dict[str, Any]:
+    """The data report of prepared splits, or an error that names the step that writes it."""
+    path = Path(out_dir) / REPORT_FILE
+    if not path.is_file():
+        raise DataError(
+            f"Tried to read the data report {path}, but it does not exist: the data of this "
+            "study has not been prepared. Fix: run `python -m leanhpo prepare-data` first, with "
+            "the same --config and --configfile options (or `snakemake --cores 1`, which runs "
+            "every step in order)."
+        )
+    with path.open(encoding="utf-8") as handle:
+        report: dict[str, Any] = json.load(handle)
+    return report
+
+
 def load_split(out_dir: Path, split: str) -> list[dict]:
     """Read one prepared split back, one post per line."""
     if split not in SPLIT_NAMES:

@@ -36,6 +36,7 @@ DROP_REASONS: tuple[str, ...] = (
     "empty_post_text",
 )
 EXAMPLES_PER_REASON = 3
+ROW_MEANING = {"posts": "one row per post", "annotations": "one row per annotated sentence"}
 EXAMPLE_MAX_CHARS = 100
 VALID_STATUSES = (0, 1)
 
@@ -82,7 +83,9 @@ def _read_csv(path: Path, expected: tuple[str, ...], kind: str) -> list[dict[str
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
-            found = [name.strip() for name in (reader.fieldnames or [])]
+            if reader.fieldnames is None:  # not one line: a copy or download cut short
+                raise DataError(_empty_file_message(path, expected, kind))
+            found = [name.strip() for name in reader.fieldnames]
             reader.fieldnames = found
             missing = [column for column in expected if column not in found]
             if missing:
@@ -102,6 +105,16 @@ def _read_csv(path: Path, expected: tuple[str, ...], kind: str) -> list[dict[str
             f"Tried to parse the ReDSM5 {kind} file {path} as CSV and failed: {error}. "
             "Fix: check the quoting around that line, or re-export the file as standard CSV."
         ) from error
+
+
+def _empty_file_message(path: Path, expected: tuple[str, ...], kind: str) -> str:
+    return (
+        f"Tried to read the ReDSM5 {kind} file {path}, but it is empty "
+        f"({path.stat().st_size} bytes). It should be a CSV with the header row "
+        f"{','.join(expected)} and {ROW_MEANING[kind]}. Fix: copy the file again from "
+        "https://huggingface.co/datasets/irlab-udc/redsm5 (an interrupted copy or download "
+        "leaves an empty file), or point data.path at the folder with the complete files."
+    )
 
 
 def _folder_listing(folder: Path) -> str:

@@ -28,6 +28,12 @@ from leanhpo.fsutil import atomic_file
 FORMATS = ("csv", "jsonl", "text")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 STDIO = "-"
+CONTENT = {  # what an input of each format holds, for the message about an empty one
+    "csv": "a CSV with a header row naming a `text` column (and optionally `post_id`), then "
+    "one row per post",
+    "jsonl": "one JSON object per line, with `text` (and optionally `post_id`)",
+    "text": "one post per line",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,11 @@ def read_posts(source: str, given_format: str | None = None) -> InputPosts:
     """Read and check every post of `source` (a path, or `-` for stdin)."""
     fmt = input_format(source, given_format)
     name = "<stdin>" if source == STDIO else source
-    text = _decode(_read_bytes(source), name)
+    data = _read_bytes(source)
+    text = _decode(data, name)
+    if not text.strip():
+        what = "is empty (0 bytes)" if not data else f"holds no text ({len(data)} bytes)"
+        raise ExportError(f"{name} {what}; as {fmt} input it should hold {CONTENT[fmt]}")
     parse = {"csv": _csv_posts, "jsonl": _json_posts, "text": _text_posts}[fmt]
     rows = parse(text, name)
     if not rows:

@@ -69,7 +69,7 @@ def iter_predictions(
     chunk = train.eval_batch_size * CHUNK_BATCHES
     with tqdm(total=len(posts), desc="predict", unit="post", disable=not progress) as bar:
         for start in range(0, len(posts), chunk):
-            rows = _predict_chunk(model, posts[start : start + chunk], train)
+            rows = _predict_chunk(model, posts[start : start + chunk], train, progress)
             bar.update(len(rows))
             yield rows
 
@@ -97,7 +97,7 @@ def unlabelled_posts(
 
 
 def _predict_chunk(
-    model: ExportedModel, posts: list[dict[str, Any]], train: Any
+    model: ExportedModel, posts: list[dict[str, Any]], train: Any, progress: bool
 ) -> list[dict[str, Any]]:
     network, config = model.network, model.config
     split = encode(network, config, posts)
@@ -111,7 +111,7 @@ def _predict_chunk(
         network.device,
         network.pad_token_id,
         weights,
-        "batches",
+        "batches" if progress else None,  # the bar of evaluate's own batches
     )
     pairs = evaluation.evidence(model.null_threshold)  # post-major, symptom-minor
     n = len(SYMPTOMS)

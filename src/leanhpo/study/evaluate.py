@@ -32,6 +32,7 @@ from leanhpo.metric_names import (
 )
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
+from leanhpo.study.info import read_study_info
 from leanhpo.study.setup import open_study, trial_counts
 from leanhpo.tracking import open_tracker
 from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
@@ -286,7 +287,7 @@ def evaluate_study(
     config = validate_config(config)
     settings = EvaluationConfig.from_dict(config)
     log = setup_logging()
-    study_info = read_json(study_file)
+    study_info = read_study_info(study_file)
     reports = [read_json(p) for p in report_paths]
     best = pick_best(reports)
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")

@@ -28,6 +28,7 @@ from leanhpo.checkpoints import (
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.reports import refresh_retained
+from leanhpo.study.info import read_study_info
 
 FINISHED_STATUSES = ("completed", "failed", "pruned")
 POLICY_FILE = "storage_policy.json"  # written by disk pressure (pressure.py, step 2)
@@ -237,7 +238,7 @@ def prune_study(
 ) -> dict[str, Any]:
     """The prune_study step: enforce study-wide retention and record it in retention.json."""
     log = setup_logging()
-    study_info = read_json(study_file)
+    study_info = read_study_info(study_file)
     summary = prune_study_checkpoints(
         study_file.parent, retention, study_info["optimization_metric"], log
     )

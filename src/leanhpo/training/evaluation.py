@@ -95,10 +95,11 @@ def evaluate(
     device: torch.device,
     pad_token_id: int,
     class_weights: torch.Tensor | None = None,
-    progress: str = "eval",
+    progress: str | None = "eval",
 ) -> Evaluation:
     """One pass: criteria probabilities, losses and each pair's best span with its null margin
-    (the null threshold is applied afterwards, so it can be calibrated without a second pass)."""
+    (the null threshold is applied afterwards, so it can be calibrated without a second pass).
+    `progress` names the batch bar on stderr; None shows none."""
     model.eval()
     n_posts = len(split.posts)
     probabilities = np.zeros((n_posts, len(SYMPTOMS)), dtype=np.float64)
@@ -107,7 +108,8 @@ def evaluate(
     batches = 0
     loader = make_loader(split, train.eval_batch_size, pad_token_id, shuffle_seed=None)
     cursor = 0
-    for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
+    bar = tqdm(loader, desc=progress, leave=False, mininterval=5.0, disable=progress is None)
+    for batch in bar:
         rows = split.examples[cursor : cursor + len(batch["input_ids"])]  # windows
         cursor += len(rows)
         owners = batch["window_owner"].tolist()

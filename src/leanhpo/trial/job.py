@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.config.strategy import enqueued_params
-from leanhpo.data import load_split
+from leanhpo.data import load_split, read_data_report
 from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
@@ -30,6 +30,7 @@ from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
 from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
+from leanhpo.study.info import read_study_info
 from leanhpo.study.lease import SlotLease
 from leanhpo.study.pressure import StorageGuard
 from leanhpo.study.prune import (
@@ -113,10 +114,12 @@ def main(
 def run_trial_job(
     slot: int, config: dict[str, Any], study_file: Path, data_dir: Path, report_path: Path
 ) -> dict[str, Any]:
+    # By hand (python -m leanhpo run-trial) a step may be skipped: name it before any write.
+    read_data_report(data_dir)
+    study_info = read_study_info(study_file)
     trial_dir = report_path.parent
     with TrialLock(trial_dir):
         log = setup_logging(trial_dir / "logs" / "trial.jsonl", trial=trial_dir.name)
-        study_info = read_json(study_file)
         # Not rerun triggers (growing a study, or changing how its next slots are sampled, must
         # not rerun finished trials), so n_trials (the "trial i/N" line, the grid's size) and the
         # search strategy arrive out of band.
@@ -162,7 +165,7 @@ def _run_owned(
 ) -> dict[str, Any]:
     trial_dir = report_path.parent
     study_cfg = config["study"]
-    data_report = read_json(data_dir / "data_report.json")
+    data_report = read_data_report(data_dir)
     trial_fingerprint = fingerprint(config, data_report["fingerprint"])
     frozen = attach_slot(study, slot, enqueued_params(config, slot))
     if frozen.system_attrs.get("fixed_params"):
