@@ -70,6 +70,7 @@ dashboard: install ## Serve optuna-dashboard for the study storage on 127.0.0.1:
 	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) "$$($(CONFIG_URL) study storage)"
 
 ui: install ## Serve the MLflow UI for the tracking store on 127.0.0.1:UI_PORT (5000)
+	@echo "MLflow 3.17 shows experiments as GenAI until its sidebar switch says 'Model training' (README.md)"
 	@uri="$$($(CONFIG_URL) tracking uri)"; case "$$uri" in \
 	  http*) echo "The tracking store is a server: open $$uri";; \
 	  *) $(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --backend-store-uri "$$uri";; esac

@@ -69,3 +69,20 @@ def test_flatten():
         "e": [1, 2],
         "f": {},
     }
+
+
+def test_the_experiment_is_a_training_experiment_unless_its_kind_was_set(tmp_path):
+    """MLflow 3's UI reads an experiment's kind from a tag (issue 24): leanhpo's is model
+    training, whether leanhpo makes the experiment or finds one made before it; a kind set by
+    hand stays."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    kind = "mlflow.experimentKind"
+    made = _tracker(tmp_path)
+    client = made.client
+    assert client.get_experiment(made.experiment_id).tags[kind] == "custom_model_development"
+    older = client.create_experiment("made before leanhpo")
+    chosen = client.create_experiment("chosen by hand", tags={kind: "genai_development"})
+    Tracker(uri, "made before leanhpo")
+    Tracker(uri, "chosen by hand")
+    assert client.get_experiment(older).tags[kind] == "custom_model_development"
+    assert client.get_experiment(chosen).tags[kind] == "genai_development"

@@ -44,6 +44,10 @@ MIN_PROBE_INTERVAL_S = 1.0
 MAX_PARAM_CHARS = 6000
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+# The MLflow 3 UI reads the kind of an experiment from this tag; without it the experiment may
+# open as a GenAI one (traces, "evaluation runs"). A kind set by hand is left as it is.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 LOCAL_SCHEMES = ("sqlite:", "file:", "postgresql", "mysql", "mssql")
 
 
@@ -129,6 +133,8 @@ class Tracker(ReplayMixin, ArtifactMixin):
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             experiment_id = str(found.experiment_id)
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by hand or by an older leanhpo
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         else:
             experiment_id = self._create_experiment(name)
         if name == self.experiment:
@@ -143,8 +149,12 @@ class Tracker(ReplayMixin, ArtifactMixin):
             self.artifact_root.mkdir(parents=True, exist_ok=True)
             location = self.artifact_root.resolve().as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
-        except MlflowException:  # created concurrently by another job
+            return str(
+                self.client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+                )
+            )
+        except MlflowException:  # created concurrently by another job (which tags it too)
             again = self.client.get_experiment_by_name(name)
             if again is None:
                 raise
