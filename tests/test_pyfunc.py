@@ -1,6 +1,7 @@
 """The export as an MLflow pyfunc model on the study's parent run (issue 10, part 3), against the
-embedded store (SQLite in tmp): same output as predict_texts, logged once, optional registration,
-and an MLflow outage that leaves the export written and the model logged later.
+embedded store (SQLite in tmp): same output as predict_texts, logged once as a logged model of the
+parent run (issue 24), optional registration, and an MLflow outage that leaves the export written
+and the model logged later.
 
 The tests share one tiny study (tests/studyhelper.py) and run in file order: the outage first, so
 that its later run is the one that logs the model.
@@ -28,7 +29,7 @@ from leanhpo.export.pyfunc import ExportPyfunc, model_fingerprint
 from leanhpo.fsutil import read_json
 from leanhpo.study.evaluate import evaluate_study
 from leanhpo.study.export import export_best_model
-from leanhpo.study.publish import FINGERPRINT_TAG, MODEL_ARTIFACT
+from leanhpo.study.publish import FINGERPRINT_TAG, MODEL_ARTIFACT, MODEL_URI_TAG
 from leanhpo.tracking import Tracker
 
 MODEL_NAME = "leanhpo-test-model"
@@ -67,6 +68,15 @@ def _client(made: SimpleNamespace) -> mlflow.MlflowClient:
     return Tracker(made.study.config["tracking"]["uri"], "leanhpo").client
 
 
+def _logged_models(made: SimpleNamespace) -> list:
+    """The logged models whose source is the study's parent run, as the MLflow UI finds them."""
+    client = _client(made)
+    experiment = client.get_run(made.parent).info.experiment_id
+    return list(
+        client.search_logged_models([experiment], filter_string=f"source_run_id = '{made.parent}'")
+    )
+
+
 def test_an_outage_leaves_the_export_written_and_sync_tracking_logs_the_model_later(
     made, monkeypatch
 ):
@@ -83,6 +93,30 @@ def test_an_outage_leaves_the_export_written_and_sync_tracking_logs_the_model_la
     assert main(["sync-tracking", "--config", str(config_file)]) == 0
     tags = client.get_run(made.parent).data.tags
     assert tags[FINGERPRINT_TAG] == model_fingerprint(made.study.dir / "best_model")
+    assert [m.tags[FINGERPRINT_TAG] for m in _logged_models(made)] == [tags[FINGERPRINT_TAG]]
+
+
+def test_the_model_is_a_logged_model_of_the_parent_run(made):
+    """The parent run's "Logged models" (issue 24): MLflow 3's LoggedModel with the parent as
+    source run, READY, recorded as the run's output, and loadable by its own URI."""
+    result = _export(made)["mlflow"]
+    [model] = _logged_models(made)
+    assert (model.name, model.status.value, model.model_id) == (
+        MODEL_ARTIFACT,
+        "READY",
+        result["model_id"],
+    )
+    assert model.tags[FINGERPRINT_TAG] == model_fingerprint(made.study.dir / "best_model")
+    run = _client(made).get_run(made.parent)
+    assert run.outputs is not None
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    assert run.data.tags[MODEL_URI_TAG] == model.model_uri == f"models:/{model.model_id}"
+    with _tracking_uri(made.study.config["tracking"]["uri"]):
+        loaded = mlflow.pyfunc.load_model(model.model_uri)
+    assert (loaded.metadata.model_id, loaded.metadata.run_id) == (model.model_id, made.parent)
+    texts = ["I can't sleep at night and I feel tired all day."]
+    expected = predict_texts(load_exported(made.study.dir / "best_model", "cpu"), texts)
+    assert loaded.predict(pd.DataFrame({"text": texts})) == expected
 
 
 def test_the_pyfunc_from_the_parent_run_predicts_what_predict_texts_does(made):
@@ -106,10 +140,9 @@ def test_the_pyfunc_from_the_parent_run_predicts_what_predict_texts_does(made):
     assert signature.outputs.input_names() == ["post_id", "symptoms", "evidence"]
     assert model.metadata.saved_input_example_info is not None
     # Models from code: MLflow stored our code file, not a pickle of the model object.
-    client = _client(made)
-    names = {a.path for a in client.list_artifacts(made.parent, MODEL_ARTIFACT)}
-    assert f"{MODEL_ARTIFACT}/python_model.pkl" not in names
-    assert f"{MODEL_ARTIFACT}/MLmodel" in names
+    names = {a.path for a in _client(made).list_logged_model_artifacts(result["model_id"])}
+    assert "python_model.pkl" not in names
+    assert "MLmodel" in names
 
 
 def test_a_second_export_logs_nothing_new(made):
@@ -121,15 +154,13 @@ def test_a_second_export_logs_nothing_new(made):
     assert again["status"] == "already_logged"
     assert _artifact_times(made) == before  # not uploaded again
     assert client.get_run(made.parent).data.tags[FINGERPRINT_TAG] == tags[FINGERPRINT_TAG]
+    assert len(_logged_models(made)) == 1
 
 
 def _artifact_times(made: SimpleNamespace) -> dict[str, int]:
-    root = Path(_client(made).get_run(made.parent).info.artifact_uri.removeprefix("file://"))
-    return {
-        str(p.relative_to(root)): p.stat().st_mtime_ns
-        for p in (root / MODEL_ARTIFACT).rglob("*")
-        if p.is_file()
-    }
+    [model] = _logged_models(made)
+    root = Path(model.artifact_location.removeprefix("file://"))
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
 def test_registration_under_tracking_register_model_happens_once(made):
@@ -141,6 +172,8 @@ def test_registration_under_tracking_register_model_happens_once(made):
     versions = client.search_model_versions(f"name = '{MODEL_NAME}'")
     assert [str(v.version) for v in versions] == ["1"]
     assert versions[0].run_id == made.parent
+    # The logged model's files (MLflow's database registry stores no model id).
+    assert versions[0].source == _client(made).get_logged_model(first["model_id"]).artifact_location
     with _tracking_uri(made.study.config["tracking"]["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")
     test = load_split(made.study.data, "test")[:3]

@@ -27,7 +27,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Object, Property
@@ -131,11 +131,13 @@ def model_fingerprint(export_dir: Path) -> str:
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
 
 
-def save_pyfunc(export_dir: Path, out_dir: Path) -> Path:
+def save_pyfunc(export_dir: Path, out_dir: Path, mlflow_model: Model | None = None) -> Path:
     """Write the MLflow model of an export into `out_dir` (which must not exist yet). MLflow
-    loads it once from there, to check the input example against the signature."""
+    loads it once from there, to check the input example against the signature. `mlflow_model`
+    carries what its MLmodel file records of where it is logged (run id, logged model id)."""
     mlflow.pyfunc.save_model(
         path=str(out_dir),
+        mlflow_model=mlflow_model,
         python_model=str(MODEL_CODE),
         artifacts={ARTIFACT_KEY: str(export_dir)},
         signature=signature(),

@@ -1,11 +1,17 @@
-"""The exported model as an MLflow pyfunc model on the study's parent run (artifact `model`),
+"""The exported model as an MLflow pyfunc model of the study's parent run: a logged model named
+`model` whose source is the parent run (listed under the run's "Logged models", found by
+`search_logged_models` with the parent as source run), so `runs:/<parent>/model` loads it;
 registered under tracking.register_model when that names a model.
 
-Once per model: the parent run's tag leanhpo.model_fingerprint holds the fingerprint of the
-model it carries (export.pyfunc.model_fingerprint: the export's files and settings, not its
-timestamps), so a rerun of the export step, or a re-export of the same model, uploads nothing;
-a registered version carries the same tag, so it is made once too. A kill between the upload and
-the tag repeats the upload into the same artifact path: still one model.
+Once per model: the logged model carries the tag leanhpo.model_fingerprint, the fingerprint of
+the export it holds (export.pyfunc.model_fingerprint: the export's files and settings, not its
+timestamps), so a rerun of the export step, or a re-export of the same model, uploads nothing; a
+registered version carries the same tag, so it is made once too. A kill at any point is redone by
+the next run: it finds the same logged model by its tag, uploads its files again if it is not
+READY yet, and links it to the run if it is not linked yet. A re-export of another model (a
+grown study) adds a second logged model `model` to the run; `runs:/<parent>/model` resolves to
+the newest, and the earlier one stays loadable as `models:/<model id>`. The parent run's tags
+leanhpo.model_fingerprint and leanhpo.model_uri name the latest.
 
 An MLflow outage does not fail the export: best_model/ is already written, the step logs a
 warning and returns "pending", and the next run of the step or `python -m leanhpo sync-tracking`
@@ -18,6 +24,9 @@ import logging
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from mlflow.entities import LoggedModelStatus
+from mlflow.models import Model
 
 from leanhpo.export import MANIFEST_NAME
 from leanhpo.fsutil import read_json
@@ -42,8 +51,9 @@ def publish_model(
     log: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """Log (once) and register (once, when asked) the export; return what happened:
-    {"status": "logged" | "already_logged" | "pending", "run_id", "model_uri",
-    "registered": {"name", "version"} | None, "reason" (pending only)}."""
+    {"status": "logged" | "already_logged" | "pending", "run_id", "model_uri" (runs:/...),
+    "model_id" (the logged model's; not when pending), "registered": {"name", "version"} | None,
+    "reason" (pending only)}."""
     from leanhpo.export.pyfunc import model_fingerprint, save_pyfunc
 
     log = log or LOG
@@ -53,24 +63,38 @@ def publish_model(
     name = tracking.get("register_model")
     result: dict[str, Any] = {"status": "pending", "run_id": None, "model_uri": None}
     result["registered"] = None
+    tags = {FINGERPRINT_TAG: fingerprint}
     try:
         tracker.drain()  # the parent run itself may still be in the spool (made offline)
         parent = tracker.real_run_id(study_info["mlflow"]["parent_run_id"])
         if is_placeholder(parent):
             raise TrackingUnavailable("the study's parent run is not in MLflow yet")
         result.update(run_id=parent, model_uri=f"runs:/{parent}/{MODEL_ARTIFACT}")
-        logged = tracker.run_tag(parent, FINGERPRINT_TAG) == fingerprint
-        if logged:
-            source = tracker.run_tag(parent, MODEL_URI_TAG) or ""
-        else:
-            with tempfile.TemporaryDirectory(dir=study_dir, prefix=".mlflow_model.") as tmp:
-                folder = save_pyfunc(export_dir, Path(tmp) / MODEL_ARTIFACT)
-                source = tracker.upload_folder(parent, folder, MODEL_ARTIFACT)
-        if name:
-            version = tracker.register_version(name, parent, source, {FINGERPRINT_TAG: fingerprint})
-            result["registered"] = {"name": name, "version": version}
+        model = tracker.find_logged_model(parent, MODEL_ARTIFACT, tags)
+        logged = model is not None and model.status == LoggedModelStatus.READY
+        if model is None:
+            model = tracker.create_logged_model(parent, MODEL_ARTIFACT, tags)
         if not logged:
-            tracker.set_tags(parent, {FINGERPRINT_TAG: fingerprint, MODEL_URI_TAG: source})
+            with tempfile.TemporaryDirectory(dir=study_dir, prefix=".mlflow_model.") as tmp:
+                # What MLflow's own log_model records in MLmodel: where the model is logged.
+                where = Model(
+                    artifact_path=model.artifact_location,
+                    run_id=parent,
+                    model_id=model.model_id,
+                    model_uuid=model.model_id,
+                )
+                folder = save_pyfunc(export_dir, Path(tmp) / MODEL_ARTIFACT, where)
+                tracker.upload_logged_model(model.model_id, folder)
+        logged = not tracker.link_model_output(parent, model.model_id) and logged
+        result["model_id"] = model.model_id
+        if name:
+            # The files' location, not models:/<id>: with a database URI MLflow would look the
+            # logged model up in the process's default tracking store instead of ours.
+            version = tracker.register_version(
+                name, parent, model.artifact_location, tags, model_id=model.model_id
+            )
+            result["registered"] = {"name": name, "version": version}
+        tracker.set_tags(parent, {**tags, MODEL_URI_TAG: model.model_uri})
     except TrackingUnavailable as error:
         result["reason"] = str(error)
         event(
