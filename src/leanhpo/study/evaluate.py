@@ -33,7 +33,7 @@ from leanhpo.metric_names import (
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
 from leanhpo.study.info import read_study_info
-from leanhpo.study.setup import open_study, trial_counts
+from leanhpo.study.setup import final_progress, open_study, progress_tags, trial_counts
 from leanhpo.tracking import open_tracker
 from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
 from leanhpo.training.evaluation import Evaluation, evaluate
@@ -375,7 +375,8 @@ def _track(
     """The test metrics and their intervals on the study's parent run, at step = the number of
     trial slots evaluated: a grown study's evaluation is a new point (MLflow shows the latest
     step), while a rerun of the same evaluation adds nothing (the seeded intervals are the same
-    too), so MLflow and study_report.json agree."""
+    too), so MLflow and study_report.json agree. The progress tags the trials left on the parent
+    (trial i/N, best so far, ETA) are made final here, as the study is."""
     tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
     tracker.log_metrics_once(parent, metrics_to_log(primary), step=n_trials)
@@ -383,6 +384,7 @@ def _track(
         "leanhpo.best_slot": best["slot"],
         "leanhpo.best_trial_uuid": best["trial_uuid"],
         "leanhpo.evaluated_trials": n_trials,
+        **progress_tags(final_progress(n_trials, best["best_validation_score"])),
     }
     if primary["bootstrap"] is not None:
         tags["leanhpo.test_baseline"] = primary["bootstrap"].baseline_comparison["baseline"]

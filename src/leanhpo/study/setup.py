@@ -204,4 +204,22 @@ def progress(study: optuna.Study, slot: int, n_trials: int) -> dict[str, Any]:
         "trial": f"{slot + 1}/{n_trials}",
         "best_so_far": max((t.value for t in complete if t.value is not None), default=None),
         "eta_seconds": round(eta, 1) if eta is not None else None,
+        "study_status": "running",
     }
+
+
+def final_progress(n_trials: int, best_value: float | None) -> dict[str, Any]:
+    """progress() once the study is evaluated. Each trial writes progress() when it starts, so
+    without this the parent run would keep the last trial's start: the best before it, an ETA
+    for it, "running"."""
+    return {
+        "trial": f"{n_trials}/{n_trials}",
+        "best_so_far": best_value,
+        "eta_seconds": 0,
+        "study_status": "finished",
+    }
+
+
+def progress_tags(info: dict[str, Any]) -> dict[str, Any]:
+    """The study's parent-run tags for progress() or final_progress()."""
+    return {f"leanhpo.{key}": value for key, value in info.items()}

@@ -13,7 +13,7 @@ from leanhpo.config import Config
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
 from leanhpo.study.create import STUDY_UUID_TAG
-from leanhpo.study.setup import progress
+from leanhpo.study.setup import progress, progress_tags
 from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
 
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000 characters
@@ -39,9 +39,7 @@ def announce(
         params=params,
         **info,
     )
-    tracker.set_tags(
-        study_info["mlflow"]["parent_run_id"], {f"leanhpo.{k}": v for k, v in info.items()}
-    )
+    tracker.set_tags(study_info["mlflow"]["parent_run_id"], progress_tags(info))
     tracker.set_tags(
         run_id,
         {
