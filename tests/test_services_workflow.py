@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow.entities import LoggedModelStatus
 from workflowhelper import REPO, job_env, snakemake_command
 
 from leanhpo.tracking import Tracker, open_tracker
@@ -228,4 +229,21 @@ def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_p
     synced = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert _spool_pending(tmp_path, mlflow_server.uri) == 0
-    _assert_exactly_once(Tracker(mlflow_server.uri, tmp_path.name), n_trials=2)
+    tracker = Tracker(mlflow_server.uri, tmp_path.name)
+    _assert_exactly_once(tracker, n_trials=2)
+    # Issue 24, all of it replayed from the spool: the experiment made on the replay is a
+    # training one, the parent's progress tags end final (replayed in their order), and the
+    # model is a logged model of the parent, uploaded to the server.
+    client = tracker.client
+    experiment = client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [parent] = client.search_runs([tracker.experiment_id], "tags.`leanhpo.role` = 'study'")
+    assert (parent.data.tags["leanhpo.trial"], parent.data.tags["leanhpo.eta_seconds"]) == (
+        "2/2",
+        "0",
+    )
+    [model] = client.search_logged_models(
+        [tracker.experiment_id], filter_string=f"source_run_id = '{parent.info.run_id}'"
+    )
+    assert model.status == LoggedModelStatus.READY and model.name == "model"
+    assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model.model_id)}

@@ -12,12 +12,16 @@ import subprocess
 import time
 from pathlib import Path
 
+import lxml.html
 import optuna
 import pytest
 import yaml
+from services.chromium import FLAGS
+from services.mlflow_server import MlflowServer
 from workflowhelper import job_env, kill_storm, snakemake_command
 
 from leanhpo.checkpoints import CheckpointStore, checkpoint_info
+from leanhpo.metric_names import BASELINES_GROUP, CURVE_METRICS, CURVES_GROUP
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
 from leanhpo.tracking import Tracker
 
@@ -123,6 +127,53 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_trial_without_duplicates(fin
         assert run.data.params["learning_rate"]
         assert run.info.status == "FINISHED"
     assert "test_criteria_f1_macro" in parents[0].data.metrics
+
+
+def test_the_parent_run_ends_with_the_studys_best_and_no_eta(finished):
+    """Issue 24: each trial tags the parent with the progress at its start; the evaluation
+    leaves the study's final state instead of the last trial's start."""
+    tracker = _tracker(finished)
+    [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.`leanhpo.role` = 'study'")
+    report = json.loads((_study_dir(finished) / "study_report.json").read_text())
+    assert report["best_validation_score"] == _optuna(finished).best_value
+    tags = parent.data.tags
+    assert float(tags["leanhpo.best_so_far"]) == report["best_validation_score"]
+    assert (tags["leanhpo.trial"], tags["leanhpo.eta_seconds"]) == (f"{N_TRIALS}/{N_TRIALS}", "0")
+    assert tags["leanhpo.study_status"] == "finished"
+
+
+def _dump_dom(chromium, url: str, profile: Path) -> str:
+    """The page at `url` after its scripts ran (services/chromium's flags; it dumps files)."""
+    command = [str(chromium.binary), *FLAGS, f"--user-data-dir={profile}"]
+    command += ["--virtual-time-budget=20000", "--dump-dom", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+    return result.stdout
+
+
+def test_mlflow_ui_opens_a_trials_metrics_on_its_learning_curves(finished, chromium, tmp_path):
+    """Issue 24: MLflow's own UI, in Chromium, shows a trial's metric charts in sections:
+    the learning curves first, the trivial baselines after them, and last the section of the
+    keys without a group (every metric under the name study.metric and the reports use)."""
+    tracker = _tracker(finished)
+    trial = tracker.client.search_runs([tracker.experiment_id], "tags.`leanhpo.slot` = '0'")[0]
+    server = MlflowServer(tmp_path, f"sqlite:///{finished}/experiments/mlflow.db")
+    server.start()
+    try:
+        page = f"#/experiments/{tracker.experiment_id}/runs/{trial.info.run_id}/model-metrics"
+        dom = _dump_dom(chromium, f"{server.uri}/{page}", tmp_path / "profile")
+    finally:
+        server.stop()
+    headers = lxml.html.fromstring(dom).xpath("//*[contains(@class, '-collapse-header')]")
+    sections = [" ".join(h.text_content().split()).removesuffix("Add chart") for h in headers]
+    baselines = [f"{BASELINES_GROUP}/{name}" for name in ("all_positive", "always_null")]
+    baselines.append(f"{BASELINES_GROUP}/prevalence")
+    assert sections[0] == f"{CURVES_GROUP}({len(CURVE_METRICS)})", sections
+    assert [s.split("(")[0] for s in sections[1:-1]] == baselines, sections
+    assert sections[-1].startswith("Model metrics("), sections
+    history = tracker.metric_history(trial.info.run_id)
+    for key in ("train_loss", "val_loss", "val_criteria_f1_macro", "val_evidence_exact_match"):
+        assert history[f"{CURVES_GROUP}/{key}"] == history[key]
 
 
 def test_retention_keeps_only_best_checkpoints_of_the_best_trials(finished):

@@ -1,4 +1,4 @@
-"""Names of the metrics the trainer logs per epoch (SPEC 1a).
+"""Names of the metrics the trainer logs per epoch (SPEC 1a), and how MLflow groups them.
 
 A leaf module with no imports from the package, so that config validation (which must reject an
 unknown `study.metric` before anything runs) and the trainer (which logs them) share one list.
@@ -53,3 +53,32 @@ LOSS_METRICS = (
     "val_criteria_loss",
     "val_evidence_loss",
 )
+
+# The main per-epoch curves: what a person opens a trial's metrics to see.
+CURVE_METRICS: tuple[str, ...] = (
+    *LOSS_METRICS,
+    *(f"val_criteria_{name}" for name in CRITERIA_SUMMARY),
+    *(f"val_evidence_{name}" for name in EVIDENCE_SUMMARY),
+)
+
+# MLflow's UI (3.17) draws a run's metric charts in sections named by the part of the key before
+# its last "/": first the named sections in alphabetical order, then one "Model metrics" section
+# with every key without a "/". SPEC 1a fixes names without a "/" for the main curves, and they
+# stay the metrics' names (for study.metric, the reports, MLflow searches); so that a trial's
+# metrics open on its curves anyway, each epoch logs them a second time as
+# `learning_curves/<name>`, a section that sorts before the others. The trivial baselines (step
+# 0, a bar chart each) go to sections of their own, `trivial_baselines/<baseline>`, after it.
+CURVES_GROUP = "learning_curves"
+BASELINES_GROUP = "trivial_baselines"
+
+
+def curve_copies(metrics: dict[str, float], optimised: str) -> dict[str, float]:
+    """The `learning_curves/` copies of an epoch's main curves, and of the study's metric
+    (`study.metric`) when that is another one (a per-symptom score)."""
+    shown = {*CURVE_METRICS, optimised}
+    return {f"{CURVES_GROUP}/{key}": value for key, value in metrics.items() if key in shown}
+
+
+def baseline_metric(baseline: str, metric: str) -> str:
+    """The MLflow key of a trivial baseline's score, e.g. trivial_baselines/prevalence/val_loss."""
+    return f"{BASELINES_GROUP}/{baseline}/{metric}"

@@ -25,6 +25,7 @@ from leanhpo.data import load_split, read_data_report
 from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
+from leanhpo.metric_names import curve_copies
 from leanhpo.preload import PRELOADED_ENV
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
@@ -211,7 +212,9 @@ def _run_owned(
 
     def publish(epoch: int, metrics: dict[str, float]) -> None:
         lease.fence()  # never publish for a slot another process has taken over
-        tracker.log_metrics_once(run_id, metrics, step=epoch)
+        # The main curves again under a group that MLflow's UI shows first (metric_names).
+        shown = {**metrics, **curve_copies(metrics, study_cfg["metric"])}
+        tracker.log_metrics_once(run_id, shown, step=epoch)
         value = metrics.get(study_cfg["metric"])
         if epoch > 0 and value is not None and epoch not in reported:
             trial.report(value, epoch)  # Optuna's intermediate values, for pruners and plots

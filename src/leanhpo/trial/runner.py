@@ -21,6 +21,7 @@ from leanhpo import __version__
 from leanhpo.checkpoints import CheckpointStore, RetentionPolicy
 from leanhpo.config import Config
 from leanhpo.logs import event
+from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
 from leanhpo.training.features import EncodedSplit
@@ -101,7 +102,7 @@ def run_training(
     publish(
         0,
         {
-            f"baseline_{name}_{k}": v
+            baseline_metric(name, k): v
             for name, m in baseline["metrics"].items()
             for k, v in m.items()
         },
