@@ -50,11 +50,15 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | $(PIPFILTER)
 	@touch $(STAMP)
 
+# Snakemake's per-job blocks (input, output, reason, ...) would bury leanhpo's one line per epoch;
+# SNAKEMAKE_FLAGS= shows them again.
+SNAKEMAKE_FLAGS ?= --quiet rules
+
 all: install nltk-data ## Run (or continue) the default study from config.yaml
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_FLAGS)
 
 resume: install nltk-data ## Continue after a crash or kill -9 (no manual unlock needed)
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_FLAGS)
 
 # Local viewers only: both listen on 127.0.0.1. CONFIG_URL prints a URL of the config, its
 # ${ENV_VAR} passwords filled in from the environment.

@@ -44,8 +44,14 @@ rule all:
 # The closing summary on the terminal (best trial, scores against baselines, disk, next steps);
 # nothing when the run did not reach the study report. Also: python -m leanhpo summary.
 onsuccess:
-    import sys
+    from leanhpo.workflow.stops import finish_successful_run
 
-    from leanhpo.summary import closing_summary
+    finish_successful_run(workflow, STUDY, config)
 
-    print(closing_summary(STUDY), file=sys.stderr)
+
+# A job's known stop (bad input, a service down, no space, a slot held) ends the run with
+# leanhpo's exit code and message, last on the terminal, instead of Snakemake's exit 1.
+onerror:
+    from leanhpo.workflow.stops import finish_failed_run
+
+    finish_failed_run(workflow)

@@ -1,9 +1,14 @@
-# Helpers and config validation; no rules here.
-import sys
+# Helpers and config checks; no rules here. Everything that can be checked from the config is
+# checked while the Snakefile is parsed, before Snakemake schedules a job and so before it
+# deletes the outputs of a job it means to rerun: the config's form, the data and model it
+# names, and whether it would redo finished work (leanhpo.workflow.guard). A refusal exits
+# with leanhpo's code (2: bad input) and leaves every file as it was.
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from leanhpo.config import ConfigError, validate_config
+from leanhpo.config.inputs import input_problems
 from leanhpo.workflow import (
     announce_n_trials,
     announce_search,
@@ -12,21 +17,21 @@ from leanhpo.workflow import (
     without_passwords,
     recover_stale_locks,
 )
-
-# A kill -9 leaves Snakemake's lock files behind; clear them only if no other instance of this
-# workflow is alive (see leanhpo/workflow.py), so the resume command needs no manual --unlock.
-recover_stale_locks()
+from leanhpo.workflow.guard import rerun_changes, rerun_refusal
+from leanhpo.workflow.params import announce_runtime, as_params
+from leanhpo.workflow.stops import announce_run, refuse
 
 try:
     _validated = validate_config(config)
 except ConfigError as error:
-    raise WorkflowError(f"leanhpo: {error}") from None
+    refuse(f"leanhpo: {error}", workflow)
 # Our validator (JSON Schema with defaults, like snakemake.utils.validate) also names every bad
 # key at once and runs the checks a schema cannot express (metric names, search space, ratios).
 config.clear()
 config.update(_validated)
-for _problem in environment_problems(config):
-    raise WorkflowError(f"leanhpo: {_problem}")
+_problems = input_problems(config) + environment_problems(config)
+if _problems:
+    refuse("leanhpo: " + "\n".join(_problems), workflow)
 
 STUDY = f"experiments/{config['study']['name']}"
 DATA = f"{STUDY}/data"
@@ -34,8 +39,10 @@ LOGS = f"{STUDY}/logs"
 N_TRIALS = config["study"]["n_trials"]
 SLOTS = [f"{slot:04d}" for slot in range(N_TRIALS)]
 TRIAL_REPORTS = expand(f"{STUDY}/trial_{{slot}}/report.json", slot=SLOTS)
-announce_n_trials(N_TRIALS)  # for "trial i/N" progress lines only; see trial_params()
+announce_n_trials(N_TRIALS)  # for "trial i of N" progress lines only; see trial_params()
 announce_search(config["study"])  # the sampler of slots not yet started; see trial_params()
+announce_runtime(config)  # retry budgets and rows per pass: never rerun triggers
+announce_run(workflow)  # so the run's end can show a job's known stop (leanhpo.workflow.stops)
 
 # What identifies the study, and how its jobs reach its storage (the retry budget).
 STUDY_IDENTITY = ("name", "seed", "storage", "metric", "storage_timeout_s", "lease_grace_s")
@@ -104,3 +111,38 @@ def previous_trial_report(wildcards):
     if config["study"]["parallel"] or slot == 0:
         return []
     return f"{STUDY}/trial_{slot - 1:04d}/report.json"
+
+
+def length_params():
+    """Only what the tokenisation depends on: a change of heads or training leaves it be."""
+    keys = ("id", "revision", "max_length", "long_posts", "window_stride", "max_windows")
+    return {"model": {k: config["model"][k] for k in (*keys, "input_format")}}
+
+
+# Each rule's params, one per config key (leanhpo.workflow.params): Snakemake's rerun reasons
+# then name the changed keys, and the guard below compares them with the finished outputs'.
+RULE_PARAMS = {
+    name: as_params(canonical(sections))
+    for name, sections in {
+        "prepare_dataset": {"data": config["data"]},
+        "length_report": length_params(),
+        "create_study": study_params(),
+        "run_trial": trial_params(),
+        "prune_study": {"retention": config["retention"]},
+        "evaluate_study": {**study_params(), "evaluation": config["evaluation"]},
+        "export_model": export_params(),
+        "plot_study": {"study": study_params()["study"]},
+    }.items()
+}
+_refusal = rerun_refusal(
+    config["study"]["name"],
+    rerun_changes(STUDY, RULE_PARAMS, Path.cwd()),
+    config["rerun_finished"],
+    N_TRIALS,
+)
+if _refusal:
+    refuse(_refusal, workflow)
+
+# A kill -9 leaves Snakemake's lock files behind; clear them only if no other instance of this
+# workflow is alive (see leanhpo/workflow), so the resume command needs no manual --unlock.
+recover_stale_locks()

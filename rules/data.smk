@@ -7,7 +7,7 @@ rule prepare_dataset:
     log:
         f"{LOGS}/prepare_dataset.log",
     params:
-        data=canonical(config["data"]),
+        **RULE_PARAMS["prepare_dataset"],
     conda:
         "../envs/leanhpo.yaml"
     script:
@@ -28,21 +28,7 @@ rule length_report:
     log:
         f"{LOGS}/length_report.log",
     params:
-        # Only what the tokenisation depends on: a change of heads or training leaves it be.
-        model=canonical(
-            {
-                k: config["model"][k]
-                for k in (
-                    "id",
-                    "revision",
-                    "max_length",
-                    "long_posts",
-                    "window_stride",
-                    "max_windows",
-                    "input_format",
-                )
-            }
-        ),
+        **RULE_PARAMS["length_report"],
     conda:
         "../envs/leanhpo.yaml"
     script:

@@ -14,7 +14,7 @@ rule evaluate_study:
         f"{LOGS}/evaluate_study.log",
     params:
         # The bootstrap settings are a rerun trigger: new intervals, the same model.
-        config={**study_params(), "evaluation": canonical(config["evaluation"])},
+        **RULE_PARAMS["evaluate_study"],
     threads: all_cores
     conda:
         "../envs/leanhpo.yaml"
@@ -34,7 +34,7 @@ rule export_model:
         f"{LOGS}/export_model.log",
     params:
         # Where the MLflow model goes (the parent run) and its registered name, if any.
-        config=export_params(),
+        **RULE_PARAMS["export_model"],
     threads: all_cores
     conda:
         "../envs/leanhpo.yaml"
@@ -87,7 +87,7 @@ rule plot_study:
         f"{LOGS}/plot_study.log",
     params:
         # Where the importances read the Optuna study from; it never changes while a study grows.
-        study=study_params()["study"],
+        **RULE_PARAMS["plot_study"],
     conda:
         "../envs/leanhpo.yaml"
     script:

@@ -4,7 +4,7 @@ rule create_study:
     log:
         f"{LOGS}/create_study.log",
     params:
-        config=study_params(),
+        **RULE_PARAMS["create_study"],
     conda:
         "../envs/leanhpo.yaml"
     script:
@@ -38,7 +38,7 @@ rule run_trial:
         gpu=config["resources"]["gpu"],
         gpu_model=config["resources"]["gpu_model"],
     params:
-        config=trial_params(),
+        **RULE_PARAMS["run_trial"],
     conda:
         "../envs/leanhpo.yaml"
     script:

@@ -7,7 +7,7 @@ rule prune_study:
     log:
         f"{LOGS}/prune_study.log",
     params:
-        retention=canonical(config["retention"]),
+        **RULE_PARAMS["prune_study"],
     conda:
         "../envs/leanhpo.yaml"
     script:

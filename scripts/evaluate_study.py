@@ -4,6 +4,7 @@ from pathlib import Path
 
 from leanhpo.study.evaluate import evaluate_study
 from leanhpo.workflow import job
+from leanhpo.workflow.params import from_params
 
 with job(snakemake.log[0]):
     evaluate_study(
@@ -11,5 +12,5 @@ with job(snakemake.log[0]):
         data_dir=Path(snakemake.input.test).parent,
         report_paths=[Path(p) for p in snakemake.input.reports],
         output=Path(snakemake.output.report),
-        config=snakemake.params.config,
+        config=from_params(snakemake.params),
     )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from leanhpo.study.export import export_best_model
 from leanhpo.workflow import job
+from leanhpo.workflow.params import from_params
 
 with job(snakemake.log[0]):
     export_best_model(
@@ -11,5 +12,5 @@ with job(snakemake.log[0]):
         study_report_path=Path(snakemake.input.study_report),
         out_dir=Path(snakemake.output.model),
         data_dir=Path(snakemake.input.train).parent,
-        config=snakemake.params.config,
+        config=from_params(snakemake.params),
     )

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from leanhpo.plots import plot_study
 from leanhpo.workflow import job
+from leanhpo.workflow.params import from_params
 
 with job(snakemake.log[0]):
     plot_study(
@@ -14,5 +15,5 @@ with job(snakemake.log[0]):
         items={
             k: Path(snakemake.output[k]) for k in ("disk", "importances", "trials", "test", "page")
         },
-        study_config=snakemake.params.study,
+        study_config=from_params(snakemake.params)["study"],
     )

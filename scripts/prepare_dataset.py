@@ -4,6 +4,7 @@ from pathlib import Path
 
 from leanhpo.data import prepare_dataset
 from leanhpo.workflow import job
+from leanhpo.workflow.params import from_params
 
 with job(snakemake.log[0]):
-    prepare_dataset(snakemake.params.data, Path(snakemake.output.report).parent)
+    prepare_dataset(from_params(snakemake.params)["data"], Path(snakemake.output.report).parent)

@@ -4,8 +4,11 @@ from pathlib import Path
 
 from leanhpo.study.prune import prune_study
 from leanhpo.workflow import job
+from leanhpo.workflow.params import from_params
 
 with job(snakemake.log[0]):
     prune_study(
-        Path(snakemake.input.study), Path(snakemake.output.retention), snakemake.params.retention
+        Path(snakemake.input.study),
+        Path(snakemake.output.retention),
+        from_params(snakemake.params)["retention"],
     )

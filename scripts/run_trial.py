@@ -2,13 +2,15 @@
 when it runs one (resources.preload; see leanhpo.preload), else in this process."""
 
 from leanhpo.preload.client import cpu_job, run_job
+from leanhpo.workflow.params import from_params
 
+config = from_params(snakemake.params)
 run_job(
     "leanhpo.trial.job:main",
-    preload=cpu_job(snakemake.params.config["train"]["device"]),
+    preload=cpu_job(config["train"]["device"]),
     log=snakemake.log[0],
     slot=int(snakemake.wildcards.slot),
-    config=snakemake.params.config,
+    config=config,
     study_file=snakemake.input.study,
     data_report=snakemake.input.data_report,
     report=snakemake.output.report,

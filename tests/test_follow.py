@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 N_TRIALS, EPOCHS = 3, 2
 PROGRESS = re.compile(
-    r"^leanhpo  trial (\d)/3  epoch (\d)/2  val_criteria_f1_macro (\d\.\d{3})  "
+    r"^leanhpo  trial (\d) of 3  epoch (\d)/2  val_criteria_f1_macro (\d\.\d{3})  "
     r"best (\d\.\d{3}) \(trial (\d)\)  ETA (\d+ s|\d+ min|\?)$",
     re.MULTILINE,
 )
@@ -59,15 +59,17 @@ def test_closing_summary_on_the_terminal(run) -> None:
     summary = result.stderr[result.stderr.index("leanhpo  study tiny done") :]
     for expected in (
         "3 trials (3 completed)",
-        "best trial ",
+        "best: trial ",
+        "(folder trial_00",
         "params: dropout=",
         "test (",
         "criteria f1_macro",
         "vs baseline",
         "disk: checkpoints kept",
-        "snakemake --report report.html",
-        "make ui",
-        "make dashboard",
+        "/snakemake --snakefile ",
+        "--report report.html",
+        "mlflow ui --backend-store-uri sqlite:///",
+        "optuna-dashboard sqlite:///",
     ):
         assert expected in summary, expected
 

@@ -91,10 +91,10 @@ def test_report_opens_on_the_study_results(
     assert baseline[2] == f"{comparison['baseline_f1_macro']:.3f}"
     assert "p_not_better" in text and f"{comparison['p_not_better']:.3f}" in text
 
-    trials = next(t for t in shown if t and t[0][0] == "slot")
+    trials = next(t for t in shown if t and t[0][0] == "trial (folder)")
     for slot in range(3):
         trial = json.loads((study / f"experiments/tiny/trial_{slot:04d}/report.json").read_text())
-        row = _row(trials, str(slot))
+        row = _row(trials, f"trial {slot + 1} (trial_{slot:04d})")
         assert row[1:3] == [trial["status"], f"{trial['best_validation_score']:.3f}"], row
         assert f"learning_rate={trial['params']['learning_rate']:.3g}" in row[-1], row
     assert len(trials) == 1 + 3  # the header and one row per trial, nothing else
@@ -120,7 +120,8 @@ def test_study_page_escapes_values_and_leaves_missing_intervals_empty() -> None:
     assert "<focal>" not in page
     test_table, trials = tables(page)
     assert test_table[1] == ["criteria_matching", "f1_macro", "0.250", ""]
-    assert trials[1][0] == "0" and trials[1][-1] == "dropout=0.123, loss=<focal>"
+    assert trials[1][0] == "trial 1 (trial_0000)"
+    assert trials[1][-1] == "dropout=0.123, loss=<focal>"
 
 
 def _study_with(n_complete: int) -> optuna.Study:

@@ -239,7 +239,7 @@ def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_p
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     [parent] = client.search_runs([tracker.experiment_id], "tags.`leanhpo.role` = 'study'")
     assert (parent.data.tags["leanhpo.trial"], parent.data.tags["leanhpo.eta_seconds"]) == (
-        "2/2",
+        "trial 2 of 2",
         "0",
     )
     [model] = client.search_logged_models(

@@ -138,7 +138,10 @@ def test_the_parent_run_ends_with_the_studys_best_and_no_eta(finished):
     assert report["best_validation_score"] == _optuna(finished).best_value
     tags = parent.data.tags
     assert float(tags["leanhpo.best_so_far"]) == report["best_validation_score"]
-    assert (tags["leanhpo.trial"], tags["leanhpo.eta_seconds"]) == (f"{N_TRIALS}/{N_TRIALS}", "0")
+    assert (tags["leanhpo.trial"], tags["leanhpo.eta_seconds"]) == (
+        f"trial {N_TRIALS} of {N_TRIALS}",
+        "0",
+    )
     assert tags["leanhpo.study_status"] == "finished"
 
 

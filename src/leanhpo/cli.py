@@ -24,6 +24,14 @@ def _study_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd_validate(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The checks the Snakefile runs before any job: the config's form (done by loading it),
+    then the data files and the model it names."""
+    from leanhpo.config import ConfigError
+    from leanhpo.config.inputs import input_problems
+
+    problems = input_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return {"valid": True, "study": config["study"]["name"]}
 
 
@@ -138,10 +146,19 @@ def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 
 def _cmd_summary(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.commands import Invocation
     from leanhpo.summary import closing_summary
+    from leanhpo.urls import shareable
 
     folder = paths.study_dir(config["study"]["name"])
-    return closing_summary(folder) or f"leanhpo: {folder} has no study report yet"
+    files = [*(args.config or []), *(getattr(args, "configfile", None) or [])]
+    invocation = Invocation(config_files=tuple(Path(f).absolute() for f in files))
+    services = {
+        "storage": shareable(config["study"]["storage"]),
+        "tracking_uri": shareable(config["tracking"]["uri"]),
+    }
+    summary = closing_summary(folder, invocation, services)
+    return summary or f"leanhpo: {folder} has no study report yet"
 
 
 COMMANDS = {

@@ -22,3 +22,10 @@ def trial_dir(name: str, slot: int, root: Path = EXPERIMENTS) -> Path:
 
 def trial_report(name: str, slot: int, root: Path = EXPERIMENTS) -> Path:
     return trial_dir(name, slot, root) / "report.json"
+
+
+def trial_label(slot: int, n_trials: int | None = None) -> str:
+    """The one name a person sees for a trial, numbered from 1: "trial 3 of 3" is slot 2, whose
+    folder is trial_0002 (zero-based, so that folders sort) and whose Optuna number may differ
+    (Optuna numbers trials in the order they were created, across hosts and restarts)."""
+    return f"trial {slot + 1}" + (f" of {n_trials}" if n_trials else "")

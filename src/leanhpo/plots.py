@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.fsutil import read_json
+from leanhpo.paths import trial_label
 
 
 def plot_study(
@@ -57,7 +58,7 @@ def plot_study(
         values = [h["metrics"].get(metric) for h in report["history"]]
         style = "--" if report["status"] == "pruned" else "-"
         tag = " (pruned)" if report["status"] == "pruned" else ""
-        ax.plot(epochs, values, style, marker=".", label=f"slot {report['slot']}{tag}")
+        ax.plot(epochs, values, style, marker=".", label=f"{trial_label(report['slot'])}{tag}")
     ax.set(xlabel="epoch", ylabel=metric, title="Learning curves")
     if len(reports) <= 12:
         ax.legend(fontsize="small")

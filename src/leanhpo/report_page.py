@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from leanhpo.paths import trial_label
 from leanhpo.report_items import TRIAL_COLUMNS, results_table, trials_table
 from leanhpo.summary import SHOWN_TEST_METRICS, human_bytes
 
@@ -28,7 +29,7 @@ SCROLL = '<div style="overflow-x: auto">{}</div>'
 # trials.csv (the Optuna number and the last run's wall time stay there), and the sampled
 # params in one column that wraps (the full search space has about twenty).
 TRIAL_HEADER = [
-    "slot",
+    "trial (folder)",
     "status",
     "best validation score",
     "best epoch(s)",
@@ -72,8 +73,9 @@ def _headline(report: dict[str, Any], reports: list[dict[str, Any]]) -> str:
     params = ", ".join(f"{k}={_param(v)}" for k, v in (trial.get("params") or {}).items())
     baseline = (trial.get("baseline") or {}).get("best") or "trivial baseline"
     return (
-        f"<h2>Best trial</h2><p>{len(reports)} trials ({escape(counts)}); the best is slot "
-        f"{best.get('slot')} (Optuna #{best.get('number')}): "
+        f"<h2>Best trial</h2><p>{len(reports)} trials ({escape(counts)}); the best is "
+        f"{trial_label(best.get('slot', -1), len(reports))} (folder "
+        f"trial_{best.get('slot', -1):04d}): "
         f"{escape(report['optimization_metric'])} {_score(report.get('best_validation_score'))}"
         f" on validation, against {_score(report.get('baseline_validation_score'))} for the best "
         f"trivial baseline ({escape(baseline)}).</p><p>Params: {params or 'none searched'}.</p>"
@@ -131,7 +133,7 @@ def _trials_section(reports: list[dict[str, Any]]) -> str:
         params = ", ".join(f"{escape(name)}={_param(v)}" for name, v in values if v is not None)
         shown.append(
             [
-                str(slot),
+                f"{trial_label(slot)} (trial_{slot:04d})",
                 escape(status),
                 _score(best),
                 escape(epochs),
@@ -141,7 +143,9 @@ def _trials_section(reports: list[dict[str, Any]]) -> str:
                 params,
             ]
         )
-    return "<h2>Trials</h2>" + _table(TRIAL_HEADER, shown, "One row per trial slot (trials.csv)")
+    return "<h2>Trials</h2>" + _table(
+        TRIAL_HEADER, shown, "One row per trial, numbered from 1 (trials.csv: slot)"
+    )
 
 
 def _figures_section(figures: list[Path]) -> str:

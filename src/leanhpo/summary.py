@@ -11,10 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from leanhpo.commands import Invocation, executable, join
 from leanhpo.fsutil import read_json
+from leanhpo.paths import trial_label
 from leanhpo.trial.progress import PREFIX, finished_reports
 
 STUDY_REPORT = "study_report.json"
+# A post for the printed predict command: it shows the model at work on text of one's own.
+EXAMPLE_POST = "I can't sleep, I'm exhausted all day and nothing feels worth doing anymore."
 RETENTION = "retention.json"
 BEST_MODEL = "best_model"
 # Test scores shown, as (section of test_metrics, metric, label).
@@ -86,38 +90,96 @@ def _disk_line(study_dir: Path, trials: list[dict[str, Any]]) -> str:
     return f"  disk: checkpoints kept {human_bytes(kept)}{share} of {human_bytes(written)} written"
 
 
-def closing_summary(study_dir: Path | str) -> str:
-    """The summary text, or "" when the study has no study report yet."""
+def closing_summary(
+    study_dir: Path | str,
+    invocation: Invocation | None = None,
+    services: dict[str, str] | None = None,
+) -> str:
+    """The summary text, or "" when the study has no study report yet.
+
+    `invocation` says how the user started the study, so that the "next:" commands reach the
+    same study when pasted where they typed theirs (leanhpo.commands); `services` holds the
+    config's `storage` and `tracking_uri` (with `${VAR}` password references), for the viewers."""
     study_dir = Path(study_dir)
     if not (study_dir / STUDY_REPORT).is_file():
         return ""
+    invocation = invocation or Invocation()
     report = read_json(study_dir / STUDY_REPORT)
     trials = finished_reports(study_dir)
     metric = report["optimization_metric"]
     counts = report.get("trial_counts") or {}
+    n_trials = report.get("n_trials", len(trials))
     best = report.get("best_trial") or {}
     best_trial = next((t for t in trials if t["slot"] == best.get("slot")), {})
     baseline = (best_trial.get("baseline") or {}).get("best")
-    model = study_dir / BEST_MODEL
     lines = [
-        f"{PREFIX}  study {report['study_name']} done: {report.get('n_trials', len(trials))} "
-        f"trials ({', '.join(f'{n} {k}' for k, n in counts.items() if n)})",
-        f"  best trial {best.get('slot', -1) + 1}/{report.get('n_trials', len(trials))} "
-        f"(slot {best.get('slot')}, Optuna #{best.get('number')}): {metric} "
-        f"{_score(report.get('best_validation_score'))} on validation; best trivial baseline "
-        f"{baseline or 'n/a'} {_score(report.get('baseline_validation_score'))}",
+        f"{PREFIX}  study {report['study_name']} done: {n_trials} trials "
+        f"({', '.join(f'{n} {k}' for k, n in counts.items() if n)})",
+        f"  best: {trial_label(best.get('slot', -1), n_trials)} (folder "
+        f"trial_{best.get('slot', -1):04d}): {metric} {_score(report.get('best_validation_score'))} "
+        f"on validation; best trivial baseline {baseline or 'n/a'} "
+        f"{_score(report.get('baseline_validation_score'))}",
         f"    params: {_params(best_trial.get('params') or {})}",
         *_test_lines(report),
         _disk_line(study_dir, trials),
         "  next:",
-        "    report        snakemake --report report.html  (then open report.html)",
-        "    MLflow UI     make ui",
-        "    Optuna        make dashboard",
-        f"    details       {study_dir / STUDY_REPORT}, python -m leanhpo summary",
+        *_next_lines(study_dir, invocation, services or {}),
     ]
-    if model.is_dir():
-        lines += [
-            f"    best model    {model}",
-            f"    predict       python -m leanhpo predict --model {model} --input posts.csv",
-        ]
     return "\n".join(lines)
+
+
+def _next_lines(study_dir: Path, invocation: Invocation, services: dict[str, str]) -> list[str]:
+    """Commands that run as printed, from where the user started the study."""
+    lines = [
+        f"    report        {invocation.snakemake('--report', 'report.html')}"
+        "  (then open report.html)",
+    ]
+    tracking = services.get("tracking_uri", "")
+    if tracking.startswith(("http://", "https://")):
+        lines.append(f"    MLflow UI     open {tracking}")
+    elif tracking:
+        store = _from_start(tracking, invocation)
+        lines.append(
+            "    MLflow UI     "
+            + join([executable("mlflow", invocation.cwd), "ui", "--backend-store-uri", store])
+            + " --host 127.0.0.1 --port 5000"
+        )
+    storage = services.get("storage", "")
+    if storage:
+        dashboard = executable("optuna-dashboard", invocation.cwd)
+        lines.append(
+            f"    Optuna        {join([dashboard, _from_start(storage, invocation)])}"
+            " --host 127.0.0.1 --port 8080"
+        )
+    lines += [
+        f"    details       {invocation.path(study_dir / STUDY_REPORT)}",
+        f"    summary       {invocation.leanhpo('summary')}",
+    ]
+    model = study_dir / BEST_MODEL
+    if model.is_dir():
+        predict = join(
+            [
+                executable("python", invocation.cwd),
+                "-m",
+                "leanhpo",
+                "predict",
+                "--model",
+                invocation.path(model),
+                "--input",
+                "-",
+            ]
+        )
+        lines += [
+            f"    best model    {invocation.path(model)}",
+            f"    predict       echo {EXAMPLE_POST!r} | {predict}",
+        ]
+    return lines
+
+
+def _from_start(url: str, invocation: Invocation) -> str:
+    """A relative sqlite URL (relative to the study's working folder) as seen from where the
+    user typed the command."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        return prefix + invocation.path(Path(url[len(prefix) :]).absolute())
+    return url

@@ -42,6 +42,15 @@ def move_password_to_env(url: str, env_name: str) -> str:
     return f"{url[: match.start('password')]}${{{env_name}}}{url[match.end('password') :]}"
 
 
+def shareable(url: str) -> str:
+    """`url` as it may be printed for a person to paste: a `${NAME}` password reference kept
+    (their shell fills it in), a literal password masked."""
+    match = URL_PASSWORD.match(url)
+    if match is None or ENV_REFERENCE.fullmatch(match.group("password")):
+        return url
+    return f"{url[: match.start('password')]}***{url[match.end('password') :]}"
+
+
 def expand_env_references(url: str, what: str) -> str:
     """Fill each `${NAME}` of `url` from the environment, percent-encoded inside user:password;
     the values become masked secrets."""

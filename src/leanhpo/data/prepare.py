@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from leanhpo.commands import current_invocation
 from leanhpo.data.errors import DataError
 from leanhpo.data.redsm5 import load_redsm5
 from leanhpo.data.sources import materialize_source
@@ -102,9 +103,9 @@ def read_data_report(out_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(
             f"Tried to read the data report {path}, but it does not exist: the data of this "
-            "study has not been prepared. Fix: run `python -m leanhpo prepare-data` first, with "
-            "the same --config and --configfile options (or `snakemake --cores 1`, which runs "
-            "every step in order)."
+            f"study has not been prepared. Fix: run `{current_invocation().snakemake('--cores', 'all')}`, "
+            "which runs every step in order (or `python -m leanhpo prepare-data` with the same "
+            "config files)."
         )
     with path.open(encoding="utf-8") as handle:
         report: dict[str, Any] = json.load(handle)

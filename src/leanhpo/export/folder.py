@@ -25,6 +25,7 @@ from typing import Any
 
 from leanhpo.checkpoints.manifest import write_hashed
 from leanhpo.checkpoints.safetensors_stream import sha256_of_file
+from leanhpo.commands import current_invocation
 from leanhpo.export.errors import ExportError
 from leanhpo.fsutil import fsync_dir
 
@@ -75,8 +76,8 @@ def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ExportError(
             f"{folder} is not a leanhpo export: it has no {MANIFEST_NAME}. Export the best "
-            "model of a study with `python -m leanhpo export` (or `snakemake --cores 1`), "
-            "which writes experiments/<study>/best_model/"
+            f"model of a study with `{current_invocation().snakemake('--cores', 'all')}`, which "
+            "writes experiments/<study>/best_model/"
         )
     try:
         manifest = json.loads(path.read_bytes())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from leanhpo.commands import current_invocation, resume_command
 from leanhpo.exit_codes import EXIT_NO_SPACE
 
 GiB = 1 << 30
@@ -45,7 +46,7 @@ class NoSpaceError(RuntimeError):
             f"  aggressive pruning already done: {', '.join(p['steps_taken']) or 'none possible'}",
             "  largest artifacts:",
             *(f"    {human(a['bytes']):>12}  {a['path']}" for a in p["largest_artifacts"]),
-            "  to fix, then rerun `snakemake --cores 1 --rerun-incomplete` (the trial resumes):",
+            f"  to fix, then rerun `{resume_command()}` (the trial resumes):",
             *(f"    - {fix}" for fix in p["fixes"]),
         ]
         return "\n".join(lines)
@@ -58,16 +59,17 @@ def fixes(
     study: str, retention: dict[str, Any], needed: int, cap_bytes: int, study_bytes: int
 ) -> list[str]:
     """The exact commands and config keys that free room or lower the need."""
+    run = current_invocation()
     strip = (
         "strip the optimizer state of finished trials' checkpoints (a study written before "
-        "retention.weights_only): `python -m leanhpo cleanup --strip --apply`"
+        f"retention.weights_only): `{run.leanhpo('cleanup', '--strip', '--apply')}`"
         if retention.get("weights_only", True)
         else "keep only weights in checkpoints that will never resume: retention.weights_only: "
         "true (now false)"
     )
     return [
         "list and remove checkpoints, temporary folders and logs no trial references: "
-        "`python -m leanhpo cleanup` then `python -m leanhpo cleanup --apply`",
+        f"`{run.leanhpo('cleanup')}` then `{run.leanhpo('cleanup', '--apply')}`",
         strip,
         f"empty the quarantine folders after inspecting them: `rm -rf experiments/{study}/trial_*/quarantine`",
         f"keep fewer trials' checkpoints: lower retention.keep_best_trials (now {retention['keep_best_trials']})",

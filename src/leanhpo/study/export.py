@@ -19,6 +19,7 @@ from typing import Any
 
 from leanhpo import __version__
 from leanhpo.checkpoints import CheckpointStore, CorruptCheckpointError
+from leanhpo.commands import current_invocation
 from leanhpo.config import Config, validate_config
 from leanhpo.data import load_split
 from leanhpo.export import ExportError, model_card, write_export
@@ -52,7 +53,7 @@ def export_best_model(
     if not Path(study_report_path).is_file():
         raise ExportError(
             f"{study_report_path} does not exist: evaluate the study first "
-            "(`python -m leanhpo evaluate`, or `snakemake --cores 1`)"
+            f"(`{current_invocation().snakemake('--cores', 'all')}` runs every step in order)"
         )
     report = read_json(study_report_path)
     primary = min(report["checkpoints"], key=lambda c: c["epoch"])

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from leanhpo.config.strategy import grid_points
 from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
+from leanhpo.paths import trial_label
 from leanhpo.study.lease import SlotLease
 from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
 from leanhpo.study.samplers import SLOT_ATTR, sampler_for
@@ -190,7 +191,7 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def progress(study: optuna.Study, slot: int, n_trials: int) -> dict[str, Any]:
-    """Trial i/N, best so far and an ETA from the mean duration of finished trials."""
+    """ "trial i of N", best so far and an ETA from the mean duration of finished trials."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     complete = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
     durations = [
@@ -201,7 +202,7 @@ def progress(study: optuna.Study, slot: int, n_trials: int) -> dict[str, Any]:
     remaining = max(n_trials - len(done), 0)
     eta = sum(durations) / len(durations) * remaining if durations else None
     return {
-        "trial": f"{slot + 1}/{n_trials}",
+        "trial": trial_label(slot, n_trials),
         "best_so_far": max((t.value for t in complete if t.value is not None), default=None),
         "eta_seconds": round(eta, 1) if eta is not None else None,
         "study_status": "running",
@@ -213,7 +214,7 @@ def final_progress(n_trials: int, best_value: float | None) -> dict[str, Any]:
     without this the parent run would keep the last trial's start: the best before it, an ETA
     for it, "running"."""
     return {
-        "trial": f"{n_trials}/{n_trials}",
+        "trial": trial_label(n_trials - 1, n_trials),
         "best_so_far": best_value,
         "eta_seconds": 0,
         "study_status": "finished",

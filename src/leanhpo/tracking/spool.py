@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leanhpo.commands import current_invocation
+
 LOG = logging.getLogger("leanhpo.tracking")
 BUSY_TIMEOUT_S = 30.0  # appends from other jobs wait this long for the write lock
 WARN_BYTES = 100 * 1024 * 1024
@@ -208,9 +210,10 @@ class Spool:
             self._warned_size = True
             LOG.warning(
                 "MLflow spool %s has passed %d MB; it keeps growing until MLflow answers again"
-                " (run `python -m leanhpo sync-tracking` then)",
+                " (run `%s` then)",
                 self.path,
                 WARN_BYTES // (1024 * 1024),
+                current_invocation().leanhpo("sync-tracking"),
             )
 
     @contextlib.contextmanager

@@ -26,6 +26,7 @@ from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.metric_names import curve_copies
+from leanhpo.paths import trial_label
 from leanhpo.preload import PRELOADED_ENV
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
@@ -201,7 +202,7 @@ def _run_owned(
     tracker = open_tracker(config["tracking"], trial_dir.parent)
     run_id = tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(slot)},
-        name=trial_dir.name,
+        name=trial_label(slot),  # "trial 3"; the folder, trial_0002, is the leanhpo.folder tag
         parent_run_id=study_info["mlflow"]["parent_run_id"],
     )
     state["mlflow"] = {"run_id": run_id, "experiment_id": tracker.experiment_id}

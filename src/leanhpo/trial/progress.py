@@ -5,7 +5,10 @@ same `epoch_start`/`epoch_end` events and writes a summary line where Snakemake 
 (leanhpo.workflow.to_terminal). It reads only finished trial reports beside the trial, so it
 works the same for sequential and parallel trials, and a resumed one.
 
-    leanhpo  trial 2/3  epoch 1/2  val_criteria_f1_macro 0.412  best 0.455 (trial 1)  ETA 3 min
+    leanhpo  trial 2 of 3  epoch 1/2  val_criteria_f1_macro 0.412  best 0.455 (trial 1)  ETA 3 min
+
+Trials are numbered from 1 here as everywhere a person reads them (leanhpo.paths.trial_label):
+trial 2 of 3 is slot 1, folder trial_0001.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.fsutil import read_json
+from leanhpo.paths import trial_label
 
 PREFIX = "leanhpo"
 REPORT_GLOB = "trial_[0-9][0-9][0-9][0-9]/report.json"
@@ -69,7 +73,7 @@ class EpochProgress(logging.Handler):
                 self.handleError(record)
         elif kind == "pruned":
             self.write(
-                f"{PREFIX}  trial {self.slot + 1}/{self.n_trials}  pruned after epoch "
+                f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  pruned after epoch "
                 f"{context['epoch']} (study.pruner); it keeps no checkpoint"
             )
 
@@ -84,7 +88,7 @@ class EpochProgress(logging.Handler):
         others = finished_reports(self.study_dir, skip_slot=self.slot)
         shown = "n/a" if value is None else f"{value:.3f}"
         return (
-            f"{PREFIX}  trial {self.slot + 1}/{self.n_trials}  epoch {epoch}/{epochs}  "
+            f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  epoch {epoch}/{epochs}  "
             f"{metric} {shown}  {self._best(others)}  "
             f"ETA {format_duration(self._eta(others, epoch, epochs))}"
         )
@@ -100,7 +104,7 @@ class EpochProgress(logging.Handler):
         if not scored:
             return "best n/a"
         value, slot = max(scored, key=lambda pair: (pair[0], -pair[1]))
-        return f"best {value:.3f} (trial {slot + 1})"  # numbered like "trial i/N": from 1
+        return f"best {value:.3f} ({trial_label(slot)})"
 
     def _eta(self, others: list[dict[str, Any]], epoch: int, epochs: int) -> float | None:
         """Mean epoch time so far in the study times the epochs still to run (this trial's

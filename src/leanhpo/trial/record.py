@@ -9,9 +9,11 @@ from typing import Any
 import optuna
 
 from leanhpo import __version__
+from leanhpo.commands import current_invocation
 from leanhpo.config import Config
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
+from leanhpo.paths import trial_label
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.setup import progress, progress_tags
 from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
@@ -34,7 +36,7 @@ def announce(
     info = progress(study, slot, config["study"]["n_trials"])
     event(
         log,
-        f"trial {info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
+        f"{info['trial']} (best so far {info['best_so_far']}, ETA {info['eta_seconds']} s)",
         kind="trial_start",
         params=params,
         **info,
@@ -44,6 +46,7 @@ def announce(
         run_id,
         {
             "leanhpo.trial_uuid": state["trial_uuid"],
+            "leanhpo.folder": f"trial_{slot:04d}",  # trial 3's folder is trial_0002
             "optuna.trial_number": state["optuna_number"],
             "leanhpo.status": "running",
             "leanhpo.code_version": __version__,
@@ -72,7 +75,7 @@ def close_tracking(
     tracker = tracker or open_tracker(config["tracking"], state_path.parent.parent)
     run_id = record.get("run_id") or tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(state["slot"])},
-        name=state_path.parent.name,
+        name=trial_label(state["slot"]),  # the folder (trial_0002 for trial 3) is a tag
         parent_run_id=study_info["mlflow"]["parent_run_id"],
     )
     if not record.get("closed"):
@@ -119,7 +122,8 @@ def close_tracking(
         event(
             log,
             f"{spool['pending']} MLflow write(s) still spooled in {SPOOL_FILE}: they are replayed "
-            "by the next job that reaches MLflow, or by `python -m leanhpo sync-tracking`",
+            "by the next job that reaches MLflow, or by "
+            f"`{current_invocation().leanhpo('sync-tracking')}`",
             logging.WARNING,
             kind="tracking_spooled",
             **spool,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from leanhpo.exit_codes import exit_code_for
+from leanhpo.workflow.stops import record_stop
 
 LOG = logging.getLogger(__name__)
 # The planned number of trial slots, for progress lines only. Jobs inherit the environment of
@@ -256,6 +257,8 @@ def job(log_path: str | Path) -> Iterator[None]:
             print(message, file=sys.stderr, flush=True)
             # Snakemake itself says only "non-zero exit status"; the reason belongs in view.
             to_terminal(f"{message}\n(exit {code}; full log: {log_path})")
+            # For the run's end: Snakemake itself would exit 1 (leanhpo.workflow.stops).
+            record_stop(code, message, log_path)
             raise SystemExit(code) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
