@@ -4,6 +4,7 @@ import bisect
 import csv
 import hashlib
 import io
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +17,8 @@ from sklearn.metrics import f1_score
 
 from leanhpo.data import SYMPTOMS, DataError, generate_sample, load_redsm5
 from leanhpo.data.redsm5 import ANNOTATION_COLUMNS, POSTS_COLUMNS
+from leanhpo.data.sample import EVERYDAY_RATE
+from leanhpo.data.sample_templates import EVERYDAY
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -46,14 +49,14 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path) -> No
         assert first[key].read_bytes() != other[key].read_bytes()
 
 
-PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3
-    "short": (  # unchanged since v1
-        "7f4d2a44113371f611456ec48f1a5f8d6acaa890759d44a6f086ca8460581225",
-        "a3b553fa1c838a18acd1e1d897081eff62fa0dbe124e208e23a697bfa2856676",
+PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3 (v3: everyday posts)
+    "short": (
+        "d00ebde8b2448fc9ef112978c843e3329e98dd4a547222a31cb6a2caf223b56b",
+        "9f9fd8123b0f77f9f2657b701027f1a013ffd8afd1dfd93c4d8b1e8afc76762b",
     ),
     "long_tailed": (
-        "3552ff01876487c84e62c3a555a2408478c9b9d69c4c794796c1aaa6d625b5a9",
-        "73ccce2add76cc3432c21d9dd1544fd76c745fac008e89548fc4d559f08ebd9d",
+        "c68be44185316c9b4b5ae6d5553e13c6ec68f13196f960d12b59fdfb776cbb12",
+        "68c7dd6b40941fe657edd33f4b2c9fb45b8f5e9669b3d6a6457033ffab38e5fc",
     ),
 }
 
@@ -140,7 +143,16 @@ def test_all_nine_labels_with_realistic_skew(loaded_300: tuple[list[dict], dict]
     for medium in ("SUICIDAL_THOUGHTS", "ANHEDONIA", "FATIGUE", "SLEEP_ISSUES"):
         assert 0.12 <= prevalence[medium] <= 0.28
     without = sum(1 for post in posts if not any(post["labels"])) / len(posts)
-    assert 0.1 <= without <= 0.2
+    # v3: 15% symptom-free forum posts (negations, distractors) plus 10% everyday posts
+    assert 0.2 <= without <= 0.3
+    # Everyday posts start with an everyday sentence (forum posts with an opener) and hold no
+    # symptom.
+    first = re.compile(
+        "|".join(re.sub(r"\\\{\w+\\\}", ".+?", re.escape(template)) for template in EVERYDAY)
+    )
+    everyday = [post for post in posts if first.match(post["text"])]
+    assert len(everyday) == round(EVERYDAY_RATE * len(posts))
+    assert not any(any(post["labels"]) for post in everyday)
     assert any(sum(post["labels"]) >= 3 for post in posts)
     assert any(len(spans) == 2 for post in posts for spans in post["evidence"])
 

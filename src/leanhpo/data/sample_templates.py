@@ -345,3 +345,38 @@ ECHO_NEGATION_WRAPPERS: tuple[str, ...] = (
     'My doctor asked if "{quote}" was true for me and I said no.',
     'It\'s not like "{quote}" or anything.',
 )
+
+# Posts about nothing in particular (EVERYDAY_RATE in sample.py): a screening
+# model must answer "no symptom" for ordinary text, which the symptom-free posts of the
+# depression forums (full of negations and distractors) do not teach on their own.
+EVERYDAY: tuple[str, ...] = (
+    "Took {Pet_lower} to the park this morning, it was the best walk in ages.",
+    "We finally tried that new {food} place downtown and it was really good.",
+    "Does anyone have a good recipe for {food}? Mine never turns out right.",
+    "Just finished a {distance} run along the river, the weather was perfect.",
+    "My team won the {sport} match last night, what a game.",
+    "I'm thinking about buying a new {gadget}, any recommendations?",
+    "We spent the weekend {activity} with {person} and had a great time.",
+    "The garden is finally growing, the tomatoes are almost ready.",
+    "Booked a trip to {place} for the summer, can't wait.",
+    "Anyone else watching the new season of that cooking show?",
+    "Our neighbours threw a barbecue and invited the whole street.",
+    "I fixed the leaking tap myself today, pretty proud of it.",
+    "The concert on Saturday was amazing, the band played for three hours.",
+    "Picked up {activity} again after a few years and I'm enjoying it.",
+    "Got a great deal on a second-hand {gadget} this week.",
+    "It snowed here for the first time this year and the kids loved it.",
+    "{Person} and I are planning a road trip to {place}.",
+    "What's the best way to clean a cast iron pan?",
+    "Spent the afternoon at the beach with {person}, the water was warm.",
+    "Just got my first paycheck from the new job and treated myself to {food}.",
+)
+EVERYDAY_SLOTS: dict[str, tuple[str, ...]] = {
+    "Pet_lower": ("my dog", "our puppy", "my neighbour's dog"),
+    "food": ("pizza", "ramen", "tacos", "sushi", "banana bread", "curry", "pancakes"),
+    "distance": ("5k", "10k", "half marathon training"),
+    "sport": ("football", "basketball", "hockey", "cricket"),
+    "gadget": ("laptop", "phone", "camera", "bike", "pair of headphones"),
+    "place": ("Spain", "the mountains", "the lake", "my hometown", "Japan"),
+}
+SLOTS.update(EVERYDAY_SLOTS)
