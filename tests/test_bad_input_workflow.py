@@ -149,7 +149,7 @@ def _next_commands(summary: str) -> dict[str, str]:
 
 def _serves(command: str, cwd: Path, port: int, env: dict[str, str]) -> bool:
     """Start a server command as printed (on a free port), wait for its page, stop it."""
-    command = command.replace("--port 5000", f"--port {port}")
+    command = command.split("  (then", 1)[0].replace("--port 5000", f"--port {port}")
     command = command.replace("--port 8080", f"--port {port}")
     server = subprocess.Popen(
         command,
@@ -200,5 +200,6 @@ def test_every_command_of_the_closing_summary_runs_as_printed(finished, tmp_path
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     post = json.loads(predicted.stdout.splitlines()[0])
     assert len(post["symptoms"]) == 9
+    assert "?workflowType=machine_learning" in commands["MLflow UI"]  # the training view
     for label in ("MLflow UI", "Optuna"):
         assert _serves(commands[label], copy, free_port(), env), label

@@ -151,8 +151,8 @@ def _cmd_summary(config: dict[str, Any], args: argparse.Namespace) -> Any:
     from leanhpo.urls import shareable
 
     folder = paths.study_dir(config["study"]["name"])
-    files = [*(args.config or []), *(getattr(args, "configfile", None) or [])]
-    invocation = Invocation(config_files=tuple(Path(f).absolute() for f in files))
+    files = [Path(f) for f in [*(args.config or []), *(getattr(args, "configfile", None) or [])]]
+    invocation = Invocation.here(files)
     services = {
         "storage": shareable(config["study"]["storage"]),
         "tracking_uri": shareable(config["tracking"]["uri"]),

@@ -87,6 +87,21 @@ class Invocation:
     def path(self, path: Path | str) -> str:
         return shown_path(path, self.cwd)
 
+    @classmethod
+    def here(cls, config_files: Sequence[Path]) -> Invocation:
+        """`python -m leanhpo ...` run in the study's working folder with these config files:
+        Snakemake commands get them as --configfile, and the project's Snakefile when the
+        folder has none (an editable install: the repository beside src/)."""
+        cwd = Path.cwd().absolute()
+        options: list[str] = []
+        snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
+        if not (cwd / "Snakefile").exists() and snakefile.is_file():
+            options += ["--snakefile", _shown(snakefile, cwd)]
+        files = tuple(Path(f).absolute() for f in config_files)
+        if files:
+            options += ["--configfile", *(_shown(f, cwd) for f in files)]
+        return cls(cwd=cwd, workdir=cwd, options=tuple(options), config_files=files)
+
 
 INVOCATION_ENV = "LEANHPO_INVOCATION"
 

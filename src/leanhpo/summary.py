@@ -135,14 +135,17 @@ def _next_lines(study_dir: Path, invocation: Invocation, services: dict[str, str
         "  (then open report.html)",
     ]
     tracking = services.get("tracking_uri", "")
+    # MLflow 3.17 opens an experiment in its GenAI view unless the link asks for training runs.
+    experiment = _experiment_id(study_dir)
+    view = f"/#/experiments/{experiment}?workflowType=machine_learning" if experiment else ""
     if tracking.startswith(("http://", "https://")):
-        lines.append(f"    MLflow UI     open {tracking}")
+        lines.append(f"    MLflow UI     open {tracking.rstrip('/')}{view}")
     elif tracking:
         store = _from_start(tracking, invocation)
         lines.append(
             "    MLflow UI     "
             + join([executable("mlflow", invocation.cwd), "ui", "--backend-store-uri", store])
-            + " --host 127.0.0.1 --port 5000"
+            + f" --host 127.0.0.1 --port 5000  (then open http://127.0.0.1:5000{view})"
         )
     storage = services.get("storage", "")
     if storage:
@@ -174,6 +177,13 @@ def _next_lines(study_dir: Path, invocation: Invocation, services: dict[str, str
             f"    predict       echo {EXAMPLE_POST!r} | {predict}",
         ]
     return lines
+
+
+def _experiment_id(study_dir: Path) -> str | None:
+    try:
+        return str(read_json(study_dir / "study.json")["mlflow"]["experiment_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _from_start(url: str, invocation: Invocation) -> str:

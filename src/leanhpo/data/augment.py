@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from leanhpo.commands import executable
 from leanhpo.data.errors import DataError
 from leanhpo.data.nltk_data import RESOURCES, default_dest
 
@@ -359,7 +360,8 @@ def check_nltk_corpora() -> None:
         raise DataError(
             f"TextAttack augmentation needs the NLTK corpora {', '.join(missing)}, which are not "
             f"in any NLTK data folder ({', '.join(nltk.data.path)}). Fix: run `make nltk-data` "
-            "(or `python -m leanhpo.data.nltk_data --dest DIR`) and set NLTK_DATA=DIR."
+            f"(or `{executable('python')} -m leanhpo.data.nltk_data --dest DIR`) and set "
+            "NLTK_DATA=DIR."
         )
 
 

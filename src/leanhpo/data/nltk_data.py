@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from leanhpo.commands import executable
+
 DEFAULT_FOLDER = ".nltk_data"
 # NLTK resource name -> folder under DIR (NLTK also accepts the same path with ".zip").
 RESOURCES: dict[str, str] = {"wordnet": "corpora/wordnet", "stopwords": "corpora/stopwords"}
@@ -273,7 +275,8 @@ def verify(dest: Path) -> None:
     if result.returncode != 0:
         raise NltkDataError(
             f"The NLTK data in {dest} does not work: {_tail(result.stderr or result.stdout)}. "
-            f"Fix: delete {dest} and run `python -m leanhpo.data.nltk_data --dest {dest}` again."
+            f"Fix: delete {dest} and run `{executable('python')} -m leanhpo.data.nltk_data "
+            f"--dest {dest}` again (or `make nltk-data`)."
         )
 
 
