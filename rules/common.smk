@@ -3,6 +3,7 @@
 # deletes the outputs of a job it means to rerun: the config's form, the data and model it
 # names, and whether it would redo finished work (leanhpo.workflow.guard). A refusal exits
 # with leanhpo's code (2: bad input) and leaves every file as it was.
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -19,7 +20,7 @@ from leanhpo.workflow import (
 )
 from leanhpo.workflow.guard import rerun_changes, rerun_refusal
 from leanhpo.workflow.params import announce_runtime, as_params
-from leanhpo.workflow.stops import announce_run, refuse
+from leanhpo.workflow.stops import announce_run, dry_run, refuse
 
 try:
     _validated = validate_config(config)
@@ -30,7 +31,10 @@ except ConfigError as error:
 config.clear()
 config.update(_validated)
 _problems = input_problems(config) + environment_problems(config)
-if _problems:
+if _problems and dry_run():
+    # A plan runs nothing: say what a real run would refuse, and show the plan.
+    print("leanhpo: a real run would stop here:\n" + "\n".join(_problems), file=sys.stderr)
+elif _problems:
     refuse("leanhpo: " + "\n".join(_problems), workflow)
 
 STUDY = f"experiments/{config['study']['name']}"

@@ -113,7 +113,8 @@ def test_a_deliberate_rerun_names_the_changed_key_in_snakemakes_reason(finished,
     reasons = [line for line in plan.stdout.splitlines() if "Params have changed" in line]
     assert reasons, plan.stdout[-3000:]
     for line in reasons:  # the key and its two values, not the whole config twice
-        assert "'retention.keep_best_trials=2'" in line and "'retention.keep_best_trials=1'" in line
+        assert "('retention.keep_best_trials', 2)" in line, line
+        assert "('retention.keep_best_trials', 1)" in line, line
         assert len(line) < 300, line
     assert snapshot(workdir, ("experiments",)) == before  # a dry run
 

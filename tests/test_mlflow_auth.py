@@ -212,7 +212,7 @@ def test_study_logs_in_with_an_env_reference_then_a_wrong_password_stops_the_nex
     wrong = "bad-" + secrets.token_hex(8)
     env["LEANHPO_TRACKING_PASSWORD"] = wrong
     code, output = _snakemake(workdir, uri, env, n_trials=2)
-    assert code == 1
+    assert code == 2  # leanhpo's code for refused credentials, not Snakemake's 1
     trial_dir = workdir / "experiments" / "tiny" / "trial_0001"
     job_log = "trial_0001/logs/stdout.log"
     _assert_stopped_before_training(workdir, output, job_log, trial_dir, auth_server.uri)
@@ -229,7 +229,7 @@ def test_a_refused_login_stops_the_study_before_any_trial(auth_server, tmp_path,
     wrong = "bad-" + secrets.token_hex(8)
     uri = _with_login(auth_server.uri, wrong) if login == "wrong password" else auth_server.uri
     code, output = _snakemake(workdir, uri, dict(os.environ), n_trials=1)
-    assert code == 1
+    assert code == 2  # leanhpo's code for refused credentials, not Snakemake's 1
     job_log = "logs/create_study.log"
     _assert_stopped_before_training(workdir, output, job_log, workdir, auth_server.uri)
     assert not list((workdir / "experiments" / "tiny").glob("trial_*"))

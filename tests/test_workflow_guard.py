@@ -34,12 +34,24 @@ SECTIONS = {
 
 def test_params_are_one_per_key_and_name_themselves():
     params = as_params(SECTIONS)
-    assert params["train__epochs"] == "train.epochs=2"
-    assert params["study__name"] == 'study.name="demo"'
+    assert params["train__epochs"] == ("train.epochs", 2)
+    assert params["study__name"] == ("study.name", "demo")
     assert "study__storage_timeout_s" not in params  # runtime keys are not rerun triggers
     assert "train__max_batch_rows" not in params
-    assert parse_param(params["train__epochs"]) == ("train.epochs", 2)
+    assert parse_param(repr(params["train__epochs"])) == ("train.epochs", 2)  # as recorded
     assert parse_param("{'whole': 'section'}") is None  # an older record's form
+
+
+def test_a_password_reference_is_no_wildcard_for_snakemake():
+    """Snakemake formats str params with the job's wildcards: `${PASSWORD}` must not be one."""
+    from snakemake.exceptions import WildcardError
+    from snakemake.io import apply_wildcards
+
+    params = as_params({"study": {"storage": "postgresql://u:${LEANHPO_STORAGE_PASSWORD}@h/db"}})
+    value = params["study__storage"]
+    assert not isinstance(value, str)  # only str params are formatted
+    with pytest.raises(WildcardError):  # what a str param would meet
+        apply_wildcards(f"{value[0]}={value[1]}", {})
 
 
 def test_params_round_trip_with_the_search_space_order_and_the_runtime_keys(monkeypatch):
@@ -58,7 +70,7 @@ def test_params_round_trip_with_the_search_space_order_and_the_runtime_keys(monk
     assert "tracking" not in back  # only the sections the rule was given
 
 
-def _record(metadata: Path, output: str, rule: str, params: dict[str, str]) -> None:
+def _record(metadata: Path, output: str, rule: str, params: dict[str, object]) -> None:
     """A Snakemake 9 metadata record, as its file persistence names and writes it."""
     name = base64.urlsafe_b64encode(output.encode()).decode()
     path = metadata / name
@@ -68,7 +80,7 @@ def _record(metadata: Path, output: str, rule: str, params: dict[str, str]) -> N
     path.write_text(json.dumps({**record, "record_format_version": 6}))
 
 
-def _finished_study(tmp_path: Path, epochs: int = 2, keep: int = 3) -> dict[str, dict[str, str]]:
+def _finished_study(tmp_path: Path, epochs: int = 2, keep: int = 3) -> dict[str, dict]:
     rules = {
         "run_trial": as_params({"train": {"epochs": epochs}, "retention": {"keep": keep}}),
         "prune_study": as_params({"retention": {"keep": keep}}),
@@ -182,3 +194,19 @@ def test_validate_config_checks_the_data_and_the_model_too(tmp_path, capsys):
         path.write_text(overlay)
         assert main(["validate-config", "--config", str(base), "--configfile", str(path)]) == 2
         assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "planned"),
+    [
+        (["snakemake", "-n"], True),
+        (["snakemake", "--cores", "1", "-np"], True),
+        (["snakemake", "--dry-run"], True),
+        (["snakemake", "--cores", "1"], False),
+        (["snakemake", "-c4", "--configfile", "config.yaml"], False),
+    ],
+)
+def test_a_dry_run_is_told_from_the_command_line(argv, planned):
+    from leanhpo.workflow.stops import dry_run
+
+    assert dry_run(argv) is planned

@@ -28,10 +28,12 @@ from mlflow.tracking import MlflowClient
 from leanhpo.logs import mask_secrets
 from leanhpo.tracking.artifacts import ArtifactMixin
 from leanhpo.tracking.errors import (
+    AUTH_STATUS,
     TrackingUnavailable,
     bounded_http,
     classify,
     client_uri,
+    http_status,
     make_client,
 )
 from leanhpo.tracking.replay import ReplayMixin
@@ -134,12 +136,23 @@ class Tracker(ReplayMixin, ArtifactMixin):
                 self.client.restore_experiment(found.experiment_id)
             experiment_id = str(found.experiment_id)
             if EXPERIMENT_KIND_TAG not in found.tags:  # made by hand or by an older leanhpo
-                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+                self._tag_kind(experiment_id)
         else:
             experiment_id = self._create_experiment(name)
         if name == self.experiment:
             self.experiment_id = experiment_id
         return experiment_id
+
+    def _tag_kind(self, experiment_id: str) -> None:
+        """Best effort on an experiment someone else made: a user who may write runs but not
+        the experiment's tags (HTTP 403) must still be told so at their first write, as
+        before, not here; and the tag only labels the experiment."""
+        try:
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        except MlflowException as error:
+            if http_status(error) not in AUTH_STATUS:
+                raise
+            LOG.info("experiment %s: kind tag not set (HTTP %s)", experiment_id, http_status(error))
 
     def _create_experiment(self, name: str) -> str:
         location = None

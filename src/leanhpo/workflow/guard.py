@@ -14,14 +14,14 @@ keys whose change would rerun finished work:
 - the others (retention, evaluation, tracking) only redo cheap steps from what is kept;
   rerunning them is still a deliberate act: `--config rerun_finished=True`.
 
-Params are one per key (leanhpo.workflow.params), so a difference names its key. A record in
+Params are one (key, value) pair per key (leanhpo.workflow.params), so a difference names its
+key. A record in
 another form (written by an older leanhpo, or by another persistence backend) is left to
 Snakemake, and the trial job's own fingerprint check still refuses a changed training config.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import json
 import os
@@ -83,7 +83,7 @@ def finished_outputs(study_dir: str, workdir: Path) -> Iterator[tuple[str, str, 
 
 
 def rerun_changes(
-    study_dir: str, rule_params: dict[str, dict[str, str]], workdir: Path
+    study_dir: str, rule_params: dict[str, dict[str, Any]], workdir: Path
 ) -> dict[str, Change]:
     """Config key -> how it changed and which finished outputs it would rerun."""
     changes: dict[str, Change] = {}
@@ -91,7 +91,7 @@ def rerun_changes(
         current = rule_params.get(rule)
         if current is None:
             continue
-        before, after = _parsed(map(_unrepr, recorded)), _parsed(current.values())
+        before, after = _parsed(recorded), _parsed(current.values())
         if before is None or after is None:
             continue  # params in another form: Snakemake decides
         for key in sorted(set(before) | set(after)):
@@ -110,21 +110,10 @@ _MISSING = object()
 
 
 def _parsed(params: Any) -> dict[str, Any] | None:
-    pairs = [parse_param(str(p)) for p in params]
+    pairs = [parse_param(p) for p in params]
     if any(pair is None for pair in pairs):
         return None
     return dict(pair for pair in pairs if pair is not None)
-
-
-def _unrepr(recorded: str) -> str:
-    """Snakemake records a str param as its repr: "'train.epochs=2'"."""
-    if len(recorded) >= 2 and recorded[0] == recorded[-1] and recorded[0] in "'\"":
-        try:
-            value = ast.literal_eval(recorded)
-        except (ValueError, SyntaxError):
-            return recorded
-        return value if isinstance(value, str) else recorded
-    return recorded
 
 
 def _slot(output: str) -> int:

@@ -3,7 +3,9 @@
 Snakemake reruns a finished job when one of its params changes, and its `reason:` line prints
 the params that changed, before and now. With a whole config section as one param, that line
 is the whole section twice (7,578 characters for one changed key, seen); with one param per key,
-each written `train.epochs=3`, it names the key and its two values.
+each a pair `('train.epochs', 3)`, it names the key and its two values. (A pair, not a string
+such as "train.epochs=3": Snakemake formats string params with the job's wildcards, and a
+`${PASSWORD}` reference in a URL would read as one.)
 
 Some keys say how a job reaches its services or fits in memory, not what it computes (the retry
 budgets, the MLflow write timeout, the rows per forward pass). Changing them must never rerun
@@ -14,6 +16,8 @@ them back where the job's code expects them.
 
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import os
 from collections.abc import Iterable
@@ -31,16 +35,15 @@ RUNTIME_KEYS = (
 RUNTIME_ENV = "LEANHPO_RUNTIME"
 
 
-def as_params(sections: dict[str, Any]) -> dict[str, str]:
-    """`{"train": {"epochs": 3}}` -> `{"train__epochs": "train.epochs=3"}`: one Snakemake param
-    per key, in a form that names itself in Snakemake's rerun reasons. RUNTIME_KEYS are left out."""
+def as_params(sections: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """`{"train": {"epochs": 3}}` -> `{"train__epochs": ("train.epochs", 3)}`: one Snakemake
+    param per key, in a form that names itself in Snakemake's rerun reasons. RUNTIME_KEYS are
+    left out."""
     flat: dict[str, Any] = {}
     _flatten(sections, (), flat)
     runtime = {".".join(pair) for pair in RUNTIME_KEYS}
     return {
-        key.replace(".", "__"): f"{key}={json.dumps(value)}"
-        for key, value in flat.items()
-        if key not in runtime
+        key.replace(".", "__"): (key, value) for key, value in flat.items() if key not in runtime
     }
 
 
@@ -49,10 +52,10 @@ def from_params(params: Iterable[Any]) -> dict[str, Any]:
     RUNTIME_KEYS of its sections from the environment the Snakemake process set."""
     config: dict[str, Any] = {}
     for item in params:
-        key, separator, text = str(item).partition("=")
-        if not separator:
-            raise ValueError(f"not a leanhpo param (key=json): {item!r}")
-        _set(config, key.split("."), json.loads(text))
+        pair = parse_param(item)
+        if pair is None:
+            raise ValueError(f"not a leanhpo param (a (key, value) pair): {item!r}")
+        _set(config, pair[0].split("."), copy.deepcopy(pair[1]))
     runtime = json.loads(os.environ.get(RUNTIME_ENV) or "{}")
     for section, key in RUNTIME_KEYS:
         if section in config and key in runtime.get(section, {}):
@@ -60,16 +63,18 @@ def from_params(params: Iterable[Any]) -> dict[str, Any]:
     return config
 
 
-def parse_param(item: str) -> tuple[str, Any] | None:
-    """(`train.epochs`, 3) from `train.epochs=3`; None for a param in another form (a record
-    written by an older leanhpo, whose params were whole sections)."""
-    key, separator, text = item.partition("=")
-    if not separator or not key or " " in key:
-        return None
-    try:
-        return key, json.loads(text)
-    except ValueError:
-        return None
+def parse_param(item: Any) -> tuple[str, Any] | None:
+    """(`train.epochs`, 3) from the pair or from its repr, as Snakemake records params; None for
+    a param in another form (a record written by an older leanhpo, whose params were whole
+    sections)."""
+    if isinstance(item, str):
+        try:
+            item = ast.literal_eval(item)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
+        return item[0], item[1]
+    return None
 
 
 def announce_runtime(config: dict[str, Any]) -> None:

@@ -92,6 +92,17 @@ def finish_failed_run(workflow: Any = None) -> None:
     raise SystemExit(int(stops[0]["code"]))
 
 
+def dry_run(argv: list[str] | None = None) -> bool:
+    """Whether this Snakemake process only plans (-n, --dry-run, or -n among short flags such
+    as -np): the Snakefile is parsed before Snakemake's own settings say so."""
+    for arg in sys.argv if argv is None else argv:
+        if arg in ("--dry-run", "--dryrun", "--dry_run"):
+            return True
+        if arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg:
+            return True
+    return False
+
+
 def refuse(message: str, workflow: Any = None, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Stop while the Snakefile is parsed: print `message`, drop this run's (still empty)
     Snakemake log file, exit with `code`."""
