@@ -51,12 +51,12 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path) -> No
 
 PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3 (v3: everyday posts)
     "short": (
-        "d00ebde8b2448fc9ef112978c843e3329e98dd4a547222a31cb6a2caf223b56b",
-        "9f9fd8123b0f77f9f2657b701027f1a013ffd8afd1dfd93c4d8b1e8afc76762b",
+        "fe1746f911ff2bdedd8459d26ffafe9d67dab98c91bdf16fdcbff57ee9af4ef1",
+        "97f11616e65cb1808409ea56faf2dd23a918fe0947b30ded5898374c85eb46af",
     ),
     "long_tailed": (
-        "c68be44185316c9b4b5ae6d5553e13c6ec68f13196f960d12b59fdfb776cbb12",
-        "68c7dd6b40941fe657edd33f4b2c9fb45b8f5e9669b3d6a6457033ffab38e5fc",
+        "11af5cb57141b299643990b8a18e6759104f7ba6963cea6c1ad771555e394280",
+        "d1e664aa23244e9e710a3796a713f27a9de819ba2751b4d8fce25b1acab2b322",
     ),
 }
 

@@ -370,6 +370,19 @@ EVERYDAY: tuple[str, ...] = (
     "What's the best way to clean a cast iron pan?",
     "Spent the afternoon at the beach with {person}, the water was warm.",
     "Just got my first paycheck from the new job and treated myself to {food}.",
+    # everyday complaints: annoyance at things, which is not a low mood
+    "My {gadget} keeps freezing when I open too many apps, any fixes?",
+    "The bus was late again this morning, so annoying.",
+    "Burnt the {food} again, I really need to learn to cook.",
+    "It rained all weekend so the barbecue got cancelled.",
+    "Our team lost the {sport} final, gutted, but it was a good season.",
+    "The neighbour's dog barks every morning at six.",
+    "My sourdough never rises properly, what am I doing wrong?",
+    "The wifi in my building has been terrible lately.",
+    "Spilled coffee on my keyboard, somehow it still works.",
+    "Anyone else find assembling flat-pack furniture impossible?",
+    "My houseplants keep dying even though I water them every week.",
+    "Traffic on the way home was a nightmare today.",
 )
 EVERYDAY_SLOTS: dict[str, tuple[str, ...]] = {
     "Pet_lower": ("my dog", "our puppy", "my neighbour's dog"),
