@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.metric_names import SYMPTOMS
+from leanhpo.paths import trial_label
 
 CRITERIA_ROWS = (
     "f1_macro",
@@ -117,8 +118,9 @@ def _provenance(info: dict[str, Any]) -> list[str]:
         lines += [
             f"- study `{study['name']}` ({study['id']}), optimised "
             f"`{info.get('optimization_metric')}`",
-            f"- best trial: slot {trial['slot']}, Optuna number {trial['number']}, uuid "
-            f"{trial['uuid']}, epoch {trial['epoch']}",
+            f"- best trial: {trial_label(trial['slot'])} (folder trial_{trial['slot']:04d}; "
+            f"Optuna trial number {trial['number']}), uuid {trial['uuid']}, epoch "
+            f"{trial['epoch']}",
         ]
     if info.get("source_checkpoint"):
         lines.append(f"- weights: {_source(info['source_checkpoint'])}")
