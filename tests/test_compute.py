@@ -15,9 +15,11 @@ from conftest import tiny_config_dict
 from leanhpo.config import Config
 from leanhpo.training.compute import (
     CUBLAS_ENV,
+    NondeterministicKernelError,
     apply_kernel_settings,
     compute_precision,
     describe_compute,
+    deterministic_kernels_only,
     kernel_settings,
 )
 from leanhpo.training.loop import autocast
@@ -146,3 +148,32 @@ def test_deterministic_false_is_fingerprinted_and_no_rerun_trigger(tmp_path):
     assert "train__deterministic" not in as_params({"train": config["train"]})
     note = describe_compute("cuda", True, False)["note"]
     assert "not bitwise identical" in note
+
+
+def test_an_op_without_a_deterministic_kernel_is_named_with_the_way_out(restore_flags):
+    apply_kernel_settings(kernel_settings(True, "cpu"))
+    index, values = torch.tensor([0, 0]), torch.tensor([1.0, 2.0])
+    expected = pytest.raises(
+        NondeterministicKernelError, match=r"^put_ has no deterministic kernel"
+    )
+    with expected, deterministic_kernels_only():
+        torch.zeros(3).put_(index, values)  # torch has no deterministic put_ on any device
+    with pytest.raises(ValueError), deterministic_kernels_only():
+        raise ValueError("other errors pass unchanged")
+
+
+@pytest.mark.slow
+def test_such_an_op_fails_the_trial_and_the_study_goes_on(tmp_path, monkeypatch, restore_flags):
+    from studyhelper import Study
+
+    from leanhpo.training import loop
+
+    def put_loss(logits, *args, **kwargs):
+        torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+        return logits.sum()
+
+    study = Study(tmp_path, train={"epochs": 1})
+    monkeypatch.setattr(loop, "criteria_loss", put_loss)
+    failed = study.run(0)
+    assert failed["status"] == "failed"
+    assert "train.deterministic: false" in failed["failure"]["reason"]

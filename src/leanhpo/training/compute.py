@@ -12,8 +12,10 @@ never the numbers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +27,37 @@ CUBLAS_DETERMINISTIC = ":4096:8"
 CUBLAS_DETERMINISTIC_VALUES = (":4096:8", ":16:8")
 ALL_SDP_BACKENDS = ("flash", "mem_efficient", "cudnn", "math")
 PRECISIONS = ("bf16", "fp32")
+# What torch says when an op has no deterministic kernel under use_deterministic_algorithms(True).
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
 NOT_BITWISE = (
     "train.deterministic is false: fast kernels without a deterministic variant were allowed, "
     "so a resumed trial is not bitwise identical to an uninterrupted one, and a rerun of the "
     "same config gives close but not identical metrics"
 )
+
+
+class NondeterministicKernelError(RuntimeError):
+    """An op of this configuration has no deterministic kernel on this device while
+    train.deterministic is true: the trial's own fault (trial/job.py records it as failed, as an
+    out-of-memory error), with the op named and the way out."""
+
+
+@contextlib.contextmanager
+def deterministic_kernels_only() -> Iterator[None]:
+    """Turn torch's error for an op without a deterministic kernel into a
+    NondeterministicKernelError that says what to do; other errors pass unchanged."""
+    try:
+        yield
+    except RuntimeError as error:
+        if NO_DETERMINISTIC_KERNEL not in str(error):
+            raise
+        op = str(error).split(NO_DETERMINISTIC_KERNEL, 1)[0].strip()
+        raise NondeterministicKernelError(
+            f"{op} has no deterministic kernel on this device, and train.deterministic is true. "
+            "Avoid the head or option that uses it (see the traceback), or set "
+            "train.deterministic: false in a new study (fast kernels; a resumed trial is then not "
+            "bitwise identical)"
+        ) from error
 
 
 @dataclass(frozen=True)

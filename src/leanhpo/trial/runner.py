@@ -24,7 +24,7 @@ from leanhpo.logs import event
 from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
-from leanhpo.training.compute import describe_compute
+from leanhpo.training.compute import describe_compute, deterministic_kernels_only
 from leanhpo.training.features import EncodedSplit
 from leanhpo.training.setup import Network, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
@@ -117,9 +117,10 @@ def run_training(
     for epoch in remaining:
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
-        metrics = train_and_validate(
-            network, optimisation, config, spec.seed, epoch, train_split, val_split
-        )
+        with deterministic_kernels_only():
+            metrics = train_and_validate(
+                network, optimisation, config, spec.seed, epoch, train_split, val_split
+            )
         train_seconds += time.monotonic() - started
         history.append({"epoch": epoch, "metrics": metrics})
         if store is not None:
