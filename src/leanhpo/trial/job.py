@@ -51,6 +51,7 @@ from leanhpo.study.setup import (
     slot_lease,
 )
 from leanhpo.tracking import open_tracker
+from leanhpo.training.compute import NondeterministicKernelError
 from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.analysis import score_for_analysis
 from leanhpo.trial.fingerprint import (
@@ -65,7 +66,8 @@ from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
 from leanhpo.workflow import job, to_terminal, with_planned_study
 
-TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError)
+# A configuration that cannot train: recorded as a failed trial, and the study goes on.
+TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError, NondeterministicKernelError)
 
 
 class TrialLockedError(RuntimeError):

@@ -24,6 +24,7 @@ from leanhpo.logs import event
 from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
+from leanhpo.training.compute import describe_compute, deterministic_kernels_only
 from leanhpo.training.features import EncodedSplit
 from leanhpo.training.setup import Network, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
@@ -72,6 +73,7 @@ class TrainingOutcome:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     tmp_cleaned: int = 0
     encoder: dict[str, Any] = field(default_factory=dict)
+    compute: dict[str, Any] | None = None  # device, precision, determinism (training.compute)
     pruned_at_epoch: int | None = None  # the epoch after which study.pruner stopped the trial
 
 
@@ -115,9 +117,10 @@ def run_training(
     for epoch in remaining:
         event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
         started = time.monotonic()
-        metrics = train_and_validate(
-            network, optimisation, config, spec.seed, epoch, train_split, val_split
-        )
+        with deterministic_kernels_only():
+            metrics = train_and_validate(
+                network, optimisation, config, spec.seed, epoch, train_split, val_split
+            )
         train_seconds += time.monotonic() - started
         history.append({"epoch": epoch, "metrics": metrics})
         if store is not None:
@@ -206,4 +209,7 @@ def _outcome(
         quarantined=list(store.quarantined) if store else [],
         tmp_cleaned=store.cleaned_tmp if store else 0,
         encoder=vars(network.encoder_info),
+        compute=describe_compute(
+            network.device.type, spec.config.train.amp, spec.config.train.deterministic
+        ),
     )
