@@ -43,6 +43,8 @@ def test_perfect_prediction_scores_one_everywhere() -> None:
     for key, value in metrics.items():
         if key.startswith("support_"):
             assert value == 2.0
+        elif key == "defined_symptoms":
+            assert value == N_SYMPTOMS
         else:
             assert value == 1.0, key
 
@@ -73,14 +75,20 @@ def test_macro_and_micro_differ_as_computed_by_hand() -> None:
     assert metrics[f"recall_{first}"] == pytest.approx(1.0)
     assert metrics[f"f1_{first}"] == pytest.approx(6 / 7)
     assert metrics[f"f1_{second}"] == 0.0
+    assert metrics[f"precision_{second}"] == 0.0  # predicted once, wrongly
     # Micro pools TP=3, FP=2, FN=1.
     assert metrics["precision_micro"] == pytest.approx(3 / 5)
     assert metrics["recall_micro"] == pytest.approx(3 / 4)
     assert metrics["f1_micro"] == pytest.approx(2 / 3)
-    # Macro averages over all nine symptoms, seven of which score 0 (zero_division=0).
-    assert metrics["precision_macro"] == pytest.approx((3 / 4) / 9)
-    assert metrics["recall_macro"] == pytest.approx(1 / 9)
-    assert metrics["f1_macro"] == pytest.approx((6 / 7) / 9)
+    # No post shows columns 2..8: undefined, and the macro averages cover columns 0 and 1 only
+    # (they used to average nine, seven of them a 0 that no model could change).
+    assert metrics["defined_symptoms"] == 2.0
+    for name in SYMPTOMS[2:]:
+        for kind in ("f1", "precision", "recall", "pr_auc"):
+            assert metrics[f"{kind}_{name}"] is None, (kind, name)
+    assert metrics["precision_macro"] == pytest.approx((3 / 4) / 2)
+    assert metrics["recall_macro"] == pytest.approx(1 / 2)
+    assert metrics["f1_macro"] == pytest.approx((6 / 7) / 2)
     # Three wrong decisions out of 36; only post 2 is entirely right.
     assert metrics["accuracy"] == pytest.approx(33 / 36)
     assert metrics["exact_match_ratio"] == pytest.approx(1 / 4)
@@ -101,6 +109,50 @@ def test_pr_auc_is_none_without_positives() -> None:
     assert metrics["pr_auc_macro"] == pytest.approx(1.0)
     none_at_all = criteria_metrics(np.zeros((3, N_SYMPTOMS)), np.full((3, N_SYMPTOMS), 0.7))
     assert none_at_all["pr_auc_macro"] is None
+
+
+def test_a_symptom_without_a_positive_is_undefined_not_zero() -> None:
+    """One symptom that no post shows, predicted once by mistake: its F1 is undefined and left
+    out of the macro average (which used to be capped at 8/9 by its 0), while its false alarm
+    still counts in the micro average and the accuracy."""
+    y_true = np.vstack([np.eye(N_SYMPTOMS, dtype=int), np.zeros((1, N_SYMPTOMS), dtype=int)])
+    y_true[:, 4] = 0  # PSYCHOMOTOR: no post shows it
+    scores = y_true.astype(float)
+    scores[-1, 4] = 0.9  # a false alarm for it
+    metrics = criteria_metrics(y_true, scores)
+    psychomotor = SYMPTOMS[4]
+    assert metrics[f"f1_{psychomotor}"] is None
+    assert metrics[f"precision_{psychomotor}"] is None
+    assert metrics[f"recall_{psychomotor}"] is None
+    assert metrics[f"support_{psychomotor}"] == 0.0
+    assert metrics["defined_symptoms"] == 8.0
+    assert metrics["f1_macro"] == 1.0  # every defined symptom is perfect
+    assert metrics["f1_micro"] == pytest.approx(2 * 8 / (2 * 8 + 1))  # TP 8, FP 1
+    assert metrics["accuracy"] == pytest.approx(1 - 1 / (10 * N_SYMPTOMS))
+    nothing = criteria_metrics(np.zeros((2, N_SYMPTOMS)), np.zeros((2, N_SYMPTOMS)))
+    assert nothing["f1_macro"] is None and nothing["defined_symptoms"] == 0.0
+    assert nothing["accuracy"] == 1.0
+
+
+def test_ten_label_metrics_by_hand() -> None:
+    """Nine symptoms plus NO_SYMPTOMS, as the ReDSM5 authors' baselines score them."""
+    # Post 0 shows symptom 0 (found); post 1 none (predicted symptom 1: a false alarm, and its
+    # NO_SYMPTOMS missed); post 2 none (right: NO_SYMPTOMS found); post 3 symptom 1 (missed,
+    # so it is predicted NO_SYMPTOMS).
+    y_true = _matrix([1, 0, 0, 0], [0, 0, 0, 1])
+    scores = _matrix([0.9, 0.1, 0.1, 0.1], [0.1, 0.8, 0.1, 0.2], fill=0.1)
+    metrics = criteria_metrics(y_true, scores)
+    # Labels with a positive: symptom 0 (F1 1), symptom 1 (TP 0, FP 1, FN 1: F1 0) and
+    # NO_SYMPTOMS (true for posts 1, 2; predicted for posts 2, 3: TP 1, FP 1, FN 1: F1 1/2).
+    assert metrics["ten_label_f1_no_symptoms"] == pytest.approx(0.5)
+    assert metrics["ten_label_f1_macro"] == pytest.approx((1 + 0 + 0.5) / 3)
+    # Pooled over the 4 x 10 decisions: TP 2, FP 2, FN 2.
+    assert metrics["ten_label_f1_micro"] == pytest.approx(0.5)
+    assert metrics["ten_label_subset_accuracy"] == pytest.approx(2 / 4)
+    assert metrics["ten_label_subset_accuracy"] == metrics["exact_match_ratio"]
+    all_ill = criteria_metrics(np.ones((2, N_SYMPTOMS)), np.ones((2, N_SYMPTOMS)))
+    assert all_ill["ten_label_f1_no_symptoms"] is None  # every post shows a symptom
+    assert all_ill["ten_label_f1_macro"] == 1.0
 
 
 def test_threshold_is_inclusive() -> None:
@@ -171,11 +223,16 @@ def test_criteria_metrics_are_bounded(
     for key, value in metrics.items():
         if key.startswith("support_"):
             assert value is not None and value >= 0
+        elif key == "defined_symptoms":
+            assert value == float(y_true.any(axis=0).sum())
         else:
             assert value is None or 0.0 <= value <= 1.0, key
-    for name in SYMPTOMS:
+    for j, name in enumerate(SYMPTOMS):
         precision, recall = metrics[f"precision_{name}"], metrics[f"recall_{name}"]
         f1 = metrics[f"f1_{name}"]
+        if not y_true[:, j].any():  # undefined: all three, together
+            assert precision is None and recall is None and f1 is None
+            continue
         assert precision is not None and recall is not None and f1 is not None
         assert min(precision, recall) - 1e-12 <= f1 <= max(precision, recall) + 1e-12
 
@@ -310,5 +367,6 @@ def test_flatten_criteria_output_is_loggable() -> None:
     metrics = criteria_metrics(_matrix([1, 0, 0, 0]), _matrix([0.9, 0.1, 0.1, 0.1]))
     logged, dropped = flatten_for_logging("val_criteria_", metrics)
     assert "val_criteria_f1_macro" in logged
-    assert len(dropped) == N_SYMPTOMS - 1  # the undefined pr_aucs
+    # the eight undefined symptoms' f1, precision, recall and pr_auc
+    assert len(dropped) == 4 * (N_SYMPTOMS - 1)
     assert all(math.isfinite(value) for value in logged.values())

@@ -6,6 +6,8 @@ unknown `study.metric` before anything runs) and the trainer (which logs them) s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 SYMPTOMS: tuple[str, ...] = (
     "DEPRESSED_MOOD",
     "ANHEDONIA",
@@ -30,6 +32,12 @@ CRITERIA_SUMMARY = (
     "pr_auc_macro",
 )
 CRITERIA_PER_SYMPTOM = ("f1", "precision", "recall", "pr_auc")
+# The 10-label view (the nine symptoms plus NO_SYMPTOMS) in which the ReDSM5 authors report
+# their baselines, logged as `val_criteria_ten_label_<name>` (training/metrics.py).
+TEN_LABEL_SUMMARY = ("f1_macro", "f1_micro", "subset_accuracy", "f1_no_symptoms")
+# Logged beside the criteria metrics, not maximisable: how many symptoms the macro averages
+# cover (those some post of the split shows; an undefined symptom is left out, never a 0).
+DEFINED_SYMPTOMS_KEY = "criteria_defined_symptoms"
 # Logged with every evaluation beside the criteria metrics (`val_criteria_threshold_<S>`): the
 # probability at or above which each symptom counts as present (model.decision_threshold, tuned
 # on validation with `auto`), so every checkpoint's metric snapshot holds the cuts it was
@@ -40,6 +48,7 @@ EVIDENCE_SUMMARY = ("exact_match", "f1", "char_f1", "null_span_accuracy", "balan
 # Higher is better for all of these, so each can be the study's optimisation metric.
 MAXIMISABLE_METRICS: tuple[str, ...] = (
     *(f"val_criteria_{name}" for name in CRITERIA_SUMMARY),
+    *(f"val_criteria_ten_label_{name}" for name in TEN_LABEL_SUMMARY),
     *(f"val_criteria_{m}_{s}" for s in SYMPTOMS for m in CRITERIA_PER_SYMPTOM),
     *(f"val_evidence_{name}" for name in EVIDENCE_SUMMARY),
 )
@@ -77,6 +86,12 @@ def curve_copies(metrics: dict[str, float], optimised: str) -> dict[str, float]:
     (`study.metric`) when that is another one (a per-symptom score)."""
     shown = {*CURVE_METRICS, optimised}
     return {f"{CURVES_GROUP}/{key}": value for key, value in metrics.items() if key in shown}
+
+
+def undefined_symptoms(flat: Mapping[str, float | None], prefix: str = "") -> list[str]:
+    """The symptoms that no post of the evaluated split shows (`<prefix>criteria_support_<S>`
+    is 0): undefined, and left out of every macro average."""
+    return [s for s in SYMPTOMS if not flat.get(f"{prefix}criteria_support_{s}")]
 
 
 def baseline_metric(baseline: str, metric: str) -> str:

@@ -174,10 +174,19 @@ def results_table(study_report: dict[str, Any]) -> list[list[Any]]:
     metrics, ci = study_report.get("test_metrics") or {}, study_report.get("test_metrics_ci") or {}
     rows = []
     for section in ("criteria_matching", "evidence_binding", "losses"):
-        for name, value in (metrics.get(section) or {}).items():
-            if isinstance(value, dict):
-                continue  # per-criterion detail stays in study_report.json
-            interval = (ci.get(section) or {}).get(name) or {}
+        figures, bounds = metrics.get(section) or {}, ci.get(section) or {}
+        nested = figures.get("ten_label") or {}
+        shown = [(name, value, bounds.get(name)) for name, value in figures.items()]
+        # The 10-label block as rows of its section (ten_label_f1_macro, ...). Per-criterion
+        # detail and the names of undefined symptoms stay in study_report.json.
+        shown += [
+            (f"ten_label_{name}", value, (bounds.get("ten_label") or {}).get(name))
+            for name, value in nested.items()
+        ]
+        for name, value, interval in shown:
+            if value is not None and not isinstance(value, int | float):
+                continue
+            interval = interval or {}
             level = ci.get("level") if interval else None
             rows.append([section, name, value, interval.get("low"), interval.get("high"), level])
     comparison = study_report.get("baseline_comparison") or {}

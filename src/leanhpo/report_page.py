@@ -20,7 +20,7 @@ from typing import Any
 
 from leanhpo.paths import trial_label
 from leanhpo.report_items import TRIAL_COLUMNS, results_table, trials_table
-from leanhpo.summary import SHOWN_TEST_METRICS, human_bytes
+from leanhpo.summary import SHOWN_TEST_METRICS, human_bytes, left_out_note, ten_label_line
 
 # A table wider than the text column scrolls inside its own box instead of pushing the rule
 # graph beside it off the page.
@@ -93,6 +93,13 @@ def _test_section(report: dict[str, Any]) -> str:
         if value is not None:
             shown = f"{_score(value)} {_interval(bounds.get('low'), bounds.get('high'))}"
             key_figures.append(f"<li>test {escape(label)}: <strong>{shown.strip()}</strong></li>")
+    criteria = metrics.get("criteria_matching") or {}
+    for extra in (
+        left_out_note(criteria),
+        ten_label_line(criteria, ci.get("criteria_matching") or {}),
+    ):
+        if extra:
+            key_figures.append(f"<li>{escape(extra)}</li>")
     parts = [
         f"<h2>Test set</h2><p>The best trial, scored once on {posts} test posts; "
         f"{level:.0%} post-level bootstrap intervals.</p><ul>{''.join(key_figures)}</ul>"

@@ -54,6 +54,29 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(shown) or "(no searched params)"
 
 
+def left_out_note(criteria: dict[str, Any]) -> str:
+    """What the macro averages leave out, in words; "" when every symptom is defined."""
+    left_out = criteria.get("undefined_symptoms") or []
+    if not left_out:
+        return ""
+    return (
+        f"macro averages over {9 - len(left_out)} of 9 symptoms: no test post shows "
+        f"{', '.join(left_out)} (undefined, not 0)"
+    )
+
+
+def ten_label_line(criteria: dict[str, Any], ci: dict[str, Any]) -> str:
+    """The figures comparable with the ReDSM5 authors' baselines; "" for older reports."""
+    block, bounds = criteria.get("ten_label"), ci.get("ten_label") or {}
+    if not block:
+        return ""
+    shown = ", ".join(
+        f"{name} {_score(block.get(name))}{_interval(bounds.get(name))}"
+        for name in ("f1_macro", "f1_micro", "subset_accuracy")
+    )
+    return f"10-label (9 symptoms + NO_SYMPTOMS, as the ReDSM5 baselines): {shown}"
+
+
 def _test_lines(report: dict[str, Any]) -> list[str]:
     metrics, ci = report.get("test_metrics") or {}, report.get("test_metrics_ci") or {}
     level = ci.get("level", 0.95)
@@ -65,6 +88,13 @@ def _test_lines(report: dict[str, Any]) -> list[str]:
             lines.append(
                 f"    {label} {_score(value)}{_interval((ci.get(section) or {}).get(name))}"
             )
+    criteria = metrics.get("criteria_matching") or {}
+    for extra in (
+        left_out_note(criteria),
+        ten_label_line(criteria, ci.get("criteria_matching") or {}),
+    ):
+        if extra:
+            lines.append(f"    {extra}")
     comparison = report.get("baseline_comparison") or {}
     if comparison.get("baseline"):
         metric = next((k[len("model_") :] for k in comparison if k.startswith("model_")), "")

@@ -29,6 +29,8 @@ from leanhpo.metric_names import (
     DECISION_THRESHOLD_KEYS,
     EVIDENCE_SUMMARY,
     SYMPTOMS,
+    TEN_LABEL_SUMMARY,
+    undefined_symptoms,
 )
 from leanhpo.models import compatibility_metadata
 from leanhpo.reports import STUDY_SCHEMA, write_report
@@ -39,7 +41,7 @@ from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test
 from leanhpo.training.compute import describe_compute
 from leanhpo.training.evaluation import Evaluation, evaluate
 from leanhpo.training.features import train_prevalence
-from leanhpo.training.metrics import threshold_vector
+from leanhpo.training.metrics import NO_SYMPTOMS, threshold_vector
 from leanhpo.training.setup import Network, build_network, class_weights, encode
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.epoch import replay_training
@@ -77,12 +79,19 @@ def pick_best(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
-    """Flat evaluation metrics -> the study report's test_metrics layout (SPEC 7)."""
+    """Flat evaluation metrics -> the study report's test_metrics layout (SPEC 7), with the
+    symptoms left out of the macro averages (no post of the split shows them) named."""
     criteria: dict[str, Any] = {k: flat.get(f"criteria_{k}") for k in CRITERIA_SUMMARY}
     criteria["per_criterion"] = {
         symptom: {k: flat.get(f"criteria_{k}_{symptom}") for k in PER_CRITERION}
         for symptom in SYMPTOMS
     }
+    criteria["undefined_symptoms"] = undefined_symptoms(flat)
+    ten_label: dict[str, Any] = {k: flat.get(f"criteria_ten_label_{k}") for k in TEN_LABEL_SUMMARY}
+    ten_label["labels_left_out"] = criteria["undefined_symptoms"] + (
+        [NO_SYMPTOMS] if ten_label["f1_no_symptoms"] is None else []
+    )
+    criteria["ten_label"] = ten_label
     evidence = {k: flat.get(f"evidence_{k}") for k in EVIDENCE_KEYS}
     losses = {k: flat.get(k) for k in ("loss", "criteria_loss", "evidence_loss")}
     return {"criteria_matching": criteria, "evidence_binding": evidence, "losses": losses}
@@ -99,6 +108,7 @@ def structure_intervals(result: BootstrapResult | None) -> dict[str, Any] | None
         symptom: {k: flat[f"criteria_{k}_{symptom}"] for k in CRITERIA_PER_SYMPTOM}
         for symptom in SYMPTOMS
     }
+    criteria["ten_label"] = {k: flat[f"criteria_ten_label_{k}"] for k in TEN_LABEL_SUMMARY}
     return {
         "method": "post-level percentile bootstrap",
         "samples": result.samples,
@@ -329,7 +339,7 @@ def evaluate_study(
         timeout_s=config["study"]["storage_timeout_s"],
     )
     report = {
-        "schema_version": 1,
+        "schema_version": 2,
         "study_id": study_info["study_id"],
         "study_name": study_info["name"],
         "best_trial": {

@@ -3,13 +3,16 @@
 Pure numpy: no torch, no I/O. The test posts are resampled with replacement; a resample is a
 row of counts (how often each post is drawn), so every metric of every resample is a weighted
 sum over posts, computed for all resamples at once. The definitions are those of
-:mod:`leanhpo.training.metrics` (sklearn's, ``zero_division=0``), and a resample's value equals
-the metric of the resampled posts.
+:mod:`leanhpo.training.metrics` (sklearn's, ``zero_division=0`` for a symptom that occurs but is
+never predicted), and a resample's value equals the metric of the resampled posts.
 
-A metric that is undefined in a resample (``pr_auc_<S>`` without a positive post of S, the
-evidence averages without a pair of their kind) is dropped from that metric's interval, and the
-number dropped is reported beside it as ``undefined``. Intervals are percentile intervals of
-the values left: the ``(1 - level) / 2`` and ``1 - (1 - level) / 2`` quantiles.
+A metric that is undefined in a resample (the F1, precision, recall and PR-AUC of a symptom S
+in a resample without a post showing S, the evidence averages without a pair of their kind) is
+dropped from that metric's interval, and the number dropped is reported beside it as
+``undefined``. The macro averages of a resample cover the symptoms defined in that resample,
+exactly as :func:`~leanhpo.training.metrics.criteria_metrics` of the resampled posts would.
+Intervals are percentile intervals of the values left: the ``(1 - level) / 2`` and
+``1 - (1 - level) / 2`` quantiles.
 
 Written here rather than with scipy.stats.bootstrap, which calls a statistic on each
 resampled data set: every one of the ~60 metrics would then be recomputed by sklearn per
@@ -25,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from leanhpo.metric_names import CRITERIA_PER_SYMPTOM, CRITERIA_SUMMARY, EVIDENCE_SUMMARY, SYMPTOMS
+from leanhpo.metric_names import (
+    CRITERIA_PER_SYMPTOM,
+    CRITERIA_SUMMARY,
+    EVIDENCE_SUMMARY,
+    SYMPTOMS,
+    TEN_LABEL_SUMMARY,
+)
 from leanhpo.training.metrics import (
     DEFAULT_THRESHOLD,
     EvidenceExample,
@@ -33,6 +42,7 @@ from leanhpo.training.metrics import (
     criteria_metrics,
     evidence_metrics,
     threshold_vector,
+    with_no_symptoms,
 )
 
 # The resamples' stream is SeedSequence([study seed, BOOTSTRAP_STREAM]): reproducible from the
@@ -42,6 +52,7 @@ COMPARED_METRIC = "f1_macro"  # the baseline comparison's metric (the default st
 # The flat metric names (as Evaluation.metrics("") has them) that get an interval.
 CRITERIA_INTERVAL_KEYS: tuple[str, ...] = (
     *CRITERIA_SUMMARY,
+    *(f"ten_label_{metric}" for metric in TEN_LABEL_SUMMARY),
     *(f"{metric}_{symptom}" for symptom in SYMPTOMS for metric in CRITERIA_PER_SYMPTOM),
 )
 EVIDENCE_INTERVAL_KEYS: tuple[str, ...] = EVIDENCE_SUMMARY
@@ -77,6 +88,26 @@ def resample_counts(n_posts: int, samples: int, seed: int) -> np.ndarray:
 def _divide(numerator: np.ndarray, denominator: np.ndarray, undefined: float = 0.0) -> np.ndarray:
     out = np.full(np.broadcast(numerator, denominator).shape, undefined, dtype=float)
     return np.divide(numerator, denominator, out=out, where=denominator > 0)
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """[B] mean over axis 1 of the defined (non-NaN) entries; NaN where none is defined."""
+    defined = ~np.isnan(values)
+    return _divide(np.where(defined, values, 0.0).sum(1), defined.sum(1), np.nan)
+
+
+def _f1_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label (last axis): precision, recall and F1 of weighted counts, NaN where the label
+    has no positive in the resample (undefined), else sklearn's zero_division=0."""
+    positives = tp + fn
+    undefined = np.where(positives > 0, 0.0, np.nan)
+    return (
+        _divide(tp, tp + fp) + undefined,
+        _divide(tp, positives) + undefined,
+        _divide(2 * tp, positives + tp + fp) + undefined,  # 2TP / (2TP + FP + FN)
+    )
 
 
 def _average_precision(y_col: np.ndarray, score_col: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -125,22 +156,31 @@ def criteria_resamples(
         "recall_micro": _divide(tp.sum(1), true_sum.sum(1)),
         "f1_micro": _divide(2 * tp.sum(1), true_sum.sum(1) + pred_sum.sum(1)),
     }
-    per_symptom = {
-        "precision": _divide(tp, pred_sum),
-        "recall": _divide(tp, true_sum),
-        "f1": _divide(2 * tp, true_sum + pred_sum),  # sklearn's: 2TP / (2TP + FP + FN), 0 if 0/0
-    }
-    for metric, values in per_symptom.items():
-        out[f"{metric}_macro"] = values.mean(axis=1)
+    precision, recall, f1 = _f1_counts(tp, fp, fn)
+    for metric, values in {"precision": precision, "recall": recall, "f1": f1}.items():
+        out[f"{metric}_macro"] = _nanmean(values)  # over the symptoms defined in the resample
         out.update({f"{metric}_{name}": values[:, j] for j, name in enumerate(names)})
+    out.update(_ten_label_resamples(y, pred, w))
     if pr_auc:
         aps = np.stack(
             [_average_precision(y[:, j], probabilities[:, j], w) for j in range(len(names))], 1
         )
         out.update({f"pr_auc_{name}": aps[:, j] for j, name in enumerate(names)})
-        defined = ~np.isnan(aps)
-        out["pr_auc_macro"] = _divide(np.where(defined, aps, 0).sum(1), defined.sum(1), np.nan)
+        out["pr_auc_macro"] = _nanmean(aps)
     return out
+
+
+def _ten_label_resamples(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """``ten_label_*`` of :func:`~leanhpo.training.metrics.ten_label_metrics` per resample."""
+    y10, pred10 = with_no_symptoms(y).astype(float), with_no_symptoms(pred).astype(float)
+    tp, fp, fn = w @ (y10 * pred10), w @ ((1 - y10) * pred10), w @ (y10 * (1 - pred10))
+    _, _, f1 = _f1_counts(tp, fp, fn)
+    return {
+        "ten_label_f1_macro": _nanmean(f1),
+        "ten_label_f1_micro": _divide(2 * tp.sum(1), 2 * tp.sum(1) + fp.sum(1) + fn.sum(1)),
+        "ten_label_subset_accuracy": (w @ (y10 == pred10).all(axis=1)) / w.sum(axis=1),
+        "ten_label_f1_no_symptoms": f1[:, -1],
+    }
 
 
 def evidence_resamples(
@@ -221,8 +261,16 @@ def compare_with_baselines(
         "model_f1_macro": model_point,
         "baseline_f1_macro": points[name][COMPARED_METRIC],
         "baseline_ci": percentile_interval(baseline_f1, level),
-        "p_not_better": float(np.mean(model_f1 <= baseline_f1)),
+        "p_not_better": _share_not_better(model_f1, baseline_f1),
     }
+
+
+def _share_not_better(model: np.ndarray, baseline: np.ndarray) -> float:
+    """The share of resamples in which the model's value is not above the baseline's, over the
+    resamples where both are defined (macro-F1 is undefined only in a resample without any
+    symptom, for both alike); 1.0 when there is none."""
+    both = ~np.isnan(model) & ~np.isnan(baseline)
+    return float(np.mean(model[both] <= baseline[both])) if both.any() else 1.0
 
 
 def bootstrap_test_metrics(

@@ -2,7 +2,9 @@
 
 Pure functions on numpy arrays and strings: no torch, no I/O. Every average over an empty set
 is ``None`` (never 0 or NaN), because a 0 would read as a bad model and NaN breaks JSON and
-MLflow; :func:`flatten_for_logging` drops the ``None`` values before logging.
+MLflow; :func:`flatten_for_logging` drops the ``None`` values before logging. The same holds for
+a symptom that no post of the split shows: its F1, precision and recall are undefined (``None``),
+and the macro averages are taken over the symptoms that are defined.
 """
 
 from __future__ import annotations
@@ -20,9 +22,14 @@ from sklearn.metrics import average_precision_score, precision_recall_fscore_sup
 from leanhpo.metric_names import SYMPTOMS
 
 DEFAULT_THRESHOLD = 0.5
-# zero_division=0 is deliberate: a symptom never predicted (or never present) scores 0, and
-# sklearn then raises no UndefinedMetricWarning.
+# zero_division=0 only where the symptom occurs: a symptom shown by some post but never
+# predicted has precision 0 (and F1 0), the model's failure to find it. A symptom that no post
+# shows is left undefined instead (see criteria_metrics): a 0 there would score the split, not
+# the model, and cap the macro average (8/9 with one symptom missing).
 ZERO_DIVISION = 0.0
+# The label a post carries in the 10-label view when it shows none of the nine symptoms: the
+# ReDSM5 authors' baselines classify posts into the nine symptoms plus this one.
+NO_SYMPTOMS = "NO_SYMPTOMS"
 ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 PUNCTUATION = frozenset(string.punctuation)
 
@@ -67,6 +74,11 @@ def threshold_vector(
     return np.broadcast_to(array, (len(names),)).copy()
 
 
+def defined_symptoms(y_true: np.ndarray) -> np.ndarray:
+    """[9] bool: the symptoms some post of ``y_true`` shows, the ones a macro average covers."""
+    return np.asarray(np.asarray(y_true).astype(bool).any(axis=0))
+
+
 def criteria_metrics(
     y_true: np.ndarray,
     scores: np.ndarray,
@@ -76,48 +88,97 @@ def criteria_metrics(
     """Criteria-matching metrics of ``scores`` (probabilities, [N, 9]) against ``y_true`` (0/1).
 
     A symptom is predicted when its score is ``>= threshold``: one threshold for all symptoms,
-    or one per symptom (in the order of ``names``). Keys:
+    or one per symptom (in the order of ``names``). A symptom is *defined* when at least one
+    post shows it; one that no post shows has no F1, precision or recall (``None``) and is
+    left out of the macro averages. Keys:
 
     - ``accuracy``: fraction of the N×9 (post, symptom) decisions that are correct.
     - ``exact_match_ratio``: fraction of posts whose 9 decisions are all correct.
     - ``precision_micro`` / ``recall_micro`` / ``f1_micro``: from TP, FP, FN pooled over all
-      N×9 decisions.
-    - ``precision_macro`` / ``recall_macro`` / ``f1_macro``: unweighted mean of the 9
-      per-symptom values (``f1_macro`` is the mean of per-symptom F1s, not the F1 of the means).
+      N×9 decisions (false alarms of an undefined symptom count as FP here).
+    - ``precision_macro`` / ``recall_macro`` / ``f1_macro``: unweighted mean of the per-symptom
+      values over the defined symptoms (``f1_macro`` is the mean of per-symptom F1s, not the F1
+      of the means); ``None`` when no symptom is defined.
+    - ``defined_symptoms``: how many symptoms the macro averages cover (float).
     - per symptom ``<NAME>``: ``precision_<NAME>`` = TP/(TP+FP), ``recall_<NAME>`` = TP/(TP+FN),
-      ``f1_<NAME>`` = 2·P·R/(P+R); each is 0 where its denominator is 0 (sklearn
-      ``zero_division=0``). ``support_<NAME>`` = number of posts with the symptom (float).
+      ``f1_<NAME>`` = 2·P·R/(P+R); ``None`` when the symptom is undefined, else 0 where a
+      denominator is 0 (a defined symptom never predicted: sklearn ``zero_division=0``).
+      ``support_<NAME>`` = number of posts with the symptom (float).
     - ``pr_auc_<NAME>``: average precision of the raw scores (sklearn
-      ``average_precision_score``, threshold-free); ``None`` when the symptom has no positive.
+      ``average_precision_score``, threshold-free); ``None`` when the symptom is undefined.
     - ``pr_auc_macro``: mean of the defined ``pr_auc_<NAME>``; ``None`` if none is defined.
+    - ``ten_label_*``: see :func:`ten_label_metrics` (the ReDSM5 authors' 10-label view).
     """
     y_true = np.asarray(y_true).astype(int)
     scores = np.asarray(scores, dtype=float)
     _check_criteria_inputs(y_true, scores, names)
     y_pred = (scores >= threshold_vector(threshold, names)).astype(int)
     labels = list(range(len(names)))
+    defined = defined_symptoms(y_true)
     metrics: dict[str, MetricValue] = {
         "accuracy": float(np.mean(y_pred == y_true)),
         "exact_match_ratio": float(np.mean((y_pred == y_true).all(axis=1))),
     }
-    for average in ("micro", "macro"):
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=ZERO_DIVISION
-        )
-        metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r)})
-        metrics[f"f1_{average}"] = float(f)
+    p, r, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="micro", zero_division=ZERO_DIVISION
+    )
+    metrics.update({"precision_micro": float(p), "recall_micro": float(r), "f1_micro": float(f)})
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=ZERO_DIVISION
     )
+    per_symptom = {"precision": precision, "recall": recall, "f1": f1}
+    for kind, values in per_symptom.items():
+        metrics[f"{kind}_macro"] = _mean_defined(
+            float(v) if ok else None for v, ok in zip(values, defined, strict=True)
+        )
+    metrics["defined_symptoms"] = float(defined.sum())
     pr_aucs = [_pr_auc(y_true[:, j], scores[:, j]) for j in labels]
     for j, name in enumerate(names):
-        metrics[f"f1_{name}"] = float(f1[j])
-        metrics[f"precision_{name}"] = float(precision[j])
-        metrics[f"recall_{name}"] = float(recall[j])
+        for kind, values in per_symptom.items():
+            metrics[f"{kind}_{name}"] = float(values[j]) if defined[j] else None
         metrics[f"support_{name}"] = float(support[j])
         metrics[f"pr_auc_{name}"] = pr_aucs[j]
     metrics["pr_auc_macro"] = _mean_defined(pr_aucs)
+    for key, value in ten_label_metrics(y_true, y_pred).items():
+        metrics[f"ten_label_{key}"] = value
     return metrics
+
+
+def with_no_symptoms(y: np.ndarray) -> np.ndarray:
+    """[N, 10]: the nine columns and a tenth, NO_SYMPTOMS, set where a post has none of them."""
+    y = np.asarray(y).astype(int)
+    return np.hstack([y, (~y.astype(bool).any(axis=1)).astype(int)[:, None]])
+
+
+def ten_label_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, MetricValue]:
+    """The 10-label view of the ReDSM5 authors' baselines: the nine symptoms plus NO_SYMPTOMS
+    (a post with none of them, true or predicted). Keys:
+
+    - ``f1_macro``: mean of the per-label F1 over the labels some post carries (a label that
+      no post carries is left out, as for the nine);
+    - ``f1_micro``: F1 of TP, FP, FN pooled over the N×10 decisions;
+    - ``subset_accuracy``: share of posts whose ten labels are all right (NO_SYMPTOMS follows
+      from the nine, so it equals ``exact_match_ratio``);
+    - ``f1_no_symptoms``: the NO_SYMPTOMS label's own F1 (``None`` when every post shows a
+      symptom).
+    """
+    truth, pred = with_no_symptoms(y_true), with_no_symptoms(y_pred)
+    labels = list(range(truth.shape[1]))
+    defined = defined_symptoms(truth)
+    _, _, f1, _ = precision_recall_fscore_support(
+        truth, pred, labels=labels, average=None, zero_division=ZERO_DIVISION
+    )
+    _, _, micro, _ = precision_recall_fscore_support(
+        truth, pred, labels=labels, average="micro", zero_division=ZERO_DIVISION
+    )
+    return {
+        "f1_macro": _mean_defined(
+            float(v) if ok else None for v, ok in zip(f1, defined, strict=True)
+        ),
+        "f1_micro": float(micro),
+        "subset_accuracy": float(np.mean((truth == pred).all(axis=1))),
+        "f1_no_symptoms": float(f1[-1]) if defined[-1] else None,
+    }
 
 
 def baseline_criteria_metrics(

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo import __version__
 from leanhpo.checkpoints import checkpoint_info
+from leanhpo.metric_names import undefined_symptoms
 
 STATUS = {TrialState.COMPLETE: "completed", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
 EMPTY_OUTCOME: dict[str, Any] = {
@@ -80,7 +81,7 @@ def build_report(
     config = state.get("config") or {}
     encoder = outcome["encoder"]
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "study": {"id": study_info["study_id"], "name": study_info["name"]},
         "slot": state["slot"],
         "trial_uuid": state["trial_uuid"],
@@ -94,6 +95,13 @@ def build_report(
         "baseline": outcome["baseline"],
         "checkpoints": checkpoints,
         "validation_metrics": _validation_metrics(outcome),
+        # Symptoms no validation post shows: undefined, left out of the macro averages (and so
+        # of a macro study.metric) in every epoch alike; null before the first epoch.
+        "validation_undefined_symptoms": (
+            undefined_symptoms(outcome["history"][0]["metrics"], "val_")
+            if outcome["history"]
+            else None
+        ),
         "history": outcome["history"],
         "seeds": {
             "study": study_info["seed"],
