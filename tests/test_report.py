@@ -89,7 +89,7 @@ def test_report_opens_on_the_study_results(
     comparison = report["baseline_comparison"]
     baseline = _row(test_table, "baseline", f"{comparison['baseline']}_f1_macro")
     assert baseline[2] == f"{comparison['baseline_f1_macro']:.3f}"
-    assert "p_not_better" in text and f"{comparison['p_not_better']:.3f}" in text
+    assert "share_not_better" in text and f"{comparison['share_not_better']:.3f}" in text
 
     trials = next(t for t in shown if t and t[0][0] == "trial (folder)")
     for slot in range(3):

@@ -120,3 +120,20 @@ def test_the_model_card_marks_an_undefined_symptom_and_shows_the_ten_label_rows(
     assert f"| {UNDEFINED} | – | – | – | 0 |" in card
     assert "| criteria ten_label_f1_macro |" in card
     assert "`accuracy` is per (post, symptom) decision" in card
+
+
+def test_the_baseline_share_is_named_for_what_it_is_and_old_reports_still_read(report) -> None:
+    """`share_not_better` is a bootstrap proportion, not a p-value; reports of schema version 1
+    called it `p_not_better`, and the summary and the page still read those."""
+    comparison = report["baseline_comparison"]
+    assert "p_not_better" not in comparison
+    share = comparison["share_not_better"]
+    summary = "\n".join(_test_lines(report))
+    assert f"not better in {share:.1%} of the resamples" in summary
+    assert "p(" not in summary and "p-value" not in summary
+    page = study_page(report, [])
+    assert f"share_not_better {share:.3f}" in page and "not a p-value" in page
+    old = {**report, "baseline_comparison": {**comparison, "p_not_better": 0.25}}
+    del old["baseline_comparison"]["share_not_better"]
+    assert "not better in 25.0% of the resamples" in "\n".join(_test_lines(old))
+    assert "share_not_better 0.250" in study_page(old, [])

@@ -331,7 +331,7 @@ def _assert_bootstrap_intervals(study: Study, report: dict, output: Path, logged
     comparison = report["baseline_comparison"]
     assert comparison["baseline"] in ("prevalence", "all_positive")
     assert comparison["model_f1_macro"] == report["test_metrics"]["criteria_matching"]["f1_macro"]
-    assert logged["test_baseline_p_not_better"] == comparison["p_not_better"]
+    assert logged["test_baseline_share_not_better"] == comparison["share_not_better"]
     reports = sorted(study.dir.glob("trial_*/report.json"))
     again = evaluate_study(study.study_json, study.data, reports, output, study.config)
     assert again["test_metrics_ci"] == report["test_metrics_ci"]

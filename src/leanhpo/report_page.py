@@ -20,7 +20,13 @@ from typing import Any
 
 from leanhpo.paths import trial_label
 from leanhpo.report_items import TRIAL_COLUMNS, results_table, trials_table
-from leanhpo.summary import SHOWN_TEST_METRICS, human_bytes, left_out_note, ten_label_line
+from leanhpo.summary import (
+    SHOWN_TEST_METRICS,
+    human_bytes,
+    left_out_note,
+    share_not_better,
+    ten_label_line,
+)
 
 # A table wider than the text column scrolls inside its own box instead of pushing the rule
 # graph beside it off the page.
@@ -113,9 +119,9 @@ def _test_section(report: dict[str, Any]) -> str:
             f"same {comparison.get('samples', '?')} resamples: {escape(metric)} model "
             f"{_score(comparison.get(f'model_{metric}'))}, baseline "
             f"{_score(comparison.get(f'baseline_{metric}'))} "
-            f"{_interval(bounds.get('low'), bounds.get('high'))}; p_not_better "
-            f"{_score(comparison.get('p_not_better'))} (the share of resamples in which the model "
-            "is not better).</p>"
+            f"{_interval(bounds.get('low'), bounds.get('high'))}; share_not_better "
+            f"{_score(share_not_better(comparison))} (the share of resamples in which the model "
+            "is not better: a bootstrap proportion, not a p-value).</p>"
         )
     rows = [
         [escape(section), escape(name), _score(value), _interval(low, high)]

@@ -54,6 +54,17 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(shown) or "(no searched params)"
 
 
+def share_not_better(comparison: dict[str, Any]) -> float | None:
+    """The share of bootstrap resamples in which the model was not better than the baseline;
+    study reports of schema version 1 call it `p_not_better`."""
+    value = comparison.get("share_not_better", comparison.get("p_not_better"))
+    return None if value is None else float(value)
+
+
+def _share(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1%}"
+
+
 def left_out_note(criteria: dict[str, Any]) -> str:
     """What the macro averages leave out, in words; "" when every symptom is defined."""
     left_out = criteria.get("undefined_symptoms") or []
@@ -103,7 +114,7 @@ def _test_lines(report: dict[str, Any]) -> list[str]:
             f"{_score(comparison.get(f'baseline_{metric}'))}"
             f"{_interval(comparison.get('baseline_ci'))}; model "
             f"{_score(comparison.get(f'model_{metric}'))}, "
-            f"p(model not better) {comparison.get('p_not_better', '?')}"
+            f"not better in {_share(share_not_better(comparison))} of the resamples"
         )
     return lines
 

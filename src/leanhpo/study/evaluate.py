@@ -413,7 +413,7 @@ def _track(
 
 def metrics_to_log(primary: dict[str, Any]) -> dict[str, float]:
     """`test_<metric>`, its `test_<metric>_ci_low`/`_ci_high`, and the baseline comparison
-    (`test_baseline_f1_macro`, its interval, `test_baseline_p_not_better`)."""
+    (`test_baseline_f1_macro`, its interval, `test_baseline_share_not_better`)."""
     flat: dict[str, float | None] = primary["flat"]
     result: BootstrapResult | None = primary["bootstrap"]
     metrics = {f"test_{k}": v for k, v in flat.items() if v is not None}
@@ -426,5 +426,5 @@ def metrics_to_log(primary: dict[str, Any]) -> dict[str, float]:
             metrics[f"test_{key}_ci_low"] = interval["low"]
             metrics[f"test_{key}_ci_high"] = interval["high"]
     metrics["test_baseline_f1_macro"] = comparison["baseline_f1_macro"]
-    metrics["test_baseline_p_not_better"] = comparison["p_not_better"]
+    metrics["test_baseline_share_not_better"] = comparison["share_not_better"]
     return metrics

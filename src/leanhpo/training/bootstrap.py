@@ -245,10 +245,11 @@ def compare_with_baselines(
 
     The strongest baseline is the one of
     :func:`~leanhpo.training.metrics.baseline_criteria_metrics` with the higher macro-F1 on the
-    full test split (the first listed on a tie). ``p_not_better`` is the share of resamples in
-    which the model's macro-F1 (``model_f1``: per resample, ``model_point``: on the full
-    split) is not above the baseline's: a one-sided paired bootstrap p-value for "the model
-    beats the baseline"."""
+    full test split (the first listed on a tie). ``share_not_better`` is the share of resamples
+    in which the model's macro-F1 (``model_f1``: per resample, ``model_point``: on the full
+    split) is not above the baseline's. It is a bootstrap proportion, not a p-value: the
+    resamples are drawn around the observed test set, not under a null hypothesis, so it says
+    how often a test set like this one would have left the model no better than the baseline."""
     points = baseline_criteria_metrics(train_prevalence, y_true)
     name = max(points, key=lambda baseline: points[baseline][COMPARED_METRIC] or 0.0)
     constant = {
@@ -261,7 +262,7 @@ def compare_with_baselines(
         "model_f1_macro": model_point,
         "baseline_f1_macro": points[name][COMPARED_METRIC],
         "baseline_ci": percentile_interval(baseline_f1, level),
-        "p_not_better": _share_not_better(model_f1, baseline_f1),
+        "share_not_better": _share_not_better(model_f1, baseline_f1),
     }
 
 
