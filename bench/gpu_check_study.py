@@ -29,6 +29,7 @@ from leanhpo.study.create import create_study
 from leanhpo.study.evaluate import evaluate_study, structure_metrics
 from leanhpo.study.export import export_best_model
 from leanhpo.training.evaluation import evidence_pairs
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.metrics import criteria_metrics, evidence_metrics
 from leanhpo.training.setup import encode
 from leanhpo.trial.job import run_trial_job
@@ -256,7 +257,9 @@ def _score(model: Any, gold: list[dict[str, Any]], rows: list[dict[str, Any]]) -
     }
     flat.update({f"evidence_{k}": v for k, v in evidence_metrics(predicted).items()})
     flat["evidence_null_threshold"] = model.null_threshold
-    return structure_metrics(flat)
+    decided = np.array([row["symptoms"][s]["present"] for row in rows for s in SYMPTOMS])
+    flat.update({f"joint_{k}": v for k, v in joint_metrics(predicted, decided).items()})
+    return structure_metrics(flat, model.evidence_for)
 
 
 def _span(evidence: dict[str, Any] | None) -> tuple[int, int] | None:

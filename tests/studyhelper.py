@@ -18,6 +18,7 @@ from leanhpo.study.export import export_best_model
 from leanhpo.study.setup import open_study
 from leanhpo.tracking import Tracker
 from leanhpo.training.evaluation import evidence_pairs
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.metrics import criteria_metrics, evidence_metrics
 from leanhpo.training.setup import encode
 from leanhpo.trial.job import run_trial_job
@@ -87,4 +88,6 @@ def score_predictions(model, gold: list[dict], rows: list[dict]) -> dict:
     flat: dict = {f"criteria_{k}": v for k, v in criteria_metrics(labels, probabilities).items()}
     flat.update({f"evidence_{k}": v for k, v in evidence_metrics(predicted).items()})
     flat["evidence_null_threshold"] = model.null_threshold
-    return structure_metrics(flat)
+    decided = np.array([row["symptoms"][s]["present"] for row in rows for s in SYMPTOMS])
+    flat.update({f"joint_{k}": v for k, v in joint_metrics(predicted, decided).items()})
+    return structure_metrics(flat, model.evidence_for)

@@ -130,18 +130,29 @@ def test_calibrated_threshold_is_optimal(pairs, probes):
             assert best >= _balanced_at(examples, margins, probe) - 1e-9
 
 
-def test_evaluation_decodes_under_the_resolved_threshold():
+def _one_post_evaluation():
+    """One post, its nine pairs in symptom order: symptom 0 shown (evidence SLEEP) and decided
+    present; symptom 1 not shown, decided absent, yet the evidence head finds WEATHER with a
+    margin of 9; the other seven have no span at all."""
     import numpy as np
 
-    from leanhpo.config import Config
-    from leanhpo.training.evaluation import Evaluation, resolve_null_threshold
+    from leanhpo.training.evaluation import Evaluation
 
-    evaluation = Evaluation(
-        {"loss": 1.0}, np.zeros((1, 9)), np.zeros((1, 9)), [_positive(SLEEP), _null()], [4.0, 9.0]
-    )
+    pairs = [_positive(SLEEP), _null(), *(_null(None) for _ in range(7))]
+    margins = [4.0, 9.0, *(math.inf for _ in range(7))]
+    probabilities, labels = np.zeros((1, 9)), np.zeros((1, 9))
+    probabilities[0, 0], labels[0, 0] = 0.9, 1
+    return Evaluation({"loss": 1.0}, probabilities, labels, pairs, margins, np.zeros(9, int))
+
+
+def test_evaluation_decodes_under_the_resolved_threshold():
+    from leanhpo.config import Config
+    from leanhpo.training.evaluation import resolve_null_threshold
+
+    evaluation = _one_post_evaluation()
     fixed = Config.from_dict({"model": {"null_threshold": 2.5}}).model
     assert resolve_null_threshold(fixed, evaluation) == 2.5
-    auto = Config.from_dict({}).model
+    auto = Config.from_dict({"model": {"evidence_for": "all"}}).model
     assert auto.null_threshold == "auto"
     threshold = resolve_null_threshold(auto, evaluation)
     assert threshold == pytest.approx(6.5)
@@ -150,3 +161,22 @@ def test_evaluation_decodes_under_the_resolved_threshold():
     calibrated = evaluation.metrics("val_", threshold)
     assert calibrated["val_evidence_balanced_f1"] == 1.0
     assert calibrated["val_evidence_null_threshold"] == threshold
+
+
+def test_with_evidence_for_present_the_threshold_is_calibrated_on_the_pairs_decided_present():
+    """Under `present` symptom 1 is decided absent, so it gets no evidence at any threshold:
+    the sweep only weighs the pairs decided present, and here any threshold above symptom 0's
+    margin is best (the nearest to 0 of the cuts that keep its span: 5, past its margin 4)."""
+    from leanhpo.config import Config
+    from leanhpo.training.evaluation import resolve_null_threshold
+
+    evaluation = _one_post_evaluation()
+    present = Config.from_dict({"model": {"evidence_for": "present"}}).model
+    threshold = resolve_null_threshold(present, evaluation, 0.5)
+    assert threshold == pytest.approx(4.0 + EDGE_OFFSET)
+    given = evaluation.evidence(100.0, "present", 0.5)
+    assert given[0].pred_span == SLEEP and given[1].pred_span is None  # absent: no evidence
+    assert evaluation.evidence(100.0, "all", 0.5)[1].pred_span == WEATHER
+    flat = evaluation.metrics("", 100.0, 0.5, "present")
+    assert flat["joint_n_evidence"] == 1.0 and flat["joint_n_evidence_absent"] == 0.0
+    assert evaluation.metrics("", 100.0, 0.5, "all")["joint_n_evidence_absent"] == 1.0

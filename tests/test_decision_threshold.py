@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -40,7 +41,12 @@ from leanhpo.study.export import export_best_model
 from leanhpo.training.bootstrap import criteria_resamples, resample_counts
 from leanhpo.training.calibrate import tune_decision_thresholds
 from leanhpo.training.evaluation import Evaluation, resolve_decision_thresholds
-from leanhpo.training.metrics import DEFAULT_THRESHOLD, criteria_metrics, threshold_vector
+from leanhpo.training.metrics import (
+    DEFAULT_THRESHOLD,
+    EvidenceExample,
+    criteria_metrics,
+    threshold_vector,
+)
 
 VAL_KEYS = [f"val_{key}" for key in DECISION_THRESHOLD_KEYS]
 
@@ -170,7 +176,10 @@ def test_config_accepts_auto_and_probabilities_and_defaults_to_one_half():
 def test_a_number_is_used_and_logged_for_every_symptom():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, size=(12, len(SYMPTOMS)))
-    evaluation = Evaluation({"loss": 1.0}, rng.random(labels.shape), labels, [], [])
+    pairs = [EvidenceExample("text", (), None)] * labels.size  # nine per post, no evidence
+    evaluation = Evaluation(
+        {"loss": 1.0}, rng.random(labels.shape), labels, pairs, [math.inf] * labels.size
+    )
     fixed = Config.from_dict({"model": {"decision_threshold": 0.3}}).model
     thresholds = resolve_decision_thresholds(fixed, evaluation)
     assert thresholds.tolist() == [0.3] * len(SYMPTOMS)

@@ -45,6 +45,7 @@ STUDIES = {
         "train": {"epochs": 1},
     },
     "no_checkpoints": {"train": {"checkpointing": False, "epochs": 1}},
+    "evidence_for_all": {"model": {"evidence_for": "all"}, "train": {"epochs": 1}},
 }
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -73,9 +74,15 @@ def test_predict_reproduces_the_study_reports_test_metrics(studies, name):
     expected = made.report["test_metrics"]
     assert scored["criteria_matching"] == expected["criteria_matching"]
     assert scored["evidence_binding"] == expected["evidence_binding"]
+    assert scored["joint"] == expected["joint"]
+    evidence_for = STUDIES[name].get("model", {}).get("evidence_for", "present")
+    assert model.evidence_for == expected["joint"]["evidence_for"] == evidence_for
+    assert read_json(made.folder / INFO_NAME)["evidence_for"] == evidence_for
     for row in rows:
         for name_, decision in row["symptoms"].items():
             assert decision["present"] == (decision["probability"] >= 0.5), name_
+            if evidence_for == "present" and not decision["present"]:
+                assert row["evidence"][name_] is None, (row["post_id"], name_)
         for evidence in filter(None, row["evidence"].values()):
             text = next(p["text"] for p in gold if p["post_id"] == row["post_id"])
             assert text[evidence["start"] : evidence["end"]] == evidence["text"]

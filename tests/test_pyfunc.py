@@ -129,6 +129,14 @@ def test_the_pyfunc_from_the_parent_run_predicts_what_predict_texts_does(made):
     with _tracking_uri(made.study.config["tracking"]["uri"]):
         model = mlflow.pyfunc.load_model(result["model_uri"])
     assert model.predict(pd.DataFrame({"text": texts, "post_id": ids})) == expected
+    # model.evidence_for present (the default): no sentence for a symptom decided absent
+    absent = [
+        row["evidence"][name]
+        for row in expected
+        for name, decision in row["symptoms"].items()
+        if not decision["present"]
+    ]
+    assert absent and all(evidence is None for evidence in absent)
     without_ids = model.predict(pd.DataFrame({"text": texts}))
     assert [row["post_id"] for row in without_ids] == [str(i + 1) for i in range(len(texts))]
     assert [row["symptoms"] for row in without_ids] == [row["symptoms"] for row in expected]

@@ -44,6 +44,8 @@ DEFINED_SYMPTOMS_KEY = "criteria_defined_symptoms"
 # scored with. Not maximisable: a threshold is a setting, not a score.
 DECISION_THRESHOLD_KEYS: tuple[str, ...] = tuple(f"criteria_threshold_{s}" for s in SYMPTOMS)
 EVIDENCE_SUMMARY = ("exact_match", "f1", "char_f1", "null_span_accuracy", "balanced_f1")
+# The decision and its evidence scored together, per (post, symptom) pair (training/joint.py).
+JOINT_SUMMARY = ("accuracy", "f1")
 
 # Higher is better for all of these, so each can be the study's optimisation metric.
 MAXIMISABLE_METRICS: tuple[str, ...] = (
@@ -51,6 +53,7 @@ MAXIMISABLE_METRICS: tuple[str, ...] = (
     *(f"val_criteria_ten_label_{name}" for name in TEN_LABEL_SUMMARY),
     *(f"val_criteria_{m}_{s}" for s in SYMPTOMS for m in CRITERIA_PER_SYMPTOM),
     *(f"val_evidence_{name}" for name in EVIDENCE_SUMMARY),
+    *(f"val_joint_{name}" for name in JOINT_SUMMARY),
 )
 
 # Logged every epoch as well, but lower is better, so they cannot be maximised.
@@ -68,6 +71,7 @@ CURVE_METRICS: tuple[str, ...] = (
     *LOSS_METRICS,
     *(f"val_criteria_{name}" for name in CRITERIA_SUMMARY),
     *(f"val_evidence_{name}" for name in EVIDENCE_SUMMARY),
+    *(f"val_joint_{name}" for name in JOINT_SUMMARY),
 )
 
 # MLflow's UI (3.17) draws a run's metric charts in sections named by the part of the key before

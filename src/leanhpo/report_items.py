@@ -173,7 +173,7 @@ def results_table(study_report: dict[str, Any]) -> list[list[Any]]:
     rows of TEST_COLUMNS. (Not named test_*: pytest would collect it where it is imported.)"""
     metrics, ci = study_report.get("test_metrics") or {}, study_report.get("test_metrics_ci") or {}
     rows = []
-    for section in ("criteria_matching", "evidence_binding", "losses"):
+    for section in ("criteria_matching", "evidence_binding", "joint", "losses"):
         figures, bounds = metrics.get(section) or {}, ci.get(section) or {}
         nested = figures.get("ten_label") or {}
         shown = [(name, value, bounds.get(name)) for name, value in figures.items()]

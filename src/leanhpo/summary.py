@@ -26,6 +26,9 @@ SHOWN_TEST_METRICS = (
     ("criteria_matching", "f1_macro", "criteria f1_macro"),
     ("criteria_matching", "pr_auc_macro", "criteria pr_auc_macro"),
     ("evidence_binding", "f1", "evidence f1"),
+    # the decision and its evidence together (right decision, right sentence where present)
+    ("joint", "accuracy", "joint accuracy"),
+    ("joint", "f1", "joint f1"),
 )
 
 

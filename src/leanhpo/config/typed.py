@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from leanhpo.config.introduced import with_earlier_values
 from leanhpo.config.validate import parse_size, validate_config
 from leanhpo.logs import mask_value
 
@@ -72,6 +73,7 @@ class ModelConfig:
     max_answer_tokens: int
     null_threshold: float | str  # a number, or 'auto' (calibrated on validation)
     decision_threshold: float | str  # a probability in (0, 1), or 'auto' (per symptom, validation)
+    evidence_for: str  # present (evidence only for symptoms decided present) | all
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,13 @@ class Config:
             retention=RetentionConfig(**data["retention"]),
             search_space=data["search_space"],
         )
+
+    @classmethod
+    def from_stored(cls, raw: dict[str, Any]) -> Config:
+        """A config stored by a trial, a checkpoint or an export, possibly by an older leanhpo:
+        a key added since takes the value that did what that leanhpo did
+        (config/introduced.py), not today's default, so a model is used as it was selected."""
+        return cls.from_dict(with_earlier_values(raw))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict form, secrets masked (a password in study.storage or tracking.uri, tokens):

@@ -9,7 +9,8 @@ Layout (every file listed with its SHA-256 in manifest.json):
   evidence head, coupling, window pooling), under its name in the model's state dict;
 - `leanhpo_model.json`: the resolved config, symptom order, the per-symptom decision thresholds
   (`decision_thresholds`; exports of older versions hold one `decision_threshold` for all), the
-  null threshold, versions, provenance (study, trial, checkpoint, data) and metrics;
+  null threshold, `evidence_for` (which symptoms get evidence; exports without it gave all),
+  versions, provenance (study, trial, checkpoint, data) and metrics;
 - `README.md`: the model card.
 
 Loading verifies every file first, then builds the encoder from the folder itself (the
@@ -72,6 +73,12 @@ class ExportedModel:
     @property
     def null_threshold(self) -> float:
         return float(self.info["null_threshold"])
+
+    @property
+    def evidence_for(self) -> str:
+        """model.evidence_for of the selected trial: `present` (evidence only for symptoms
+        decided present) or `all`; an export of a leanhpo before the key gave all (`all`)."""
+        return self.config.model.evidence_for
 
     @property
     def symptoms(self) -> tuple[str, ...]:
@@ -158,7 +165,7 @@ def load_exported(
         # The encoder is the export's own: its original id (a hub id, or a folder on the
         # machine that trained it) is neither needed nor looked up.
         stored = info["config"]
-        config = Config.from_dict({**stored, "model": {**stored["model"], "id": str(folder)}})
+        config = Config.from_stored({**stored, "model": {**stored["model"], "id": str(folder)}})
         # As build_network does for the study's evaluation: the kernels of train.deterministic
         # on this device (the attention implementation among them); heads' init is overwritten.
         kernels = prepare_device(config, device)

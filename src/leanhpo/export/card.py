@@ -24,6 +24,7 @@ CRITERIA_ROWS = (
     "ten_label_subset_accuracy",
 )
 EVIDENCE_ROWS = ("f1", "exact_match", "char_f1", "null_span_accuracy")
+JOINT_ROWS = ("accuracy", "f1")
 MODEL_KEYS = (
     "id",
     "input_format",
@@ -52,8 +53,13 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     if level:
         header += f" test {level:.0%} interval |"
     lines = [header, "|---|---|---|" + ("---|" if level else "")]
-    for task, keys in (("criteria", CRITERIA_ROWS), ("evidence", EVIDENCE_ROWS)):
-        section = f"{task}_matching" if task == "criteria" else f"{task}_binding"
+    sections = {"criteria": "criteria_matching", "evidence": "evidence_binding", "joint": "joint"}
+    for task, keys in (
+        ("criteria", CRITERIA_ROWS),
+        ("evidence", EVIDENCE_ROWS),
+        ("joint", JOINT_ROWS),
+    ):
+        section = sections[task]
         scores, bounds = test.get(section) or {}, intervals.get(section) or {}
         # The 10-label figures (the ReDSM5 baselines' view) sit in their own block of the report.
         scores = {**scores, **_prefixed(scores.get("ten_label"))}
@@ -252,9 +258,15 @@ def _decisions(info: dict[str, Any]) -> str:
 
 
 def _scores(info: dict[str, Any]) -> list[str]:
+    present_only = (info.get("evidence_for") or info["config"]["model"].get("evidence_for")) == (
+        "present"
+    )
     decide = (
-        f"{_decisions(info)}; evidence is null where the evidence head's null margin exceeds "
-        f"{info['null_threshold']:.6g}."
+        f"{_decisions(info)}; evidence is given "
+        + ("only for symptoms decided present, and there " if present_only else "for all nine, ")
+        + f"is null where the evidence head's null margin exceeds {info['null_threshold']:.6g}. "
+        "The joint rows score each (post, symptom) decision with its evidence: right when the "
+        "decision is right and, for a symptom the post shows, the sentence matches."
     )
     model = info["config"]["model"]
     calibrated = ""

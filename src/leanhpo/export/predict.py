@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -117,7 +118,10 @@ def _predict_chunk(
         weights,
         "batches" if progress else None,  # the bar of evaluate's own batches
     )
-    pairs = evaluation.evidence(model.null_threshold)  # post-major, symptom-minor
+    # post-major, symptom-minor; with model.evidence_for present, null for every symptom decided
+    # absent, as the study's test evaluation scored it
+    decision = np.array(model.decision_thresholds)
+    pairs = evaluation.evidence(model.null_threshold, model.evidence_for, decision)
     n = len(SYMPTOMS)
     return [
         prediction(
@@ -138,7 +142,9 @@ def prediction(
 ) -> dict[str, Any]:
     """{post_id, symptoms: {NAME: {probability, present}}, evidence: {NAME: null | {text,
     start, end}}} for all nine symptoms; `present` is probability >= the symptom's decision
-    threshold (as the study's metrics decide), evidence the evidence head's own decision."""
+    threshold (as the study's metrics decide), evidence as `pairs` give it (decoded under the
+    export's null threshold and model.evidence_for: with `present`, null wherever the symptom
+    is decided absent)."""
     for value in probabilities:
         if not math.isfinite(value):
             raise ValueError(f"post {post['post_id']}: the model gave a non-finite probability")

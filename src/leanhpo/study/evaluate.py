@@ -28,6 +28,7 @@ from leanhpo.metric_names import (
     CRITERIA_SUMMARY,
     DECISION_THRESHOLD_KEYS,
     EVIDENCE_SUMMARY,
+    JOINT_SUMMARY,
     SYMPTOMS,
     TEN_LABEL_SUMMARY,
     undefined_symptoms,
@@ -47,6 +48,7 @@ from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.epoch import replay_training
 
 PER_CRITERION = (*CRITERIA_PER_SYMPTOM, "support")
+JOINT_KEYS = (*JOINT_SUMMARY, "n_pairs", "n_excluded", "n_evidence", "n_evidence_absent")
 EVIDENCE_KEYS = (
     *EVIDENCE_SUMMARY,
     "null_threshold",
@@ -78,9 +80,10 @@ def pick_best(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(scored, key=lambda r: (-r["best_validation_score"], r["slot"]))[0]
 
 
-def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
+def structure_metrics(flat: dict[str, float | None], evidence_for: str) -> dict[str, Any]:
     """Flat evaluation metrics -> the study report's test_metrics layout (SPEC 7), with the
-    symptoms left out of the macro averages (no post of the split shows them) named."""
+    symptoms left out of the macro averages (no post of the split shows them) named, and the
+    joint block under the model.evidence_for the evidence was given with."""
     criteria: dict[str, Any] = {k: flat.get(f"criteria_{k}") for k in CRITERIA_SUMMARY}
     criteria["per_criterion"] = {
         symptom: {k: flat.get(f"criteria_{k}_{symptom}") for k in PER_CRITERION}
@@ -93,8 +96,15 @@ def structure_metrics(flat: dict[str, float | None]) -> dict[str, Any]:
     )
     criteria["ten_label"] = ten_label
     evidence = {k: flat.get(f"evidence_{k}") for k in EVIDENCE_KEYS}
+    joint: dict[str, Any] = {k: flat.get(f"joint_{k}") for k in JOINT_KEYS}
+    joint["evidence_for"] = evidence_for
     losses = {k: flat.get(k) for k in ("loss", "criteria_loss", "evidence_loss")}
-    return {"criteria_matching": criteria, "evidence_binding": evidence, "losses": losses}
+    return {
+        "criteria_matching": criteria,
+        "evidence_binding": evidence,
+        "joint": joint,
+        "losses": losses,
+    }
 
 
 def structure_intervals(result: BootstrapResult | None) -> dict[str, Any] | None:
@@ -116,6 +126,7 @@ def structure_intervals(result: BootstrapResult | None) -> dict[str, Any] | None
         "seed": result.seed,
         "criteria_matching": criteria,
         "evidence_binding": {k: flat[f"evidence_{k}"] for k in EVIDENCE_SUMMARY},
+        "joint": {k: flat[f"joint_{k}"] for k in JOINT_SUMMARY},
     }
 
 
@@ -126,16 +137,17 @@ def bootstrap(
     settings: EvaluationConfig,
     seed: int,
     decision_thresholds: float | np.ndarray,
+    evidence_for: str,
 ) -> BootstrapResult | None:
     """The test figures' intervals, on resamples seeded by the study seed (so a rerun, and
     every co-best checkpoint, gets the same resamples); `threshold` decodes the evidence,
-    `decision_thresholds` decide the symptoms."""
+    `decision_thresholds` decide the symptoms, `evidence_for` says which get evidence."""
     if evaluation.pair_posts is None:
         raise ValueError("the evaluation does not say which post each evidence pair belongs to")
     return bootstrap_test_metrics(
         evaluation.labels,
         evaluation.probabilities,
-        evaluation.evidence(threshold),
+        evaluation.evidence(threshold, evidence_for, decision_thresholds),
         evaluation.pair_posts,
         np.array(train_prevalence(train_posts)),
         settings.bootstrap_samples,
@@ -195,7 +207,7 @@ def best_networks(
     wanted = _verified_co_best(best, store, log)
     seed = best["seeds"]["trial"]
     if not wanted:
-        config = Config.from_dict(best["config"])
+        config = Config.from_stored(best["config"])
         epoch = min(best["best_epochs"])
         event(
             log,
@@ -216,7 +228,7 @@ def best_networks(
         ]
     result = []
     for entry, loaded in wanted:
-        config = Config.from_dict(loaded.meta["config"])
+        config = Config.from_stored(loaded.meta["config"])
         network = build_network(config, seed)
         ckpt_state.check_compatible(
             loaded, network, compatibility_metadata(network.model, config.model.id, __version__)
@@ -307,10 +319,11 @@ def evaluate_study(
         best, study_file.parent, data_dir, log
     ):
         evaluation = score_test_split(network, model_config, test_posts, train_posts)
-        flat = evaluation.metrics("", threshold, decision)
+        evidence_for = model_config.model.evidence_for
+        flat = evaluation.metrics("", threshold, decision, evidence_for)
         started = time.perf_counter()
         intervals = bootstrap(
-            evaluation, threshold, train_posts, settings, study_info["seed"], decision
+            evaluation, threshold, train_posts, settings, study_info["seed"], decision, evidence_for
         )
         if intervals is not None:
             event(
@@ -322,7 +335,7 @@ def evaluate_study(
             {
                 **{k: entry[k] for k in ("id", "path", "epoch", "sha256")},
                 "decision_thresholds": thresholds_by_symptom(decision),
-                "test_metrics": structure_metrics(flat),
+                "test_metrics": structure_metrics(flat, evidence_for),
                 "test_metrics_ci": structure_intervals(intervals),
                 "flat": flat,
                 "bootstrap": intervals,

@@ -63,13 +63,20 @@ def export_best_model(
     network, raw_config, metrics, source = _restore(
         report, trial, primary, study_dir, data_dir or study_dir / "data", log
     )
-    typed = Config.from_dict(raw_config)
+    typed = Config.from_stored(raw_config)
     null_threshold = validation_null_threshold(metrics, typed)
     evaluated = report["test_metrics"]["evidence_binding"].get("null_threshold")
     if evaluated is not None and not math.isclose(evaluated, null_threshold, rel_tol=1e-12):
         raise ExportError(
             f"{study_report_path} decoded evidence at null threshold {evaluated}, the checkpoint "
             f"gives {null_threshold}: the report is stale; rerun the evaluation"
+        )
+    given = (report["test_metrics"].get("joint") or {}).get("evidence_for")
+    if given is not None and given != typed.model.evidence_for:
+        raise ExportError(
+            f"{study_report_path} gave test evidence for {given!r} symptoms, the checkpoint's "
+            f"config says model.evidence_for {typed.model.evidence_for!r}: the report is stale; "
+            "rerun the evaluation"
         )
     info = {
         "leanhpo_version": __version__,
@@ -78,6 +85,9 @@ def export_best_model(
             metrics, raw_config, primary, study_report_path
         ),
         "null_threshold": null_threshold,
+        # Which symptoms predict gives evidence for (also in config.model): as the test
+        # evaluation gave it.
+        "evidence_for": typed.model.evidence_for,
         "seed": report["seeds"]["trial"],
         # Device and precision of the test scores, which predict reproduces (export/precision.py).
         # A report of an older leanhpo has none: its evaluation ran as this restore does, with
@@ -131,7 +141,7 @@ def _decision_thresholds(
     """Per symptom, the checkpoint's decision threshold (stored with its validation metrics),
     which must be the one the study report decided the test split with."""
     stored = thresholds_by_symptom(
-        validation_decision_thresholds(metrics, Config.from_dict(raw_config))
+        validation_decision_thresholds(metrics, Config.from_stored(raw_config))
     )
     evaluated = primary.get("decision_thresholds")  # absent in reports of older versions
     if evaluated is not None and any(
@@ -171,7 +181,7 @@ def _restore(
                     "(another SHA-256): the report is stale; rerun the evaluation"
                 )
             raw = loaded.meta["config"]
-            config = Config.from_dict(raw)
+            config = Config.from_stored(raw)
             network = build_network(config, seed)
             expected = compatibility_metadata(network.model, config.model.id, __version__)
             ckpt_state.check_compatible(loaded, network, expected)
@@ -192,7 +202,7 @@ def _restore(
     )
     raw = report["config"]
     network = replay_training(
-        Config.from_dict(raw), seed, load_split(data_dir, "train"), primary["epoch"]
+        Config.from_stored(raw), seed, load_split(data_dir, "train"), primary["epoch"]
     )
     metrics = next(h["metrics"] for h in trial["history"] if h["epoch"] == primary["epoch"])
     source = {"kind": "retrained", "epoch": primary["epoch"], "reason": reason, "sha256": None}

@@ -32,9 +32,11 @@ from leanhpo.metric_names import (
     CRITERIA_PER_SYMPTOM,
     CRITERIA_SUMMARY,
     EVIDENCE_SUMMARY,
+    JOINT_SUMMARY,
     SYMPTOMS,
     TEN_LABEL_SUMMARY,
 )
+from leanhpo.training.joint import pair_outcomes
 from leanhpo.training.metrics import (
     DEFAULT_THRESHOLD,
     EvidenceExample,
@@ -56,6 +58,7 @@ CRITERIA_INTERVAL_KEYS: tuple[str, ...] = (
     *(f"{metric}_{symptom}" for symptom in SYMPTOMS for metric in CRITERIA_PER_SYMPTOM),
 )
 EVIDENCE_INTERVAL_KEYS: tuple[str, ...] = EVIDENCE_SUMMARY
+JOINT_INTERVAL_KEYS: tuple[str, ...] = JOINT_SUMMARY
 
 Interval = dict[str, float | int]  # {"low", "high", "undefined"}
 
@@ -222,6 +225,25 @@ def evidence_resamples(
     return out
 
 
+def joint_resamples(
+    examples: Sequence[EvidenceExample],
+    decided: np.ndarray,
+    pair_posts: np.ndarray,
+    counts: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """``accuracy`` and ``f1`` of :func:`~leanhpo.training.joint.joint_metrics` per resample
+    (NaN where undefined): per-pair outcomes summed by post, weighted by the counts."""
+    outcomes = pair_outcomes(examples, decided)  # right, TP, FP, FN
+    scored = np.array([not e.excluded for e in examples], dtype=float)
+    per_post = np.zeros((counts.shape[1], 5))
+    np.add.at(per_post, np.asarray(pair_posts), np.column_stack([outcomes, scored]))
+    right, tp, fp, fn, n = (np.asarray(counts, dtype=float) @ per_post).T  # each [B]
+    return {
+        "accuracy": _divide(right, n, np.nan),
+        "f1": np.where(tp + fn > 0, _divide(2 * tp, 2 * tp + fp + fn), np.nan),
+    }
+
+
 def percentile_interval(values: np.ndarray, level: float) -> Interval | None:
     """The percentile interval of the defined (non-NaN) values; ``None`` if none is defined.
     ``undefined`` counts the resamples dropped."""
@@ -287,7 +309,9 @@ def bootstrap_test_metrics(
 ) -> BootstrapResult | None:
     """Intervals of every test figure and the baseline comparison; ``None`` when ``samples`` is
     0 (the bootstrap is off). ``y_true``/``scores``: [N, 9] per post; ``examples``: the
-    decoded evidence pairs, ``pair_posts`` their post indices; ``threshold``: the model's
+    evidence pairs as given (decoded, and null where model.evidence_for leaves them out), the
+    nine of each post in symptom order, post by post, as Evaluation keeps them; ``pair_posts``
+    their post indices; ``threshold``: the model's
     decision threshold(s), one or one per symptom (the trivial baselines keep their own
     definitions at DEFAULT_THRESHOLD)."""
     if samples == 0:
@@ -298,6 +322,10 @@ def bootstrap_test_metrics(
     counts = resample_counts(y_true.shape[0], samples, seed)
     criteria = criteria_resamples(y_true, scores, counts, threshold)
     evidence = evidence_resamples(examples, np.asarray(pair_posts), counts)
+    decided = np.asarray(scores, dtype=float) >= threshold_vector(threshold)
+    if decided.size != len(examples):
+        raise ValueError(f"{len(examples)} pairs for {decided.size} (post, symptom) decisions")
+    joint = joint_resamples(examples, decided.reshape(-1), np.asarray(pair_posts), counts)
     intervals = {
         **{
             f"criteria_{k}": percentile_interval(criteria[k], level) for k in CRITERIA_INTERVAL_KEYS
@@ -305,6 +333,7 @@ def bootstrap_test_metrics(
         **{
             f"evidence_{k}": percentile_interval(evidence[k], level) for k in EVIDENCE_INTERVAL_KEYS
         },
+        **{f"joint_{k}": percentile_interval(joint[k], level) for k in JOINT_INTERVAL_KEYS},
     }
     point = criteria_metrics(y_true, scores, threshold)[COMPARED_METRIC]
     comparison = compare_with_baselines(

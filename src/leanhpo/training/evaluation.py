@@ -3,6 +3,7 @@ thresholds a trial resolves from a validation pass. No file I/O, no tracking, no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,6 +16,7 @@ from leanhpo.models import MultiTaskModel
 from leanhpo.training.calibrate import calibrate_null_threshold, tune_decision_thresholds
 from leanhpo.training.decode import char_span
 from leanhpo.training.features import EncodedSplit
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.loop import autocast, batch_losses, make_loader, to_device
 from leanhpo.training.metrics import (
     DEFAULT_THRESHOLD,
@@ -34,15 +36,46 @@ class Evaluation:
     margins: list[float]  # per pair: null score - best span score (inf: no span possible)
     pair_posts: np.ndarray | None = None  # per pair: its post's row in probabilities/labels
 
-    def evidence(self, null_threshold: float) -> list[EvidenceExample]:
-        """The pairs as decoded under `null_threshold` (null where the margin exceeds it)."""
+    def decided_pairs(self, decision_thresholds: float | np.ndarray) -> np.ndarray:
+        """[n_pairs] bool: whether each pair's symptom is decided present (the pairs are
+        post-major, symptom-minor, as `evidence_pairs` builds them)."""
+        decided = self.probabilities >= threshold_vector(decision_thresholds)
+        return np.asarray(decided.reshape(-1))
+
+    def gated_margins(
+        self, evidence_for: str, decision_thresholds: float | np.ndarray
+    ) -> list[float]:
+        """The null margins under model.evidence_for: with `present`, a pair decided absent gets
+        an infinite margin, so it is null under every null threshold."""
+        if evidence_for == "all":
+            return list(self.margins)
+        if evidence_for != "present":
+            raise ValueError(f"model.evidence_for must be present or all, not {evidence_for!r}")
+        decided = self.decided_pairs(decision_thresholds)
+        return [m if d else math.inf for m, d in zip(self.margins, decided, strict=True)]
+
+    def evidence(
+        self,
+        null_threshold: float,
+        evidence_for: str = "all",
+        decision_thresholds: float | np.ndarray = DEFAULT_THRESHOLD,
+    ) -> list[EvidenceExample]:
+        """The pairs as decoded under `null_threshold` (null where the margin exceeds it) and
+        model.evidence_for (`present`: null wherever the symptom is decided absent at
+        `decision_thresholds`; `all`, the default here, the evidence head's own decision)."""
+        margins = self.gated_margins(evidence_for, decision_thresholds)
         return [
             replace(pair, pred_span=None) if margin > null_threshold else pair
-            for pair, margin in zip(self.candidates, self.margins, strict=True)
+            for pair, margin in zip(self.candidates, margins, strict=True)
         ]
 
-    def calibrated_null_threshold(self) -> float:
-        return calibrate_null_threshold(self.candidates, self.margins)
+    def calibrated_null_threshold(
+        self, evidence_for: str = "all", decision_thresholds: float | np.ndarray = DEFAULT_THRESHOLD
+    ) -> float:
+        """The null threshold that maximises balanced_f1 of the evidence as it is given: with
+        `present`, over every pair, those decided absent counting as null (docs/metrics.md)."""
+        margins = self.gated_margins(evidence_for, decision_thresholds)
+        return calibrate_null_threshold(self.candidates, margins)
 
     def tuned_decision_thresholds(self) -> np.ndarray:
         return tune_decision_thresholds(self.labels, self.probabilities)
@@ -52,12 +85,14 @@ class Evaluation:
         prefix: str,
         null_threshold: float,
         decision_thresholds: float | np.ndarray = DEFAULT_THRESHOLD,
+        evidence_for: str = "all",
     ) -> dict[str, float | None]:
         """Flat metrics with `prefix` (e.g. 'val_'); None where a value is undefined.
 
-        Evidence is decoded under `null_threshold`, which is reported as
-        `<prefix>evidence_null_threshold`; symptoms are decided at `decision_thresholds` (one
-        for all, or one per symptom), reported as `<prefix>criteria_threshold_<S>`.
+        Symptoms are decided at `decision_thresholds` (one for all, or one per symptom),
+        reported as `<prefix>criteria_threshold_<S>`; evidence is decoded under
+        `null_threshold` (reported as `<prefix>evidence_null_threshold`) and `evidence_for`,
+        and the `<prefix>joint_*` metrics score each decision with its evidence.
         """
         decision = threshold_vector(decision_thresholds)
         flat: dict[str, float | None] = {f"{prefix}{k}": v for k, v in self.losses.items()}
@@ -65,16 +100,25 @@ class Evaluation:
             flat[f"{prefix}criteria_{key}"] = value
         for key, value in zip(DECISION_THRESHOLD_KEYS, decision, strict=True):
             flat[f"{prefix}{key}"] = float(value)
-        for key, value in evidence_metrics(self.evidence(null_threshold)).items():
+        given = self.evidence(null_threshold, evidence_for, decision)
+        for key, value in evidence_metrics(given).items():
             flat[f"{prefix}evidence_{key}"] = value
         flat[f"{prefix}evidence_null_threshold"] = null_threshold
+        for key, value in joint_metrics(given, self.decided_pairs(decision)).items():
+            flat[f"{prefix}joint_{key}"] = value
         return flat
 
 
-def resolve_null_threshold(model_cfg: ModelConfig, validation: Evaluation) -> float:
-    """`model.null_threshold`, or with `auto` the one calibrated on this validation pass."""
+def resolve_null_threshold(
+    model_cfg: ModelConfig,
+    validation: Evaluation,
+    decision_thresholds: float | np.ndarray = DEFAULT_THRESHOLD,
+) -> float:
+    """`model.null_threshold`, or with `auto` the one calibrated on this validation pass for
+    the evidence as model.evidence_for gives it (with `present`: the pairs decided present at
+    `decision_thresholds`, the others being null)."""
     if model_cfg.null_threshold == "auto":
-        return validation.calibrated_null_threshold()
+        return validation.calibrated_null_threshold(model_cfg.evidence_for, decision_thresholds)
     return float(model_cfg.null_threshold)
 
 

@@ -95,9 +95,14 @@ def _evaluate(
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluation = score_test_split(network, model_config, test_posts, train_posts)
     seed = state["config"]["study"]["seed"]  # the study evaluation's resamples, too
-    intervals = bootstrap(evaluation, threshold, train_posts, settings, seed, decision)
+    evidence_for = model_config.model.evidence_for
+    intervals = bootstrap(
+        evaluation, threshold, train_posts, settings, seed, decision, evidence_for
+    )
     flat: dict[str, float | None] = {
-        k: v for k, v in evaluation.metrics("", threshold, decision).items() if v is not None
+        k: v
+        for k, v in evaluation.metrics("", threshold, decision, evidence_for).items()
+        if v is not None
     }
     event(
         log,
@@ -111,7 +116,7 @@ def _evaluate(
         "checkpoint": {k: entry[k] for k in ("id", "epoch", "sha256")},
         "decision_thresholds": thresholds_by_symptom(decision),
         "test_posts": len(test_posts),
-        "test_metrics": structure_metrics(flat),
+        "test_metrics": structure_metrics(flat, evidence_for),
         "test_metrics_ci": structure_intervals(intervals),
         "baseline_comparison": None if intervals is None else intervals.baseline_comparison,
         "flat": flat,

@@ -19,8 +19,13 @@ from leanhpo.training.evaluation import (
     resolve_null_threshold,
 )
 from leanhpo.training.features import EncodedSplit, train_prevalence
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.loop import EpochResult, epoch_shuffle_seed, make_loader, train_one_epoch
-from leanhpo.training.metrics import baseline_criteria_metrics, evidence_metrics
+from leanhpo.training.metrics import (
+    DEFAULT_THRESHOLD,
+    baseline_criteria_metrics,
+    evidence_metrics,
+)
 from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
 
 LOG = logging.getLogger("leanhpo.trial")
@@ -35,10 +40,25 @@ def compute_baseline(
 ) -> dict[str, Any]:
     """Trivial predictors on the validation split, and the strongest one's optimisation value."""
     labels = np.array([p["labels"] for p in val.posts], dtype=np.int64)
-    criteria = baseline_criteria_metrics(np.array(train_prevalence(train_posts)), labels)
+    prevalence = np.array(train_prevalence(train_posts))
+    criteria = baseline_criteria_metrics(prevalence, labels)
     all_null, _ = evidence_pairs(val, {})  # the model's pairs and exclusions, all predicted null
+    # What each criteria baseline decides, pair by pair (post-major, as evidence_pairs): its
+    # joint scores, with no evidence at all, are the floor of the joint metrics.
+    decided = {
+        "prevalence": np.broadcast_to(prevalence >= DEFAULT_THRESHOLD, labels.shape),
+        "all_positive": np.ones(labels.shape, dtype=bool),
+    }
     baselines: dict[str, dict[str, float]] = {
-        name: _finite({f"val_criteria_{k}": v for k, v in values.items()})
+        name: _finite(
+            {
+                **{f"val_criteria_{k}": v for k, v in values.items()},
+                **{
+                    f"val_joint_{k}": v
+                    for k, v in joint_metrics(all_null, decided[name].reshape(-1)).items()
+                },
+            }
+        )
         for name, values in criteria.items()
     }
     baselines["always_null"] = _finite(
@@ -74,9 +94,12 @@ def train_and_validate(
         network.pad_token_id,
         optimisation.class_weights,
     )
-    threshold = resolve_null_threshold(config.model, evaluation)
+    # The decisions first: with model.evidence_for present they decide which pairs get
+    # evidence, and so the pairs the null threshold is calibrated on.
     decision = resolve_decision_thresholds(config.model, evaluation)
-    return {**result.metrics, **_finite(evaluation.metrics("val_", threshold, decision))}
+    threshold = resolve_null_threshold(config.model, evaluation, decision)
+    flat = evaluation.metrics("val_", threshold, decision, config.model.evidence_for)
+    return {**result.metrics, **_finite(flat)}
 
 
 def replay_training(

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from leanhpo.config.introduced import as_before, continue_hint
 from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.tracking import flatten
 
@@ -19,18 +20,9 @@ STUDY_FINGERPRINT_CONFIG_ATTR = "leanhpo.fingerprint_config"
 # Keys of those sections that change how a trial runs, not what it learns: lowering
 # train.max_batch_rows after an out-of-memory stop must resume the study, not be refused.
 EXECUTION_KEYS = {"train": ("max_batch_rows",)}
-# Keys added after studies were fingerprinted, with the value that does what the code did before
-# them: at that value they stay out of the fingerprint, so a study started earlier resumes and
-# grows; any other value is a change like any other.
-# train.deterministic is fingerprinted, not an execution key like max_batch_rows: on CUDA it
-# picks other kernels, so the numbers of every epoch change, and a study whose trials (or the
-# two halves of a resumed trial) ran under both values would keep neither promise, bitwise
-# resumes nor comparable trials. On the CPU both values compute the same numbers as the code
-# before the key, where every study so far ran; true is that behaviour.
-INTRODUCED_KEYS: dict[str, dict[str, Any]] = {
-    "model": {"decision_threshold": 0.5},
-    "train": {"deterministic": True},
-}
+# Keys added after studies were fingerprinted (config/introduced.py): at the value that does
+# what the code did before them they stay out of the fingerprint, so a study started earlier
+# resumes and grows; any other value is a change like any other.
 
 
 class StudyConfigMismatchError(RuntimeError):
@@ -44,15 +36,10 @@ def training_sections(config: dict[str, Any]) -> dict[str, Any]:
         section: {
             k: v
             for k, v in config[section].items()
-            if k not in EXECUTION_KEYS.get(section, ()) and not _as_before(section, k, v)
+            if k not in EXECUTION_KEYS.get(section, ()) and not as_before(section, k, v)
         }
         for section in TRAINING_SECTIONS
     }
-
-
-def _as_before(section: str, key: str, value: Any) -> bool:
-    before = INTRODUCED_KEYS.get(section, {})
-    return key in before and value == before[key]
 
 
 def fingerprint(config: dict[str, Any], data_fingerprint: str) -> str:
@@ -83,6 +70,7 @@ def check_study_fingerprint(study: optuna.Study, value: str, config: dict[str, A
             f"study {config['study']['name']!r} was started with another config or data "
             f"(changed: {', '.join(changed) or 'the prepared data or the seed'}). All trials of a "
             "study share one config: revert the change, or set a new study.name to start a new study."
+            + _hint(changed, old)
         )
 
 
@@ -102,4 +90,12 @@ def check_trial_fingerprint(
         f"{trial_name} of study {config['study']['name']!r} was started with another config or "
         f"data (changed: {', '.join(changed) or 'the prepared data'}). All trials of a study share "
         "one config: revert the change, or set a new study.name to start a new study."
+        + _hint(changed, state["fingerprint_config"])
     )
+
+
+def _hint(changed: list[str], old: dict[str, Any]) -> str:
+    """How to continue the study when a key it was started without is now set otherwise."""
+    before = flatten(old)
+    hint = continue_hint([key for key in changed if key not in before])
+    return f" {hint}" if hint else ""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leanhpo.config.introduced import continue_hint, introduced_value
 from leanhpo.workflow.params import parse_param
 
 METADATA = Path(".snakemake") / "metadata"
@@ -96,7 +97,7 @@ def rerun_changes(
         if before is None or after is None:
             continue  # params in another form: Snakemake decides
         for key in sorted(set(before) | set(after)):
-            if before.get(key, _MISSING) == after.get(key, _MISSING):
+            if _same(before.get(key, _MISSING), after.get(key, _MISSING), key):
                 continue
             change = changes.setdefault(
                 key, Change(before.get(key, _MISSING), after.get(key, _MISSING))
@@ -108,6 +109,15 @@ def rerun_changes(
 
 
 _MISSING = object()
+
+
+def _same(before: Any, after: Any, key: str) -> bool:
+    """Equal, or a key added since (config/introduced.py) that was not recorded before and is
+    set now to what the code before it did: the finished work is what it would compute."""
+    if before == after:
+        return True
+    known, earlier = introduced_value(key)
+    return known and _MISSING in (before, after) and earlier in (before, after)
 
 
 def _parsed(params: Any) -> dict[str, Any] | None:
@@ -151,6 +161,9 @@ def rerun_refusal(
             "  Fix: revert the change to continue this study, or set a new study.name (in your "
             "overlay, e.g. `study: {name: " + f"{study_name}_2" + "}`) to start a new one.",
         ]
+        hint = continue_hint([k for k, c in sorted(results.items()) if c.before is _MISSING])
+        if hint:
+            lines.append(f"  {hint}")
     else:
         lines += [
             "  These keys only change what is kept or reported: the finished steps would be "
