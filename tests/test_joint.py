@@ -149,3 +149,22 @@ def test_the_guard_takes_a_new_key_at_its_earlier_value_as_no_change() -> None:
     assert message is not None
     assert '(not set) -> "present"' in message
     assert "set model.evidence_for: 'all'" in message
+
+
+@pytest.mark.slow
+def test_a_trial_optimises_the_joint_f1_and_reports_it(tmp_path: Path) -> None:
+    """study.metric val_joint_f1: every epoch logs it, the trial is scored by it, and the trivial
+    baselines give its floor (no evidence at all: 0)."""
+    from studyhelper import Study
+
+    study = Study(tmp_path, study={"metric": "val_joint_f1"}, train={"epochs": 1})
+    report = study.run(0)
+    assert report["optimization_metric"] == "val_joint_f1"
+    metrics = report["history"][0]["metrics"]
+    assert report["best_validation_score"] == metrics["val_joint_f1"]
+    assert 0.0 <= metrics["val_joint_accuracy"] <= 1.0
+    assert metrics["val_joint_n_evidence_absent"] == 0.0  # evidence_for present
+    assert report["baseline"]["optimization_metric_value"] == 0.0
+    logged = study.tracker().client.get_run(report["mlflow"]["run_id"]).data.metrics
+    assert logged["val_joint_f1"] == metrics["val_joint_f1"]
+    assert "learning_curves/val_joint_f1" in logged
