@@ -142,6 +142,67 @@ def test_same_sentence_twice_gives_one_span(tmp_path: Path) -> None:
     assert len(posts[0]["evidence"][MOOD]) == 1
 
 
+POST_C = "I am so tired. I ate nothing today. My boss yelled. I am so tired. Sleep won't come."
+FATIGUE = SYMPTOMS.index("FATIGUE")
+
+
+def _numbered(post_id: str, number: int, sentence: str, label: str, status: str = "1"):
+    return [post_id, f"{post_id}_{number}", sentence, label, status, "why"]
+
+
+def test_a_sentence_that_occurs_twice_is_located_by_its_sentence_id(tmp_path: Path) -> None:
+    """Issue 25: "I am so tired." is sentences 0 and 3 of the post. The annotation of sentence 3
+    used to land on the first occurrence; searched in sentence-id order from sentence 2 (an
+    annotated neighbour), it lands on its own, and the report counts it."""
+    repeated = "I am so tired."
+    first, second = POST_C.index(repeated), POST_C.rindex(repeated)
+    assert first < second
+    posts, report = _load(
+        tmp_path,
+        [
+            # rows out of order on purpose: the sentence ids, not the rows, give the order
+            _numbered("c", 3, repeated, "FATIGUE"),
+            _numbered("c", 2, "My boss yelled.", "DEPRESSED_MOOD", "0"),
+            _numbered("c", 1, "I ate nothing today.", "APPETITE_CHANGE"),
+        ],
+        posts=[["c", POST_C]],
+    )
+    (post,) = posts
+    assert post["evidence"][FATIGUE] == [[second, second + len(repeated)]]
+    start = POST_C.index("I ate nothing")
+    assert post["evidence"][APPETITE] == [[start, start + len("I ate nothing today.")]]
+    assert report["evidence_at_later_occurrence"] == 1
+    assert report["examples"]["evidence_at_later_occurrence"][0].startswith("row 1: c_3")
+
+
+def test_both_occurrences_of_a_repeated_sentence_get_their_own_span(tmp_path: Path) -> None:
+    repeated = "I am so tired."
+    posts, report = _load(
+        tmp_path,
+        [
+            _numbered("c", 0, repeated, "FATIGUE"),
+            _numbered("c", 3, repeated, "DEPRESSED_MOOD"),
+        ],
+        posts=[["c", POST_C]],
+    )
+    first, second = POST_C.index(repeated), POST_C.rindex(repeated)
+    assert posts[0]["evidence"][FATIGUE] == [[first, first + len(repeated)]]
+    assert posts[0]["evidence"][MOOD] == [[second, second + len(repeated)]]
+    assert report["evidence_at_later_occurrence"] == 1
+    # a sentence that occurs once is found wherever the order says to look
+    out_of_order, _ = _load(
+        tmp_path,
+        [
+            _numbered("c", 4, "Sleep won't come.", "SLEEP_ISSUES"),
+            _numbered("c", 5, "I ate nothing today.", "APPETITE_CHANGE"),
+        ],
+        posts=[["c", POST_C]],
+    )
+    assert out_of_order[0]["evidence"][APPETITE] == [
+        [POST_C.index("I ate"), POST_C.index("I ate") + len("I ate nothing today.")]
+    ]
+
+
 def test_missing_column_names_file_found_and_expected(tmp_path: Path) -> None:
     posts_csv = _write(tmp_path / "redsm5_posts.csv", ["post_id", "text"], [["a", POST_A]])
     header = [column for column in ANNOTATION_COLUMNS if column != "status"]

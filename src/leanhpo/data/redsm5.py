@@ -3,9 +3,16 @@
 The published files have a misspelled label, a non-symptom label and evidence sentences that
 are not exact substrings of their post. Each of these is repaired or dropped here and counted
 in a cleaning report, because a silent fix would change the dataset without anyone knowing.
+
+A sentence is located in its post in the order of the post's sentence ids: each annotated
+sentence is searched from just after the one before it (by `sentence_id`), so a sentence whose
+text occurs twice in the post lands on the occurrence its id points at, not on the first one
+(5 such sentences in the real data). The report counts those placed at a later occurrence.
 """
 
+import bisect
 import csv
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,8 @@ DROP_REASONS: tuple[str, ...] = (
     "empty_post_text",
 )
 EXAMPLES_PER_REASON = 3
+# `<post_id>_<n>`: the n-th sentence of the post, in the sample and the real data.
+SENTENCE_NUMBER = re.compile(r"_(\d+)$")
 ROW_MEANING = {"posts": "one row per post", "annotations": "one row per annotated sentence"}
 EXAMPLE_MAX_CHARS = 100
 VALID_STATUSES = (0, 1)
@@ -59,7 +68,7 @@ def load_redsm5(posts_csv: Path, annotations_csv: Path) -> tuple[list[dict], dic
     report = _new_report(len(post_rows), len(annotation_rows))
     texts, textless_ids = _collect_posts(post_rows, report)
     posts = {post_id: _new_post(post_id, texts[post_id]) for post_id in sorted(texts)}
-    normalised: dict[str, _NormalisedText] = {}
+    located = _locate_in_order(annotation_rows, posts)
     seen: set[tuple[str, ...]] = set()
     for row_number, row in enumerate(annotation_rows, start=1):
         key = tuple(row[column] for column in ANNOTATION_COLUMNS)
@@ -67,7 +76,7 @@ def load_redsm5(posts_csv: Path, annotations_csv: Path) -> tuple[list[dict], dic
             _drop(report, "duplicate_row", f"row {row_number}: {row['sentence_id']}")
             continue
         seen.add(key)
-        _apply_row(row, row_number, posts, textless_ids, normalised, report)
+        _apply_row(row, row_number, posts, textless_ids, located, report)
     return [_finish_post(post) for post in posts.values()], report
 
 
@@ -153,6 +162,7 @@ def _new_report(n_posts: int, n_annotations: int) -> dict[str, Any]:
         },
         "dropped": dict.fromkeys(DROP_REASONS, 0),
         "unlocated_evidence": 0,
+        "evidence_at_later_occurrence": 0,
         "examples": {},
     }
 
@@ -209,7 +219,7 @@ def _apply_row(
     row_number: int,
     posts: dict[str, dict[str, Any]],
     textless_ids: set[str],
-    normalised: dict[str, _NormalisedText],
+    located: dict[tuple[str, str, str], "_Located"],
     report: dict[str, Any],
 ) -> None:
     """Fold one annotation row into its post, or drop it with a counted reason."""
@@ -236,9 +246,11 @@ def _apply_row(
         post["negations"][symptom] += 1
         return
     post["labels"][symptom] = 1
-    if post_id not in normalised:
-        normalised[post_id] = _normalise_with_origin(post["text"])
-    span, method = _locate(row["sentence_text"], post["text"], normalised[post_id])
+    found = located[(post_id, row["sentence_id"], row["sentence_text"])]
+    span, method = found.span, found.method
+    if found.later_occurrence:
+        report["evidence_at_later_occurrence"] += 1
+        _note(report, "evidence_at_later_occurrence", f"{where} {row['sentence_text']!r}")
     if span is None:
         post["unlocated"][symptom] += 1
         report["unlocated_evidence"] += 1
@@ -292,24 +304,86 @@ def _normalise_with_origin(text: str) -> _NormalisedText:
     return _NormalisedText(text=collapsed, folded=_fold(collapsed), origin=origin)
 
 
-def _locate(sentence: str, text: str, normalised: _NormalisedText) -> tuple[list[int] | None, str]:
-    """Find the sentence in the post: exact, then whitespace-normalised, then ignoring case.
+@dataclass(frozen=True)
+class _Located:
+    span: list[int] | None
+    method: str
+    later_occurrence: bool  # placed past the first occurrence of its text, by sentence order
+
+
+def _sentence_order(sentence_id: str, appearance: int) -> tuple[float, int]:
+    """Sort key: the sentence's number in its post (`<post_id>_<n>`), then first appearance;
+    ids without a number keep the order of the annotation rows, after the numbered ones."""
+    match = SENTENCE_NUMBER.search(sentence_id.strip())
+    return (int(match.group(1)) if match else float("inf"), appearance)
+
+
+def _locate_in_order(
+    rows: list[dict[str, str]], posts: dict[str, dict[str, Any]]
+) -> dict[tuple[str, str, str], _Located]:
+    """(post_id, sentence_id, sentence_text) -> where that sentence is in its post.
+
+    Every annotated sentence of a post (any label or status: each is a sentence of the post)
+    is located in sentence-id order, searching from just after the start of the sentence
+    before it; where the text is not found there (ids out of order, or an unlocatable
+    neighbour), from the start of the post, as a lone sentence would be."""
+    sentences: dict[str, dict[tuple[str, str], int]] = {}
+    for row in rows:
+        post_id = row["post_id"].strip()
+        if post_id in posts:
+            by_id = sentences.setdefault(post_id, {})
+            by_id.setdefault((row["sentence_id"], row["sentence_text"]), len(by_id))
+    located: dict[tuple[str, str, str], _Located] = {}
+    for post_id, by_id in sentences.items():
+        text = posts[post_id]["text"]
+        normalised = _normalise_with_origin(text)
+        cursor = 0
+        for (sentence_id, sentence), _appearance in sorted(
+            by_id.items(), key=lambda item: _sentence_order(item[0][0], item[1])
+        ):
+            span, method = _locate(sentence, text, normalised, cursor)
+            if span is not None:
+                cursor = span[0] + 1
+                first, _ = _locate(sentence, text, normalised, 0)
+                later = first is not None and first[0] < span[0]
+            else:
+                later = False
+            located[(post_id, sentence_id, sentence)] = _Located(span, method, later)
+    return located
+
+
+def _locate(
+    sentence: str, text: str, normalised: _NormalisedText, after: int = 0
+) -> tuple[list[int] | None, str]:
+    """Find the sentence in the post: exact, then whitespace-normalised, then ignoring case;
+    the first occurrence that starts at or after character `after`, else the first of all.
 
     The two fallbacks search the normalised post and map the hit back to offsets in the
     ORIGINAL text, so `text[start:end]` is always a real slice of the post.
     """
+    for start_at in (after, 0) if after else (0,):
+        found = _find(sentence, text, normalised, start_at)
+        if found[0] is not None:
+            return found
+    return None, "unlocated"
+
+
+def _find(
+    sentence: str, text: str, normalised: _NormalisedText, after: int
+) -> tuple[list[int] | None, str]:
     if sentence and sentence == sentence.strip():
-        start = text.find(sentence)
+        start = text.find(sentence, after)
         if start >= 0:
             return [start, start + len(sentence)], "exact"
     target = " ".join(sentence.split())
     if not target:
         return None, "unlocated"
+    origin_start = bisect.bisect_left(normalised.origin, after)  # first kept char >= after
     for method, haystack, needle in (
         ("whitespace", normalised.text, target),
         ("case", normalised.folded, _fold(target)),
     ):
-        start = haystack.find(needle)
+        start = haystack.find(needle, origin_start)
         if start >= 0:
             end = start + len(needle)
             return [normalised.origin[start], normalised.origin[end - 1] + 1], method
