@@ -65,6 +65,7 @@ import yaml
 
 from leanhpo.config import Config
 from leanhpo.data import load_split
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.setup import build_network, build_optimisation, encode
 from leanhpo.trial.epoch import train_and_validate
 
@@ -265,6 +266,7 @@ def bare(root: Path, config: Config, threads: int) -> dict[str, Any]:
     metric = "val_criteria_f1_macro"
     t0 = time.perf_counter()
     network = build_network(config, SEED)
+    config = resolve_answer_tokens(config, network.tokenizer, train_posts)  # as run_training
     t_model = time.perf_counter()
     train_split = encode(network, config, train_posts)
     val_split = encode(network, config, val_posts)

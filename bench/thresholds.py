@@ -42,6 +42,7 @@ import yaml
 from leanhpo.config import Config, deep_merge
 from leanhpo.data import load_split, prepare_dataset
 from leanhpo.metric_names import SYMPTOMS
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.evaluation import Evaluation, evaluate, resolve_decision_thresholds
 from leanhpo.training.metrics import criteria_metrics
 from leanhpo.training.setup import build_network, build_optimisation, encode
@@ -81,6 +82,7 @@ def one_seed(
 ) -> dict[str, Any]:
     fixed_cfg, auto_cfg = make_config(args, 0.5), make_config(args, "auto")
     network = build_network(fixed_cfg, seed)
+    fixed_cfg = resolve_answer_tokens(fixed_cfg, network.tokenizer, posts["train"])  # as a trial
     splits = {name: encode(network, fixed_cfg, p) for name, p in posts.items()}
     optimisation = build_optimisation(network, fixed_cfg, splits["train"])
     epochs = []

@@ -23,6 +23,7 @@ import torch
 
 from leanhpo.config import Config
 from leanhpo.data import load_split, prepare_dataset
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.evaluation import evaluate, resolve_null_threshold
 from leanhpo.training.loop import epoch_shuffle_seed, make_loader, train_one_epoch
 from leanhpo.training.setup import build_network, build_optimisation, encode
@@ -60,6 +61,7 @@ def run(mode: str, posts: dict[str, list], options: argparse.Namespace) -> dict:
         }
     )
     network = build_network(config, seed=0)
+    config = resolve_answer_tokens(config, network.tokenizer, posts["train"])  # as a trial does
     splits = {name: encode(network, config, items) for name, items in posts.items()}
     optimisation = build_optimisation(network, config, splits["train"])
     best: dict = {"score": -1.0}

@@ -35,6 +35,7 @@ from leanhpo.export import (
 from leanhpo.fsutil import read_json
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.study.export import export_best_model
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.evaluation import evaluate
 from leanhpo.training.setup import build_network, encode
 
@@ -197,6 +198,7 @@ def test_binary_pairs_export_predicts_what_evaluate_gives(tmp_path, sample_posts
     """An export of a freshly built binary_pairs network: predict goes through the same code."""
     config = Config.from_dict(tiny_config_dict(tmp_path, model={"input_format": "binary_pairs"}))
     network = build_network(config, seed=3)
+    config = resolve_answer_tokens(config, network.tokenizer, sample_posts["train"])  # as a trial
     # trained from a folder that the machine loading the export does not have
     stored = config.to_dict()
     stored["model"]["id"] = str(tmp_path / "gone" / "encoder")
@@ -212,7 +214,9 @@ def test_binary_pairs_export_predicts_what_evaluate_gives(tmp_path, sample_posts
     assert [[row["symptoms"][s]["probability"] for s in SYMPTOMS] for row in rows] == (
         reference.probabilities.tolist()
     )
-    spans = [pair.pred_span for pair in reference.evidence(0.0)]
+    # evidence only for the symptoms decided present (model.evidence_for), as predict gives it
+    assert model.evidence_for == config.model.evidence_for == "present"
+    spans = [pair.pred_span for pair in reference.evidence(0.0, "present", 0.5)]
     assert [
         None
         if row["evidence"][s] is None

@@ -344,6 +344,7 @@ def test_decoding_options_change_the_predictions(tiny_encoder, effect_batch):
                     "id": "tiny",
                     "max_length": EFFECT_LENGTH,
                     "window_stride": 16,
+                    "max_answer_tokens": 96,  # a trial resolves `auto` from its data
                     **model_options,
                 }
             }
@@ -378,6 +379,7 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
                 "id": "tiny",
                 "max_length": 96,
                 "window_stride": 16,
+                "max_answer_tokens": 96,  # a trial resolves `auto` from its data
                 "dropout": 0.0,
                 "evidence_head": head,
                 "head_hidden_size": 32,
@@ -424,6 +426,7 @@ def test_evaluate_works_for_every_evidence_head(tiny_encoder, sample_posts, head
                 "id": "tiny",
                 "max_length": 64,
                 "window_stride": 16,
+                "max_answer_tokens": 96,  # a trial resolves `auto` from its data
                 "evidence_head": head,
                 "input_format": input_format,
             },

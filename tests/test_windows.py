@@ -122,6 +122,7 @@ def _config(**model) -> Config:
                 "long_posts": "windows",
                 "window_stride": 16,
                 "max_windows": 64,
+                "max_answer_tokens": 96,  # a trial resolves `auto` from its data
                 **model,
             },
             "train": {"device": "cpu", "eval_batch_size": 4},

@@ -70,7 +70,7 @@ class ModelConfig:
     coupling_pooling: str
     coupling_method: str
     dropout: float
-    max_answer_tokens: int
+    max_answer_tokens: int | str  # a number of tokens, or 'auto' until a trial resolves it
     null_threshold: float | str  # a number, or 'auto' (calibrated on validation)
     decision_threshold: float | str  # a probability in (0, 1), or 'auto' (per symptom, validation)
     evidence_for: str  # present (evidence only for symptoms decided present) | all

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from leanhpo.config import ModelConfig, TrainConfig
 from leanhpo.metric_names import DECISION_THRESHOLD_KEYS, SYMPTOMS
 from leanhpo.models import MultiTaskModel
+from leanhpo.training.answer_length import answer_tokens
 from leanhpo.training.calibrate import calibrate_null_threshold, tune_decision_thresholds
 from leanhpo.training.decode import char_span
 from leanhpo.training.features import EncodedSplit
@@ -145,6 +146,7 @@ def evaluate(
     (the null threshold is applied afterwards, so it can be calibrated without a second pass).
     `progress` names the batch bar on stderr; None shows none."""
     model.eval()
+    longest_answer = answer_tokens(model_cfg)  # resolved from the training split (auto)
     n_posts = len(split.posts)
     probabilities = np.zeros((n_posts, len(SYMPTOMS)), dtype=np.float64)
     predicted: dict[tuple[int, int], tuple[tuple[int, int] | None, float]] = {}
@@ -164,7 +166,7 @@ def evaluate(
         for key, value in zip(sums, (total, crit, evid), strict=True):
             sums[key] += float(value)
         probs = torch.sigmoid(outputs["criteria_logits"]).cpu().numpy()  # per unit
-        candidates = model.evidence_candidates(outputs, batch, model_cfg.max_answer_tokens)
+        candidates = model.evidence_candidates(outputs, batch, longest_answer)
         for row, example in enumerate(rows):
             for out, symptom in enumerate(example.symptom_indices):
                 pair = (example.post_index, symptom)

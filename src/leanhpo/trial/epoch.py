@@ -12,6 +12,7 @@ import numpy as np
 
 from leanhpo.config import Config
 from leanhpo.logs import event
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.evaluation import (
     evaluate,
     evidence_pairs,
@@ -112,6 +113,7 @@ def replay_training(
     change the training trajectory.
     """
     network = build_network(config, seed)
+    config = resolve_answer_tokens(config, network.tokenizer, train_posts)  # as the trial did
     train_split = encode(network, config, train_posts)
     optimisation = build_optimisation(network, config, train_split)
     for epoch in range(1, until_epoch + 1):

@@ -281,8 +281,15 @@ def _run_owned(
         return _finish(study, frozen, state, study_info, config, report_path, log, lease)
     if outcome.pruned_at_epoch is not None:
         state["pruning"]["pruned_at_epoch"] = outcome.pruned_at_epoch
+    if outcome.resolved_settings:
+        # The report's config (and so a retraining, the export) holds what the trial decoded
+        # with; MLflow's params are immutable, so the resolved value is a param of its own.
+        tracker.log_params_once(
+            run_id, {f"resolved.{k}": v["resolved"] for k, v in outcome.resolved_settings.items()}
+        )
     state.update(
         {
+            "config": spec.config.to_dict(),
             "status": "completed" if outcome.pruned_at_epoch is None else "pruned",
             "outcome": vars(outcome),
             "disk": {

@@ -144,6 +144,8 @@ def build_report(
             "lowest_free_disk": (state.get("disk") or {}).get("lowest_free"),
         },
         "evidence_window": outcome["evidence_window"],
+        # Config values the trial resolved from its data (model.max_answer_tokens: auto)
+        "resolved_settings": outcome.get("resolved_settings") or {},
         "failure": state.get("failure"),
         # study.pruner: its decision after each epoch, and the epoch it stopped the trial at
         "pruning": state.get("pruning"),

@@ -24,6 +24,7 @@ from leanhpo.logs import event
 from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
+from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.compute import describe_compute, deterministic_kernels_only
 from leanhpo.training.features import EncodedSplit
 from leanhpo.training.setup import Network, build_network, build_optimisation, encode
@@ -75,6 +76,9 @@ class TrainingOutcome:
     encoder: dict[str, Any] = field(default_factory=dict)
     compute: dict[str, Any] | None = None  # device, precision, determinism (training.compute)
     pruned_at_epoch: int | None = None  # the epoch after which study.pruner stopped the trial
+    # Config values resolved from the data at the start (model.max_answer_tokens: auto), as
+    # {"model.max_answer_tokens": {"configured": "auto", "resolved": 61}}.
+    resolved_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def run_training(
@@ -84,8 +88,24 @@ def run_training(
     publish: Publisher,
     log: logging.Logger,
 ) -> TrainingOutcome:
-    config = spec.config
-    network = build_network(config, spec.seed)
+    network = build_network(spec.config, spec.seed)
+    # What the data decides (model.max_answer_tokens: auto), before anything is decoded; the
+    # checkpoints store the resolved config, so every later use decodes as this trial does.
+    configured = spec.config.model.max_answer_tokens
+    spec.config = config = resolve_answer_tokens(spec.config, network.tokenizer, train_posts)
+    resolved = {}
+    if configured != config.model.max_answer_tokens:
+        resolved["model.max_answer_tokens"] = {
+            "configured": configured,
+            "resolved": config.model.max_answer_tokens,
+        }
+        event(
+            log,
+            f"model.max_answer_tokens auto: {config.model.max_answer_tokens} tokens, the longest "
+            "gold evidence of the training split",
+            kind="resolved",
+            settings=resolved,
+        )
     train_split, val_split = (
         encode(network, config, train_posts),
         encode(network, config, val_posts),
@@ -168,6 +188,7 @@ def run_training(
         network,
     )
     outcome.pruned_at_epoch = pruned_at
+    outcome.resolved_settings = resolved
     return outcome
 
 
