@@ -72,6 +72,16 @@ def test_sentence_candidates_ignore_the_annotations(sample_posts, tokenizer):
         assert a.sentence_spans == b.sentence_spans
 
 
+def test_the_module_says_what_the_code_does_about_sentence_candidates():
+    """Issue 25: the module docstring said the candidates include the annotated sentences; the
+    code (tested above) builds them from the text alone."""
+    from leanhpo.training import features
+
+    doc = " ".join((features.__doc__ or "").split())
+    assert "annotated evidence sentences" not in doc
+    assert "come from the text alone" in doc and "The annotations never shape them" in doc
+
+
 @pytest.mark.parametrize("input_format", ["multi_label", "binary_pairs"])
 def test_sentence_spans_and_targets_point_at_the_gold_sentence(
     sample_posts, tokenizer, input_format

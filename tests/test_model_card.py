@@ -98,3 +98,21 @@ def test_a_card_without_data_claims_none(tmp_path: Path) -> None:
     config = tiny_config_dict(tmp_path)
     card = model_card({"config": config, "decision_threshold": 0.5, "null_threshold": 0.0})
     assert "does not record the data" in card and "Reddit" not in card
+
+
+def test_the_card_calls_validation_optimistic_because_of_selection_whatever_the_thresholds(
+    tmp_path: Path,
+) -> None:
+    """Issue 25: selection over trials and epochs makes the validation scores optimistic, not only
+    thresholds tuned on validation; the card said so only under decision_threshold auto."""
+    fixed = tiny_config_dict(tmp_path, model={"decision_threshold": 0.5, "null_threshold": 1.0})
+    info = {**_info(fixed, {}, {}), "metrics": {"test": {}, "validation": {}}}
+    card = model_card(info)
+    assert "**The validation scores are optimistic**" in card
+    assert "best of the study's trials and of its own epochs" in card
+    assert "tuned on validation" not in card  # nothing was, here
+    tuned = tiny_config_dict(tmp_path, model={"decision_threshold": "auto"})
+    card = model_card({**_info(tuned, {}, {}), "metrics": {"test": {}, "validation": {}}})
+    assert "best of the study's trials" in card
+    assert "the decision thresholds (one per symptom, for its F1) and the evidence null " in card
+    assert "were tuned on validation too" in card

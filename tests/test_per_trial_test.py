@@ -92,3 +92,19 @@ def test_a_rerun_after_a_lost_result_computes_it_again_and_logs_it_once(studies)
     assert report["test_metrics_for_analysis"]["test_metrics"] == expected["test_metrics"]
     history = made.study.tracker().metric_history(report["mlflow"]["run_id"])
     assert all(len(points) == 1 for k, points in history.items() if k.startswith(METRIC_PREFIX))
+
+
+def test_the_docs_describe_the_per_trial_intervals_the_code_writes():
+    """Issue 25: docs/metrics.md said the per-trial test scores had no bootstrap intervals, while
+    trial/analysis.py computes them (and the test above checks them)."""
+    from conftest import REPO
+
+    from leanhpo.trial import analysis
+
+    text = (REPO / "docs" / "metrics.md").read_text()
+    section = text[text.index("## Per-trial test scores") : text.index("## In the MLflow UI")]
+    section = " ".join(section.split())
+    assert "no bootstrap intervals" not in section
+    for written in ("test_metrics_ci", "baseline_comparison", f"{analysis.METRIC_PREFIX}<metric>"):
+        assert written in section, written
+    assert "`_ci_high`" in section

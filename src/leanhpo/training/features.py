@@ -14,9 +14,11 @@ windows, the evidence head searches each window, and a unit's evidence is decide
 confident window. A window that does not hold a reached gold span is trained on the null span
 (HF question answering does the same); evidence that no kept window reaches is excluded.
 
-Sentence candidates (for the sentence_reranker head) are the post's annotated evidence
-sentences (of any symptom) plus the sentences that NLTK's Punkt splitter finds in the text
-between them; only sentences wholly inside the window are candidates.
+Sentence candidates (for the sentence_reranker head) come from the text alone: the post split
+at line breaks, then by NLTK's Punkt splitter (`sentence_char_spans`). The annotations never
+shape them, so a test post is split as an unannotated one would be; a gold span is mapped to the
+candidate it overlaps most (`_sentence_target`), which may be longer or shorter than the
+annotated sentence. Only sentences wholly inside the window are candidates.
 """
 
 from __future__ import annotations
