@@ -91,3 +91,29 @@ def test_a_trial_resolves_auto_records_it_and_the_study_decodes_with_it(tmp_path
     params = study.tracker().client.get_run(trial["mlflow"]["run_id"]).data.params
     assert params["resolved.model.max_answer_tokens"] == str(longest)
     assert load_exported(made.folder, "cpu").config.model.max_answer_tokens == longest
+
+
+def test_a_study_that_ran_on_the_old_default_is_told_how_to_continue(tmp_path: Path) -> None:
+    """The default changed from 96 to auto: a study that ran on 96 is refused like any other
+    change of what a trial computes, and the refusal names the value that continues it."""
+    import copy
+
+    from leanhpo.trial.fingerprint import (
+        StudyConfigMismatchError,
+        check_trial_fingerprint,
+        fingerprint,
+        training_sections,
+    )
+    from leanhpo.workflow.guard import Change, rerun_refusal
+
+    message = rerun_refusal(
+        "demo", {"model.max_answer_tokens": Change(96, "auto", {"run_trial"}, {0})}, False, 3
+    )
+    assert message is not None and "earlier default of model.max_answer_tokens" in message
+    assert "set model.max_answer_tokens: 96" in message
+    config = tiny_config_dict(tmp_path)
+    older = copy.deepcopy(config)
+    older["model"]["max_answer_tokens"] = 96
+    state = {"fingerprint": fingerprint(older, "d"), "fingerprint_config": training_sections(older)}
+    with pytest.raises(StudyConfigMismatchError, match="set model.max_answer_tokens: 96"):
+        check_trial_fingerprint(state, fingerprint(config, "d"), config, "trial_0000")

@@ -31,6 +31,12 @@ INTRODUCED_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
+# Keys whose default changed, with the default before: a study that ran on the old default sees
+# a change it did not make, and the refusal says how to continue it (nothing else differs: a
+# changed default is a change like any other for the fingerprint and the guard).
+EARLIER_DEFAULTS: dict[str, Any] = {"model.max_answer_tokens": 96}
+
+
 def as_before(section: str, key: str, value: Any) -> bool:
     """Whether `section.key` is a key added later, set to the value the code before it had."""
     before = INTRODUCED_KEYS.get(section, {})
@@ -54,18 +60,33 @@ def with_earlier_values(raw: dict[str, Any]) -> dict[str, Any]:
     return filled
 
 
-def continue_hint(unset_before: list[str]) -> str:
-    """A sentence for a refusal: how to continue a study whose config did not set these keys
-    (it ran before they existed, or at their earlier value); "" when none is introduced."""
+def continue_hint(unset_before: list[str], before: dict[str, Any] | None = None) -> str:
+    """A sentence for a refusal: how to continue a study whose config did not set the keys of
+    `unset_before` (it ran before they existed, or at their earlier value), or set a key of
+    `before` (key -> its value then) at a default that has changed since; "" when neither."""
     shown = []
     for key in unset_before:
         known, value = introduced_value(key)
         if known:
             shown.append(f"{key}: {value!r}")
-    if not shown:
+    changed = [
+        f"{key}: {value!r}"
+        for key, value in (before or {}).items()
+        if key in EARLIER_DEFAULTS and value == EARLIER_DEFAULTS[key]
+    ]
+    sentences = []
+    if shown:
+        sentences.append(
+            f"This study started without {' or '.join(s.split(':')[0] for s in shown)} (that "
+            "is, as leanhpo did before the key existed)."
+        )
+    if changed:
+        sentences.append(
+            f"This study ran on the earlier default of {' and '.join(s.split(':')[0] for s in changed)}."
+        )
+    if not sentences:
         return ""
     return (
-        f"This study started without {' or '.join(s.split(':')[0] for s in shown)} (that is, "
-        f"as {', '.join(shown)}, what leanhpo did before the key existed); to continue it, set "
-        f"{', '.join(shown)} in your config or overlay."
+        " ".join(sentences)
+        + f" To continue it, set {', '.join(shown + changed)} in your config or overlay."
     )

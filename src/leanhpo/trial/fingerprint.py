@@ -97,5 +97,8 @@ def check_trial_fingerprint(
 def _hint(changed: list[str], old: dict[str, Any]) -> str:
     """How to continue the study when a key it was started without is now set otherwise."""
     before = flatten(old)
-    hint = continue_hint([key for key in changed if key not in before])
+    hint = continue_hint(
+        [key for key in changed if key not in before],
+        {key: before[key] for key in changed if key in before},
+    )
     return f" {hint}" if hint else ""

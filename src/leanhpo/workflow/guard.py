@@ -161,7 +161,10 @@ def rerun_refusal(
             "  Fix: revert the change to continue this study, or set a new study.name (in your "
             "overlay, e.g. `study: {name: " + f"{study_name}_2" + "}`) to start a new one.",
         ]
-        hint = continue_hint([k for k, c in sorted(results.items()) if c.before is _MISSING])
+        hint = continue_hint(
+            [k for k, c in sorted(results.items()) if c.before is _MISSING],
+            {k: c.before for k, c in sorted(results.items()) if c.before is not _MISSING},
+        )
         if hint:
             lines.append(f"  {hint}")
     else:
