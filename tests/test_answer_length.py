@@ -115,5 +115,5 @@ def test_a_study_that_ran_on_the_old_default_is_told_how_to_continue(tmp_path: P
     older = copy.deepcopy(config)
     older["model"]["max_answer_tokens"] = 96
     state = {"fingerprint": fingerprint(older, "d"), "fingerprint_config": training_sections(older)}
-    with pytest.raises(StudyConfigMismatchError, match="set model.max_answer_tokens: 96"):
+    with pytest.raises(StudyConfigMismatchError, match=r"set model\.max_answer_tokens: 96"):
         check_trial_fingerprint(state, fingerprint(config, "d"), config, "trial_0000")
