@@ -79,6 +79,8 @@ def test_predict_reproduces_the_study_reports_test_metrics(studies, name):
     evidence_for = STUDIES[name].get("model", {}).get("evidence_for", "present")
     assert model.evidence_for == expected["joint"]["evidence_for"] == evidence_for
     assert read_json(made.folder / INFO_NAME)["evidence_for"] == evidence_for
+    if evidence_for == "present":  # the test evaluation gave no sentence for an absent symptom
+        assert expected["joint"]["n_evidence_absent"] == 0
     for row in rows:
         for name_, decision in row["symptoms"].items():
             assert decision["present"] == (decision["probability"] >= 0.5), name_

@@ -17,6 +17,7 @@ from leanhpo.reports import STUDY_SCHEMA, validate_report
 from leanhpo.study.evaluate import structure_intervals, structure_metrics
 from leanhpo.summary import _test_lines
 from leanhpo.training.bootstrap import bootstrap_test_metrics
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.metrics import EvidenceExample, criteria_metrics, evidence_metrics
 
 TEXT = "I feel sad. I cannot sleep."
@@ -42,6 +43,8 @@ def _flat(labels: np.ndarray, scores: np.ndarray, examples: list[EvidenceExample
     flat: dict[str, Any] = {f"criteria_{k}": v for k, v in criteria_metrics(labels, scores).items()}
     flat.update({f"evidence_{k}": v for k, v in evidence_metrics(examples).items()})
     flat.update({"evidence_null_threshold": 0.0, "loss": 1.0})
+    decided = (scores >= 0.5).reshape(-1)
+    flat.update({f"joint_{k}": v for k, v in joint_metrics(examples, decided).items()})
     return flat
 
 
@@ -67,10 +70,10 @@ def report() -> dict[str, Any]:
                 "path": "",
                 "epoch": 1,
                 "sha256": None,
-                "test_metrics": structure_metrics(_flat(labels, scores, examples)),
+                "test_metrics": structure_metrics(_flat(labels, scores, examples), "all"),
             }
         ],
-        "test_metrics": structure_metrics(_flat(labels, scores, examples)),
+        "test_metrics": structure_metrics(_flat(labels, scores, examples), "all"),
         "test_metrics_ci": structure_intervals(result),
         "baseline_comparison": result.baseline_comparison,
         "test_split": {"posts": len(labels)},
@@ -97,6 +100,17 @@ def test_an_undefined_symptom_is_null_and_named_in_the_study_report(report) -> N
     assert ten["labels_left_out"] == [UNDEFINED]
     assert ten["subset_accuracy"] == criteria["exact_match_ratio"]
     assert intervals["ten_label"]["f1_macro"]["low"] <= ten["f1_macro"]
+
+
+def test_the_joint_block_is_in_the_report_summary_page_and_csv(report) -> None:
+    joint = report["test_metrics"]["joint"]
+    assert joint["evidence_for"] == "all" and joint["n_evidence_absent"] > 0
+    ci = report["test_metrics_ci"]["joint"]["accuracy"]
+    assert ci["low"] <= joint["accuracy"] <= ci["high"]
+    assert f"joint accuracy {joint['accuracy']:.3f}" in "\n".join(_test_lines(report))
+    assert "test joint f1" in study_page(report, [])
+    rows = {(r[0], r[1]): r for r in results_table(report)}
+    assert rows[("joint", "accuracy")][2:4] == [joint["accuracy"], ci["low"]]
 
 
 def test_the_summary_the_page_and_the_csv_say_what_the_macro_average_covers(report) -> None:
