@@ -11,11 +11,13 @@ from leanhpo.metric_names import SYMPTOMS
 from leanhpo.training.bootstrap import (
     CRITERIA_INTERVAL_KEYS,
     EVIDENCE_INTERVAL_KEYS,
+    JOINT_INTERVAL_KEYS,
     bootstrap_test_metrics,
     criteria_resamples,
     evidence_resamples,
     resample_counts,
 )
+from leanhpo.training.joint import joint_metrics
 from leanhpo.training.metrics import EvidenceExample, criteria_metrics, evidence_metrics
 
 SENTENCES = (
@@ -142,15 +144,20 @@ def test_undefined_evidence_resamples_are_dropped_and_counted():
 def _point_metrics(labels, scores, examples):
     point = {f"criteria_{k}": v for k, v in criteria_metrics(labels, scores).items()}
     point.update({f"evidence_{k}": v for k, v in evidence_metrics(examples).items()})
+    decided = (np.asarray(scores) >= 0.5).reshape(-1)
+    point.update({f"joint_{k}": v for k, v in joint_metrics(examples, decided).items()})
     return point
 
 
 def test_perfect_predictions_collapse_every_interval_to_the_point_value():
     labels, _, examples, pair_posts = make_case(40, seed=3)
     labels[:, -1] = 0  # a symptom nobody shows: undefined everywhere (no interval)
+    gold = [  # the pairs of the symptom nobody shows lose their gold evidence too
+        e.gold_spans if labels.reshape(-1)[i] else () for i, e in enumerate(examples)
+    ]
     perfect = [
-        EvidenceExample(e.text, e.gold_spans, e.gold_spans[0] if e.gold_spans else None)
-        for e in examples
+        EvidenceExample(e.text, spans, spans[0] if spans else None)
+        for e, spans in zip(examples, gold, strict=True)
     ]
     scores = labels.astype(float)
     result = bootstrap_test_metrics(
@@ -226,6 +233,7 @@ def test_intervals_contain_the_point_value_on_a_realistic_case():
     assert set(result.intervals) == {
         *(f"criteria_{k}" for k in CRITERIA_INTERVAL_KEYS),
         *(f"evidence_{k}" for k in EVIDENCE_INTERVAL_KEYS),
+        *(f"joint_{k}" for k in JOINT_INTERVAL_KEYS),
     }
     point = _point_metrics(labels, scores, examples)
     widths = []
