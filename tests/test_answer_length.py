@@ -117,3 +117,15 @@ def test_a_study_that_ran_on_the_old_default_is_told_how_to_continue(tmp_path: P
     state = {"fingerprint": fingerprint(older, "d"), "fingerprint_config": training_sections(older)}
     with pytest.raises(StudyConfigMismatchError, match=r"set model\.max_answer_tokens: 96"):
         check_trial_fingerprint(state, fingerprint(config, "d"), config, "trial_0000")
+
+
+def test_an_export_of_an_unresolved_config_is_refused(tmp_path: Path) -> None:
+    """predict has no training split to resolve `auto` from: the export must hold a number."""
+    from leanhpo.export import write_export
+    from leanhpo.training.setup import build_network
+
+    config = Config.from_dict(tiny_config_dict(tmp_path))
+    info = {"config": config.to_dict(), "decision_threshold": 0.5, "null_threshold": 0.0}
+    with pytest.raises(ValueError, match="max_answer_tokens 'auto'"):
+        write_export(build_network(config, seed=3), info, "card", tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -185,7 +185,7 @@ def test_predict_texts_is_quiet_by_default(
 ) -> None:
     from leanhpo.training.setup import build_network
 
-    config = Config.from_dict(tiny_config_dict(tmp_path))
+    config = Config.from_dict(tiny_config_dict(tmp_path, model={"max_answer_tokens": 32}))
     info = {"config": config.to_dict(), "decision_threshold": 0.5, "null_threshold": 0.0}
     write_export(build_network(config, seed=3), info, "card", tmp_path / "model")
     model = load_exported(tmp_path / "model", "cpu")

@@ -100,6 +100,12 @@ def write_export(
     """Write `network` and `info` (leanhpo_model.json; must hold the resolved `config`) into
     `out_dir` atomically. Returns the manifest's files."""
     model = network.model
+    answer = info["config"]["model"].get("max_answer_tokens")
+    if answer == "auto":  # predict has no training split to resolve it from
+        raise ValueError(
+            "the export's config has model.max_answer_tokens 'auto': export the config a trial "
+            "resolved (training.answer_length.resolve_answer_tokens), which its checkpoints hold"
+        )
     info = {
         "format": EXPORT_FORMAT,
         **info,
