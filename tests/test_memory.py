@@ -117,6 +117,7 @@ def _killed(epoch: int, step: int, kills: int | None, share: float = 0.2) -> dic
         ([_killed(2, 3, None, 0.95), _killed(2, 3, None, 0.93)], None, True),  # near the limit
         ([_killed(1, 1, 0), {**_killed(1, 1, 1), "ended": "KeyboardInterrupt"}], 2, False),
         ([_killed(1, 1, 0)], 1, False),  # once is not yet a pattern
+        ([_killed(0, 0, None, 0.95), _killed(0, 0, None, 0.95)], None, False),  # before a batch
     ],
 )
 def test_two_kills_at_one_batch_with_evidence_of_memory_fail_the_trial(

@@ -61,9 +61,10 @@ class AttemptLog:
             "epoch": 0,
             "step": 0,
             "rows": 0,
-            # the most memory in use seen, as a share of the limit it was read against
-            "peak_share": round(reading.used / reading.limit, 4),
-            "peak_used_bytes": reading.used,
+            # the most memory in use the guard saw during a pass, as a share of the limit it
+            # was read against (not at the start: a busy machine is no evidence against a trial)
+            "peak_share": 0.0,
+            "peak_used_bytes": 0,
             "peak_limit_bytes": reading.limit,
             "peak_rss_bytes": peak_rss(),
             "ended": None,
@@ -128,7 +129,8 @@ class AttemptLog:
         last = self.attempts[-KILLS_FOR_MEMORY:]
         if len(last) < KILLS_FOR_MEMORY or any(a["ended"] is not None for a in last):
             return None
-        if len({(a["epoch"], a["step"]) for a in last}) != 1:
+        positions = {(a["epoch"], a["step"]) for a in last}
+        if len(positions) != 1 or min(next(iter(positions))) < 1:  # one batch, not the startup
             return None
         first = len(self.attempts) - KILLS_FOR_MEMORY
         evidence = [self._evidence(first + i, oom_now) for i in range(KILLS_FOR_MEMORY)]
