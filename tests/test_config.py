@@ -32,11 +32,26 @@ def test_defaults_fill_an_empty_config():
     assert config["search_space"]["learning_rate"]["log"] is True
 
 
+# What config.yaml sets for the demo (issue 24: a study that learns the sample in 10 minutes on
+# 2 cores, docs/benchmarks.md) against a plain default: more, shorter posts, more epochs, tuned
+# thresholds, and a warm start that names params of config.yaml's own search space.
+DEMO_KEYS = {
+    ("data", "sample_posts"): (160, 400),
+    ("data", "sample_profile"): ("long_tailed", "short"),
+    ("train", "epochs"): (2, 4),
+    ("model", "decision_threshold"): (0.5, "auto"),
+}
+
+
 def test_schema_defaults_are_config_yaml_outside_the_search_space():
     """An overlay on an empty base and one on config.yaml mean the same study; only the search
-    space differs (config.yaml's is the searched one, the schema's a minimal one)."""
+    space (config.yaml's is the searched one, the schema's a minimal one) and the demo's keys
+    differ, each as listed."""
     defaults, shipped = validate_config({}), load_config_file(REPO / "config.yaml")
     defaults.pop("search_space"), shipped.pop("search_space")
+    assert defaults["study"].pop("enqueue") == [] and len(shipped["study"].pop("enqueue")) == 1
+    for (section, key), (default, demo) in DEMO_KEYS.items():
+        assert (defaults[section].pop(key), shipped[section].pop(key)) == (default, demo)
     assert defaults == shipped
 
 
@@ -160,6 +175,17 @@ def test_overlay_merges_nested_keys_and_null_drops_a_search_entry(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(
         yaml.safe_dump({"study": {"n_trials": 6}, "search_space": {"head_learning_rate": None}})
+    )
+    # config.yaml's warm start names the dropped entry: the error says how to drop it too
+    with pytest.raises(ConfigError, match=r"study.enqueue\[0\].head_learning_rate.*enqueue: \[\]"):
+        load_config_file(REPO / "config.yaml", overlay)
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "study": {"n_trials": 6, "enqueue": []},
+                "search_space": {"head_learning_rate": None},
+            }
+        )
     )
     config = load_config_file(REPO / "config.yaml", overlay)
     assert config["study"]["n_trials"] == 6

@@ -96,7 +96,7 @@ def test_network_failure_is_retried_with_the_backoff_then_explained(tmp_path, mo
     monkeypatch.setattr(encoder_module, "HUB_RETRY_WAITS", (0, 0, 0, 0, 0))
     calls = []
 
-    def failing(hub_id, revision, local_only):
+    def failing(hub_id, revision, local_only, options=None):
         calls.append(local_only)
         raise OSError("Connection refused")
 
@@ -111,7 +111,7 @@ def test_gated_model_is_not_retried(tmp_path, monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     calls = []
 
-    def gated(hub_id, revision, local_only):
+    def gated(hub_id, revision, local_only, options=None):
         calls.append(local_only)
         raise OSError("You are trying to access a gated repo. 401 Client Error")
 

@@ -12,16 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import REPO, tiny_config_dict
-from studyhelper import Study
+from studyhelper import exported_study, gold_posts, score_predictions
 
 from leanhpo.config import Config
 from leanhpo.export import (
@@ -37,10 +34,8 @@ from leanhpo.export import (
 )
 from leanhpo.fsutil import read_json
 from leanhpo.metric_names import SYMPTOMS
-from leanhpo.study.evaluate import evaluate_study, structure_metrics
 from leanhpo.study.export import export_best_model
-from leanhpo.training.evaluation import evaluate, evidence_pairs
-from leanhpo.training.metrics import criteria_metrics, evidence_metrics
+from leanhpo.training.evaluation import evaluate
 from leanhpo.training.setup import build_network, encode
 
 STUDIES = {
@@ -54,18 +49,6 @@ STUDIES = {
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def _exported_study(root: Path, overrides: dict) -> SimpleNamespace:
-    study = Study(root, **overrides)
-    study.run(0)
-    report_path = study.dir / "study_report.json"
-    report = evaluate_study(
-        study.study_json, study.data, [study.report_path(0)], report_path, study.config
-    )
-    out = study.dir / "best_model"
-    result = export_best_model(study.dir, report_path, out)
-    return SimpleNamespace(study=study, report=report, folder=out, result=result)
-
-
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
     """Studies are made on first use and shared by the module's tests."""
@@ -73,48 +56,20 @@ def studies(tmp_path_factory):
 
     def get(name: str) -> SimpleNamespace:
         if name not in made:
-            made[name] = _exported_study(tmp_path_factory.mktemp(name), STUDIES[name])
+            made[name] = exported_study(tmp_path_factory.mktemp(name), STUDIES[name])
         return made[name]
 
     return get
-
-
-def _gold(study) -> list[dict]:
-    from leanhpo.data import load_split
-
-    return load_split(study.data, "test")
-
-
-def _scored(model, gold: list[dict], rows: list[dict]) -> dict:
-    """The study report's test_metrics layout (losses aside) of predict's output: criteria from
-    the probabilities, evidence from the spans, with the study's own pair exclusions."""
-    probabilities = np.array(
-        [[row["symptoms"][s]["probability"] for s in SYMPTOMS] for row in rows]
-    )
-    labels = np.array([post["labels"] for post in gold])
-    examples, _ = evidence_pairs(encode(model.network, model.config, gold), {})
-    spans = [
-        None
-        if row["evidence"][s] is None
-        else (row["evidence"][s]["start"], row["evidence"][s]["end"])
-        for row in rows
-        for s in SYMPTOMS
-    ]
-    predicted = [replace(pair, pred_span=span) for pair, span in zip(examples, spans, strict=True)]
-    flat: dict = {f"criteria_{k}": v for k, v in criteria_metrics(labels, probabilities).items()}
-    flat.update({f"evidence_{k}": v for k, v in evidence_metrics(predicted).items()})
-    flat["evidence_null_threshold"] = model.null_threshold
-    return structure_metrics(flat)
 
 
 @pytest.mark.parametrize("name", list(STUDIES))
 def test_predict_reproduces_the_study_reports_test_metrics(studies, name):
     made = studies(name)
     model = load_exported(made.folder, "cpu")
-    gold = _gold(made.study)
+    gold = gold_posts(made.study)
     rows = predict_texts(model, [p["text"] for p in gold], [p["post_id"] for p in gold])
     assert [row["post_id"] for row in rows] == [p["post_id"] for p in gold]
-    scored = _scored(model, gold, rows)
+    scored = score_predictions(model, gold, rows)
     expected = made.report["test_metrics"]
     assert scored["criteria_matching"] == expected["criteria_matching"]
     assert scored["evidence_binding"] == expected["evidence_binding"]
@@ -165,6 +120,9 @@ def test_the_export_loads_with_transformers_and_holds_no_pickle(studies):
     assert info["best_trial"]["epoch"] == min(c["epoch"] for c in report["checkpoints"])
     assert info["dataset"]["fingerprint"] == report["dataset"]["fingerprint"]
     assert info["metrics"]["test"] == report["test_metrics"]
+    # train.amp true on the CPU: fp32, as every study here computed before precision was recorded
+    assert info["compute"] == report["compute"]
+    assert report["compute"]["device"] == "cpu" and report["compute"]["precision"] == "fp32"
     card = (folder / "README.md").read_text()
     assert "not a diagnostic" in card and "python -m leanhpo predict" in card
     assert f"{report['test_metrics']['criteria_matching']['f1_macro']:.4g}" in card
@@ -307,7 +265,7 @@ def test_csv_jsonl_and_text_inputs_agree(studies, tmp_path, capsys):
     from leanhpo.cli import main
 
     model = str(studies("truncate").folder)
-    texts = [" ".join(p["text"].split()) for p in _gold(studies("truncate").study)][:6]
+    texts = [" ".join(p["text"].split()) for p in gold_posts(studies("truncate").study)][:6]
     texts[0] = 'She said "no, never", twice'  # quotes and commas survive CSV
     ids = [f"p{i}" for i in range(len(texts))]
     csv_file = tmp_path / "posts.csv"

@@ -189,6 +189,7 @@ def test_each_sampler_draws_reproducibly_and_a_resumed_trial_draws_the_same(
     raw["study"]["n_startup_trials"] = 1
     if name == "grid":
         raw["search_space"] = {**dict.fromkeys(default_config["search_space"]), **GRID_SPACE}
+        raw["study"]["enqueue"] = []  # config.yaml's warm start names the replaced space
     config = validate_config(raw)
     first = _study_params(f"sqlite:///{tmp_path}/a.db", config, 4)
     # A second study of the same config, whose slot 3 is killed and resumed.

@@ -60,12 +60,13 @@ def test_params_round_trip_with_the_search_space_order_and_the_runtime_keys(monk
         {
             "study": {"storage_timeout_s": 5, "lease_grace_s": 7},
             "tracking": {"write_timeout_s": 3},
-            "train": {"max_batch_rows": 32},
+            "train": {"max_batch_rows": 32, "deterministic": False},
         }
     )
     back = from_params(as_params(SECTIONS).values())
     assert list(back["search_space"]) == ["loss", "focal_gamma"]  # the sampling order
     assert back["study"]["storage_timeout_s"] == 5 and back["train"]["max_batch_rows"] == 32
+    assert back["train"]["deterministic"] is False
     assert back["study_enqueue"] == [{"loss": "focal"}]
     assert "tracking" not in back  # only the sections the rule was given
 

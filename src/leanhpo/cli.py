@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,18 @@ def _cmd_predict(config: dict[str, Any], args: argparse.Namespace) -> Any:
     # All of the input is checked before torch even loads: bad input fails at once.
     posts = read_posts(args.input, args.format)
     from leanhpo.export import iter_predictions, load_exported
+    from leanhpo.export.precision import PrecisionWarning
 
-    model = load_exported(args.model, args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PrecisionWarning)
+        model = load_exported(args.model, args.device, args.precision)
+    for warning in caught:  # one plain line each, not Python's file:line form
+        if issubclass(warning.category, PrecisionWarning):
+            print(f"leanhpo: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     chunks = iter_predictions(model, posts.texts, posts.post_ids, batch_size=args.batch_size)
     return {"posts": write_predictions(chunks, args.output), "output": args.output}
 
@@ -211,6 +222,13 @@ def _predict_arguments(cmd: argparse.ArgumentParser) -> None:
         help="posts per batch (default: the study's eval_batch_size, which reproduces its scores)",
     )
     cmd.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cmd.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="auto (default): the precision the model's test scores were computed in "
+        "(leanhpo_model.json compute.precision), which reproduces them; another one warns",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

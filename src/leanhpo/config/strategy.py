@@ -163,6 +163,8 @@ def _enqueue_problems(
                 yield (
                     f"{key}: not a search_space parameter; enqueue sets may name: "
                     + ", ".join(space)
+                    + " (an overlay that changes the search space may also need its own "
+                    "study.enqueue, or `study: {enqueue: []}` to drop config.yaml's warm start)"
                 )
                 continue
             problem = value_problem(space[name], value) or _unused(name, space[name], params)

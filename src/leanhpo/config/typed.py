@@ -97,8 +97,9 @@ class TrainConfig:
     lambda_criteria: float
     lambda_evidence: float
     device: str
-    amp: bool
+    amp: bool | str  # true (bf16 on CUDA only), false or "bf16" (every device): training.compute
     checkpointing: bool
+    deterministic: bool = True
 
 
 @dataclass(frozen=True)

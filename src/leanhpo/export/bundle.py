@@ -42,10 +42,10 @@ from leanhpo.export.folder import (
     verify_folder,
     write_manifest,
 )
+from leanhpo.export.precision import PRECISION_CHOICES, choose_precision
 from leanhpo.metric_names import SYMPTOMS
 from leanhpo.models import EncoderInfo, MultiTaskModel, architecture_signature
-from leanhpo.training.loop import pick_device
-from leanhpo.training.setup import Network, head_settings, seed_everything
+from leanhpo.training.setup import Network, head_settings, prepare_device, seed_everything
 
 INFO_NAME = "leanhpo_model.json"
 HEADS_NAME = "heads.safetensors"
@@ -62,6 +62,7 @@ class ExportedModel:
     config: Config
     info: dict[str, Any]
     folder: Path
+    precision: str  # what predict computes in: bf16 (autocast) or fp32 (export/precision.py)
 
     @property
     def decision_thresholds(self) -> tuple[float, ...]:
@@ -134,12 +135,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def load_exported(folder: Path | str, device: str = "auto") -> ExportedModel:
+def load_exported(
+    folder: Path | str, device: str = "auto", precision: str = "auto"
+) -> ExportedModel:
     """Verify every file of the export, then rebuild the multi-task model from it on `device`
-    (auto: CUDA when visible). Raises ExportError naming what is wrong."""
+    (auto: CUDA when visible), to predict in `precision` (auto: the one its test scores were
+    computed with; a PrecisionWarning says when it differs). Raises ExportError naming what is
+    wrong."""
     folder = Path(folder)
     if device not in DEVICES:
         raise ExportError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    if precision not in PRECISION_CHOICES:
+        raise ExportError(
+            f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}"
+        )
     files = verify_folder(folder)
     for name in (INFO_NAME, HEADS_NAME, "config.json", "model.safetensors"):
         if name not in files:
@@ -150,13 +159,14 @@ def load_exported(folder: Path | str, device: str = "auto") -> ExportedModel:
         # machine that trained it) is neither needed nor looked up.
         stored = info["config"]
         config = Config.from_dict({**stored, "model": {**stored["model"], "id": str(folder)}})
-        target = pick_device(device)
+        # As build_network does for the study's evaluation: the kernels of train.deterministic
+        # on this device (the attention implementation among them); heads' init is overwritten.
+        kernels = prepare_device(config, device)
     except Exception as error:
         raise ExportError(f"{folder / INFO_NAME}: {error}") from error
-    # As build_network does for the study's evaluation (determinism flags; heads' init is
-    # overwritten below).
+    target = torch.device(kernels.device_type)
     seed_everything(int(info.get("seed", 0)))
-    encoder, tokenizer = _encoder(folder)
+    encoder, tokenizer = _encoder(folder, kernels.attn_implementation)
     model = MultiTaskModel(encoder, head_settings(config))
     _load_heads(model, folder, files[HEADS_NAME])
     if architecture_signature(model) != info.get("architecture_signature"):
@@ -174,7 +184,8 @@ def load_exported(folder: Path | str, device: str = "auto") -> ExportedModel:
         max_positions=int(getattr(encoder.config, "max_position_embeddings", 512)),
     )
     network = Network(model=model, tokenizer=tokenizer, encoder_info=encoder_info, device=target)
-    return ExportedModel(network=network, config=config, info=info, folder=folder)
+    chosen = choose_precision(info, config.train.amp, target.type, precision)
+    return ExportedModel(network=network, config=config, info=info, folder=folder, precision=chosen)
 
 
 def read_decision_thresholds(info: dict[str, Any], where: Path | str) -> tuple[float, ...]:
@@ -216,10 +227,11 @@ def _read_info(folder: Path) -> dict[str, Any]:
     return info
 
 
-def _encoder(folder: Path) -> tuple[Any, Any]:
+def _encoder(folder: Path, attention: str | None) -> tuple[Any, Any]:
+    options = {} if attention is None else {"attn_implementation": attention}
     try:
         encoder = AutoModel.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True
+            str(folder), local_files_only=True, use_safetensors=True, **options
         )
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:

@@ -124,7 +124,29 @@ def _provenance(info: dict[str, Any]) -> list[str]:
         ]
     if info.get("source_checkpoint"):
         lines.append(f"- weights: {_source(info['source_checkpoint'])}")
-    lines += [f"- leanhpo {info.get('leanhpo_version')}; encoder {_encoder(info)}", ""]
+    lines += [f"- leanhpo {info.get('leanhpo_version')}; encoder {_encoder(info)}"]
+    return [*lines, *_compute(info), ""]
+
+
+def _compute(info: dict[str, Any]) -> list[str]:
+    """How the scores were computed, which predict reproduces; nothing for older exports."""
+    compute = info.get("compute")
+    if not compute:
+        return []
+    amp = info["config"].get("train", {}).get("amp")
+    lines = [
+        f"- scores computed on `{compute['device']}` in `{compute['precision']}` (train.amp "
+        f"`{amp}`, torch {compute.get('torch', '?')}); `predict` computes in the same precision "
+        "wherever the device has it, and warns when it cannot or when another is asked for "
+        "(`--precision`): bf16 and fp32 can flip a decision near its threshold"
+    ]
+    if compute.get("deterministic"):
+        lines.append(
+            "- deterministic kernels (train.deterministic): retraining this config on the same "
+            "device and software gives these weights again, a resumed trial included"
+        )
+    else:
+        lines.append(f"- **not bitwise reproducible**: {compute.get('note', '')}")
     return lines
 
 

@@ -2,9 +2,10 @@
 
 Unlabelled texts become post dicts with nine zero labels and no evidence, and go through
 `training.setup.encode` and `training.evaluation.evaluate` exactly as the test split did in the
-study's evaluation (truncation or windows, batching, autocast, evidence decoding); the labels
+study's evaluation (truncation or windows, batching, precision, evidence decoding); the labels
 only feed the losses, which are thrown away. So the export's predictions on the test split are
-the ones the study report scored, bit for bit, at the default batch size.
+the ones the study report scored, bit for bit, at the default batch size, on the device type and
+in the precision that scored them (export/precision.py).
 
 Posts are run in chunks of whole batches (CHUNK_BATCHES), which keeps memory flat on big inputs
 and leaves every batch as a single pass would have made it.
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from leanhpo.export.bundle import ExportedModel
 from leanhpo.export.errors import ExportError
 from leanhpo.metric_names import SYMPTOMS
+from leanhpo.training.compute import amp_for
 from leanhpo.training.evaluation import evaluate
 from leanhpo.training.metrics import EvidenceExample
 from leanhpo.training.setup import encode
@@ -59,7 +61,9 @@ def iter_predictions(
 ) -> Iterator[list[dict[str, Any]]]:
     """The predictions chunk by chunk, with a progress bar over posts on stderr."""
     posts = unlabelled_posts(texts, post_ids)
-    train = model.config.train
+    # The precision the export's scores were computed in (or the one the caller chose), on
+    # any device: evaluate's autocast follows train.amp.
+    train = replace(model.config.train, amp=amp_for(model.precision))
     if batch_size is not None:
         if batch_size < 1:
             raise ExportError(f"batch size must be at least 1, got {batch_size}")

@@ -82,18 +82,22 @@ def minilm_path() -> Path:
 
 
 def load_encoder(
-    model_id: str, revision: str = "main", seed: int = 0
+    model_id: str, revision: str = "main", seed: int = 0, attention: str | None = None
 ) -> tuple[Any, Any, EncoderInfo]:
-    """Return (encoder, tokenizer, info) for a catalog alias, a local folder or a hub id."""
+    """Return (encoder, tokenizer, info) for a catalog alias, a local folder or a hub id.
+
+    `attention` is the attention implementation ("eager" where CUDA must be deterministic,
+    training.compute); None keeps transformers' default (SDPA where the encoder has it)."""
+    options = {} if attention is None else {"attn_implementation": attention}
     if model_id == "minilm":
         path = minilm_path()
-        encoder, tokenizer = _from_folder(path)
+        encoder, tokenizer = _from_folder(path, options)
         return encoder, tokenizer, _info(model_id, str(path), "package", None, encoder)
     if model_id == "tiny":
-        return _tiny(seed)
+        return _tiny(seed, options)
     local = Path(model_id).expanduser()
     if local.is_dir():
-        encoder, tokenizer = _from_folder(local)
+        encoder, tokenizer = _from_folder(local, options)
         return encoder, tokenizer, _info(model_id, str(local.resolve()), "local", None, encoder)
     if model_id.startswith((".", "/", "~")):
         raise ModelLoadError(
@@ -102,7 +106,7 @@ def load_encoder(
             f"(minilm, tiny, {', '.join(HUB_ALIASES)})"
         )
     hub_id = HUB_ALIASES.get(model_id, model_id)
-    encoder, tokenizer, commit = _from_hub(hub_id, revision)
+    encoder, tokenizer, commit = _from_hub(hub_id, revision, options)
     return encoder, tokenizer, _info(model_id, hub_id, "hub", commit, encoder)
 
 
@@ -120,33 +124,33 @@ def _info(
     )
 
 
-def _tiny(seed: int) -> tuple[Any, Any, EncoderInfo]:
+def _tiny(seed: int, options: dict[str, str]) -> tuple[Any, Any, EncoderInfo]:
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     # Initialise under a fixed seed so that "tiny" is the same network in every process.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT))
+        encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT, **options))
     return encoder, tokenizer, _info("tiny", "tiny-random-bert", "random", None, encoder)
 
 
-def _from_folder(path: Path) -> tuple[PreTrainedModel, Any]:
+def _from_folder(path: Path, options: dict[str, str]) -> tuple[PreTrainedModel, Any]:
     if not (path / "config.json").is_file():
         raise ModelLoadError(
             f"model folder {path} has no config.json; it must be a Hugging Face model folder "
             "(save_pretrained output) with config.json, the weights and the tokenizer files"
         )
     try:
-        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+        encoder = AutoModel.from_pretrained(str(path), local_files_only=True, **options)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load the model in {path}: {error}") from error
     return encoder, tokenizer
 
 
-def _from_hub(hub_id: str, revision: str) -> tuple[Any, Any, str | None]:
+def _from_hub(hub_id: str, revision: str, options: dict[str, str]) -> tuple[Any, Any, str | None]:
     """Cache first; on a miss, retry the network with backoff unless HF_HUB_OFFLINE is set."""
     try:
-        return _hub_attempt(hub_id, revision, local_only=True)
+        return _hub_attempt(hub_id, revision, local_only=True, options=options)
     except OSError as cache_miss:
         LOG.info("model %s@%s is not in the local cache (%s)", hub_id, revision, cache_miss)
     if hub_offline():
@@ -157,7 +161,7 @@ def _from_hub(hub_id: str, revision: str) -> tuple[Any, Any, str | None]:
     try:
         with single_shot_hub_requests():
             result: tuple[Any, Any, str | None] = retrying(
-                _hub_attempt, hub_id, revision, local_only=False
+                _hub_attempt, hub_id, revision, local_only=False, options=options
             )
     except OSError as error:
         attempts = retrying.statistics.get("attempt_number", 1)
@@ -176,11 +180,13 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, OSError) and not any(word in message for word in PERMANENT_WORDS)
 
 
-def _hub_attempt(hub_id: str, revision: str, local_only: bool) -> tuple[Any, Any, str | None]:
+def _hub_attempt(
+    hub_id: str, revision: str, local_only: bool, options: dict[str, str] | None = None
+) -> tuple[Any, Any, str | None]:
     # The cache as the environment says now: transformers fixed its default at import.
     cache = str(hub_cache_dir())
     encoder = AutoModel.from_pretrained(
-        hub_id, revision=revision, local_files_only=local_only, cache_dir=cache
+        hub_id, revision=revision, local_files_only=local_only, cache_dir=cache, **(options or {})
     )
     tokenizer = AutoTokenizer.from_pretrained(
         hub_id, revision=revision, local_files_only=local_only, cache_dir=cache

@@ -36,6 +36,7 @@ from leanhpo.study.info import read_study_info
 from leanhpo.study.setup import final_progress, open_study, progress_tags, trial_counts
 from leanhpo.tracking import open_tracker
 from leanhpo.training.bootstrap import BootstrapResult, Interval, bootstrap_test_metrics
+from leanhpo.training.compute import describe_compute
 from leanhpo.training.evaluation import Evaluation, evaluate
 from leanhpo.training.features import train_prevalence
 from leanhpo.training.metrics import threshold_vector
@@ -316,6 +317,9 @@ def evaluate_study(
                 "test_metrics_ci": structure_intervals(intervals),
                 "flat": flat,
                 "bootstrap": intervals,
+                "compute": describe_compute(
+                    network.device.type, model_config.train.amp, model_config.train.deterministic
+                ),
             }
         )
     primary = min(evaluated, key=lambda e: e["epoch"])
@@ -339,7 +343,8 @@ def evaluate_study(
         "baseline_validation_score": best["baseline"]["optimization_metric_value"],
         "config": best["config"],
         "checkpoints": [
-            {k: v for k, v in e.items() if k not in ("flat", "bootstrap")} for e in evaluated
+            {k: v for k, v in e.items() if k not in ("flat", "bootstrap", "compute")}
+            for e in evaluated
         ],
         "test_metrics": primary["test_metrics"],
         "test_metrics_ci": primary["test_metrics_ci"],
@@ -349,6 +354,9 @@ def evaluate_study(
         "test_split": {"posts": len(test_posts)},
         "dataset": best["dataset"],
         "seeds": best["seeds"],
+        # The device and precision of these test scores: the export records them, and predict
+        # computes the same way (export/precision.py).
+        "compute": primary["compute"],
         "trial_counts": trial_counts(study),
         "n_trials": len(reports),
         "code_version": __version__,

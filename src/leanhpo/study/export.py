@@ -32,6 +32,7 @@ from leanhpo.study.evaluate import (
     validation_null_threshold,
 )
 from leanhpo.study.publish import publish_model
+from leanhpo.training.compute import describe_compute
 from leanhpo.training.setup import Network, build_network
 from leanhpo.trial import state as ckpt_state
 from leanhpo.trial.epoch import replay_training
@@ -62,7 +63,8 @@ def export_best_model(
     network, raw_config, metrics, source = _restore(
         report, trial, primary, study_dir, data_dir or study_dir / "data", log
     )
-    null_threshold = validation_null_threshold(metrics, Config.from_dict(raw_config))
+    typed = Config.from_dict(raw_config)
+    null_threshold = validation_null_threshold(metrics, typed)
     evaluated = report["test_metrics"]["evidence_binding"].get("null_threshold")
     if evaluated is not None and not math.isclose(evaluated, null_threshold, rel_tol=1e-12):
         raise ExportError(
@@ -77,6 +79,11 @@ def export_best_model(
         ),
         "null_threshold": null_threshold,
         "seed": report["seeds"]["trial"],
+        # Device and precision of the test scores, which predict reproduces (export/precision.py).
+        # A report of an older leanhpo has none: its evaluation ran as this restore does, with
+        # the same config, on this machine's device.
+        "compute": report.get("compute")
+        or describe_compute(network.device.type, typed.train.amp, typed.train.deterministic),
         "encoder": {
             "id": network.encoder_info.requested,
             "resolved": network.encoder_info.resolved,

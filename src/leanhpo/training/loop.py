@@ -18,6 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 from leanhpo.config import TrainConfig
 from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.models import MultiTaskModel, criteria_loss
+from leanhpo.training.compute import compute_precision
 from leanhpo.training.features import EncodedSplit, collate
 from leanhpo.training.microbatch import split_batch
 
@@ -57,9 +58,10 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, amp: bool | str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where train.amp asks for it on this device (training.compute)."""
+    if compute_precision(amp, device.type) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -6,7 +6,6 @@ the same config. Posts come in as lists (already read by the caller); nothing he
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -17,19 +16,27 @@ import torch
 from leanhpo.config import Config
 from leanhpo.models import EncoderInfo, HeadSettings, MultiTaskModel, load_encoder
 from leanhpo.models.losses import CLASS_WEIGHTED_LOSSES, positive_class_weights
+from leanhpo.training.compute import KernelSettings, apply_kernel_settings, kernel_settings
 from leanhpo.training.features import EncodedSplit, Windowing, encode_posts, train_prevalence
 from leanhpo.training.loop import make_loader, make_optimizer, make_scheduler, pick_device
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every CUDA device), and ask for determinism."""
+    """Seed Python, NumPy and torch (CPU and every CUDA device). The kernels that make a seeded
+    run repeatable are `prepare_device`'s."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    # cuBLAS needs this to be deterministic; it must be set before the first CUDA call.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+
+
+def prepare_device(config: Config, requested: str | None = None) -> KernelSettings:
+    """Pick the device (`requested`, else train.device) and apply train.deterministic's kernel
+    settings there, before anything touches CUDA (training.compute). Returns the settings; the
+    device is `torch.device(settings.device_type)`."""
+    device = pick_device(requested or config.train.device)
+    settings = kernel_settings(config.train.deterministic, device.type)
+    apply_kernel_settings(settings)
+    return settings
 
 
 def head_settings(config: Config) -> HeadSettings:
@@ -63,14 +70,17 @@ class Network:
 
 def build_network(config: Config, seed: int) -> Network:
     """Encoder plus heads, initialised under `seed`, moved to the configured device."""
+    kernels = prepare_device(config)
     seed_everything(seed)
-    encoder, tokenizer, info = load_encoder(config.model.id, config.model.revision, seed=seed)
+    encoder, tokenizer, info = load_encoder(
+        config.model.id, config.model.revision, seed=seed, attention=kernels.attn_implementation
+    )
     if config.model.max_length > info.max_positions:
         raise ValueError(
             f"model.max_length={config.model.max_length} exceeds the {info.max_positions} positions "
             f"of encoder {config.model.id!r}; lower model.max_length"
         )
-    device = pick_device(config.train.device)
+    device = torch.device(kernels.device_type)
     model = MultiTaskModel(encoder, head_settings(config)).to(device)
     return Network(model=model, tokenizer=tokenizer, encoder_info=info, device=device)
 

@@ -1,9 +1,9 @@
 """A trial that fails through its own settings (SPEC 4): what its `failure` record says.
 
-Every failure has a `reason` code (`non_finite_loss`, `out_of_memory`) and a `message`; a failure
-for memory carries the figures under `memory`. The record goes to state.json, the report, the
-Optuna trial (user attr `failure`) and the MLflow run (tags `leanhpo.failure`,
-`leanhpo.failure_message`).
+Every failure has a `reason` code (`non_finite_loss`, `out_of_memory`, `nondeterministic_kernel`)
+and a `message`; a failure for memory carries the figures under `memory`. The record goes to
+state.json, the report, the Optuna trial (user attr `failure`) and the MLflow run (tags
+`leanhpo.failure`, `leanhpo.failure_message`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,18 @@ import torch
 
 from leanhpo.memory.budget import OUT_OF_MEMORY, OutOfMemoryStop
 from leanhpo.storage.preflight import human
+from leanhpo.training.compute import NondeterministicKernelError
 from leanhpo.training.loop import NonFiniteLossError
 
-TRIAL_FAILURES = (NonFiniteLossError, OutOfMemoryStop, torch.cuda.OutOfMemoryError)
+# A configuration that cannot train: recorded as a failed trial, and the study goes on.
+TRIAL_FAILURES = (
+    NonFiniteLossError,
+    OutOfMemoryStop,
+    torch.cuda.OutOfMemoryError,
+    NondeterministicKernelError,
+)
 NON_FINITE_LOSS = "non_finite_loss"
+NONDETERMINISTIC_KERNEL = "nondeterministic_kernel"
 
 
 def failure_of(error: BaseException) -> dict[str, Any]:
@@ -25,6 +33,8 @@ def failure_of(error: BaseException) -> dict[str, Any]:
         return error.failure()
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return {"reason": OUT_OF_MEMORY, "message": f"CUDA out of memory: {error}", "memory": None}
+    if isinstance(error, NondeterministicKernelError):
+        return {"reason": NONDETERMINISTIC_KERNEL, "message": str(error)}
     return {"reason": NON_FINITE_LOSS, "message": str(error)}
 
 

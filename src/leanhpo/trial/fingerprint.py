@@ -22,7 +22,15 @@ EXECUTION_KEYS = {"train": ("max_batch_rows",)}
 # Keys added after studies were fingerprinted, with the value that does what the code did before
 # them: at that value they stay out of the fingerprint, so a study started earlier resumes and
 # grows; any other value is a change like any other.
-INTRODUCED_KEYS: dict[str, dict[str, Any]] = {"model": {"decision_threshold": 0.5}}
+# train.deterministic is fingerprinted, not an execution key like max_batch_rows: on CUDA it
+# picks other kernels, so the numbers of every epoch change, and a study whose trials (or the
+# two halves of a resumed trial) ran under both values would keep neither promise, bitwise
+# resumes nor comparable trials. On the CPU both values compute the same numbers as the code
+# before the key, where every study so far ran; true is that behaviour.
+INTRODUCED_KEYS: dict[str, dict[str, Any]] = {
+    "model": {"decision_threshold": 0.5},
+    "train": {"deterministic": True},
+}
 
 
 class StudyConfigMismatchError(RuntimeError):

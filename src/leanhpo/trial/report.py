@@ -29,6 +29,7 @@ EMPTY_OUTCOME: dict[str, Any] = {
     "quarantined": [],
     "tmp_cleaned": 0,
     "encoder": {},
+    "compute": None,
 }
 
 
@@ -114,6 +115,8 @@ def build_report(
             "source": encoder.get("source"),
             "revision": encoder.get("revision"),
         },
+        # Device, precision and train.deterministic of the last run (a note when not bitwise).
+        "compute": outcome["compute"],
         "code_version": __version__,
         "mlflow": state.get("mlflow", {"run_id": None, "experiment_id": None}),
         "timings": {

@@ -26,6 +26,7 @@ from leanhpo.memory.attempts import AttemptLog
 from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
+from leanhpo.training.compute import describe_compute, deterministic_kernels_only
 from leanhpo.training.features import EncodedSplit
 from leanhpo.training.setup import Network, build_network, build_optimisation, encode
 from leanhpo.trial import state as ckpt_state
@@ -78,6 +79,7 @@ class TrainingOutcome:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     tmp_cleaned: int = 0
     encoder: dict[str, Any] = field(default_factory=dict)
+    compute: dict[str, Any] | None = None  # device, precision, determinism (training.compute)
     pruned_at_epoch: int | None = None  # the epoch after which study.pruner stopped the trial
 
 
@@ -121,10 +123,11 @@ def run_training(
         if store is not None:
             ensure_room(spec, network, optimisation, store, history)
         record = spec.memory or AttemptLog(spec.trial_dir)
-        rows, guard = plan_memory(
-            network, optimisation, config, train_split, spec.seed, start_epoch,
-            spec.trial_dir, record, log,
-        )  # fmt: skip
+        with deterministic_kernels_only():  # the row cost's probe runs training passes too
+            rows, guard = plan_memory(
+                network, optimisation, config, train_split, spec.seed, start_epoch,
+                spec.trial_dir, record, log,
+            )  # fmt: skip
         trained = trained_config(config, rows)  # auto resolved; checkpoints keep `auto`
     with guard or contextlib.nullcontext():
         for epoch in remaining:
@@ -134,9 +137,10 @@ def run_training(
             if guard is not None:
                 guard.start_epoch(epoch)
             started = time.monotonic()
-            metrics = train_and_validate(
-                network, optimisation, trained, spec.seed, epoch, train_split, val_split
-            )
+            with deterministic_kernels_only():
+                metrics = train_and_validate(
+                    network, optimisation, trained, spec.seed, epoch, train_split, val_split
+                )
             train_seconds += time.monotonic() - started
             history.append({"epoch": epoch, "metrics": metrics})
             if store is not None:
@@ -225,4 +229,7 @@ def _outcome(
         quarantined=list(store.quarantined) if store else [],
         tmp_cleaned=store.cleaned_tmp if store else 0,
         encoder=vars(network.encoder_info),
+        compute=describe_compute(
+            network.device.type, spec.config.train.amp, spec.config.train.deterministic
+        ),
     )

@@ -61,7 +61,8 @@ class Change:
 
 def finished_outputs(study_dir: str, workdir: Path) -> Iterator[tuple[str, str, list[str]]]:
     """(output, rule, recorded params) of every output of the study that exists and has a
-    Snakemake metadata record in the file format of Snakemake 8 and 9."""
+    Snakemake metadata record (the file persistence of the pinned Snakemake 9: one JSON file per
+    output, named by the output's urlsafe base64, split into @-prefixed folders when long)."""
     root = workdir / METADATA
     prefix = study_dir.rstrip("/") + "/"
     if not root.is_dir():
@@ -87,11 +88,11 @@ def rerun_changes(
 ) -> dict[str, Change]:
     """Config key -> how it changed and which finished outputs it would rerun."""
     changes: dict[str, Change] = {}
+    now = {rule: _parsed(params.values()) for rule, params in rule_params.items()}
     for output, rule, recorded in finished_outputs(study_dir, workdir):
-        current = rule_params.get(rule)
-        if current is None:
+        if rule not in now:
             continue
-        before, after = _parsed(recorded), _parsed(current.values())
+        before, after = _parsed(recorded), now[rule]
         if before is None or after is None:
             continue  # params in another form: Snakemake decides
         for key in sorted(set(before) | set(after)):

@@ -26,11 +26,18 @@ from typing import Any
 # Kept whole: the order of the search space decides the sampling order.
 WHOLE = frozenset({"search_space"})
 # (section, key) pairs that never rerun a finished job (see the module docstring).
+# train.deterministic picks kernels, as the thread count does: it changes the last bits of a
+# CUDA trial's numbers, not what the finished trials measured, so rerunning them would only
+# recompute valid results. It is fingerprinted instead (trial/fingerprint.py): a trial that
+# starts or resumes under the other value stops with a message naming the key. Being no param
+# also lets studies started before the key existed continue: a new param would count as a
+# change of every finished trial (workflow/guard.py).
 RUNTIME_KEYS = (
     ("study", "storage_timeout_s"),
     ("study", "lease_grace_s"),
     ("tracking", "write_timeout_s"),
     ("train", "max_batch_rows"),
+    ("train", "deterministic"),
 )
 RUNTIME_ENV = "LEANHPO_RUNTIME"
 
