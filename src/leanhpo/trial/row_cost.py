@@ -33,6 +33,7 @@ from leanhpo.config import Config
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.memory.budget import RowCost
 from leanhpo.memory.limits import MemoryReading, peak_rss, process_rss, reset_peak_rss
+from leanhpo.training.compute import compute_precision
 from leanhpo.training.features import EncodedSplit, collate
 from leanhpo.training.loop import autocast, batch_losses
 from leanhpo.training.setup import Network, Optimisation
@@ -54,7 +55,9 @@ def cost_key(network: Network, config: Config, width: int) -> str:
             "model": vars(network.encoder_info),
             "width": width,
             "device": name,
-            "amp": config.train.amp and device.type == "cuda",
+            "precision": compute_precision(config.train.amp, device.type),
+            # On CUDA, train.deterministic picks eager attention, whose memory grows with s^2.
+            "deterministic": config.train.deterministic and device.type == "cuda",
             "torch": torch.__version__,
             # The dropout rate changes no tensor's size; every other head choice may.
             "heads": {k: v for k, v in asdict(network.model.settings).items() if k != "dropout"},
