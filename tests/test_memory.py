@@ -216,3 +216,22 @@ def test_a_cached_row_cost_is_not_measured_again(tmp_path, sample_posts, monkeyp
     monkeypatch.undo()
     row_cost.row_cost(tmp_path, network, optimisation, other, split, reading)
     assert len(json.loads((tmp_path / row_cost.COST_FILE).read_text())) == 2
+
+
+def test_the_study_reports_trial_table_shows_peak_memory_and_the_failure_reason():
+    from leanhpo.report_items import trials_table
+    from leanhpo.report_page import _trials_section
+
+    reports = [
+        {"slot": 0, "status": "completed", "memory": {"peak_rss_bytes": 1536 * MIB}},
+        {"slot": 1, "status": "failed", "failure": {"reason": "out_of_memory"}, "memory": None},
+    ]
+    header, rows = trials_table(reports)
+    table = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [(r["peak_memory_mb"], r["failure"]) for r in table] == [
+        (1536.0, None),
+        (None, "out_of_memory"),
+    ]
+    html = _trials_section(reports)
+    assert "<th>peak memory</th>" in html and "<td>1.6 GB</td>" in html
+    assert "failed (out_of_memory)" in html
