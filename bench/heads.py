@@ -54,6 +54,7 @@ from leanhpo.training.setup import (
     build_optimisation,
     encode,
 )
+from leanhpo.trial.memory import replay_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILE = REPO / "config.yaml"
@@ -160,6 +161,7 @@ def measure(config: Config, data: Batches, warmup: int) -> dict[str, Any]:
     network = build_network(config, SEED)
     split, batches = data.get(network, config)
     optimisation = build_optimisation(network, config, split)
+    config = replay_config(network, optimisation, config, split, None)  # auto rows, as a trial
     if warmup:
         train_steps(network, optimisation, config, batches[:warmup])
     timed = batches[warmup:]

@@ -68,6 +68,7 @@ from leanhpo.data import load_split
 from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.setup import build_network, build_optimisation, encode
 from leanhpo.trial.epoch import train_and_validate
+from leanhpo.trial.memory import trained_config
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = Path(sys.executable)
@@ -470,6 +471,8 @@ def main() -> None:
         fresh["load_average"] = load()
         state = json.loads((root / STUDY / "trial_0000" / "state.json").read_text())
         config = Config.from_dict(state["config"])
+        if config.train.max_batch_rows == "auto":  # the rows per pass the trial resolved
+            config = trained_config(config, state["memory"]["rows_per_pass"])
         print(f"[load {load()}] bare loop 1 ...", flush=True)
         bare_runs = [bare(root, config, args.cores)]
         print(f"[load {load()}] slots 1 and 2 in one run, preloaded worker on ...", flush=True)

@@ -44,6 +44,7 @@ from leanhpo.data import load_split, prepare_dataset
 from leanhpo.export import load_exported, model_card, predict_texts, verify_folder, write_export
 from leanhpo.training.loop import make_loader, train_one_epoch
 from leanhpo.training.setup import Network, build_network, build_optimisation, encode
+from leanhpo.trial.memory import replay_config
 from leanhpo.trial.state import pack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,7 @@ def checkpoint_bytes(network: Network, config: Config, posts: list[dict], root: 
     """One checkpoint as a trial writes it: AdamW holds its state after one step."""
     split = encode(network, config, posts[: config.train.batch_size])
     optimisation = build_optimisation(network, config, split)
+    config = replay_config(network, optimisation, config, split, None)  # auto rows, as a trial
     loader = make_loader(split, config.train.batch_size, network.pad_token_id, SEED)
     train_one_epoch(
         network.model,

@@ -47,6 +47,7 @@ from leanhpo.training.evaluation import Evaluation, evaluate, resolve_decision_t
 from leanhpo.training.metrics import criteria_metrics
 from leanhpo.training.setup import build_network, build_optimisation, encode
 from leanhpo.trial.epoch import train_epoch
+from leanhpo.trial.memory import replay_config
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "f1_macro"
@@ -85,6 +86,8 @@ def one_seed(
     fixed_cfg = resolve_answer_tokens(fixed_cfg, network.tokenizer, posts["train"])  # as a trial
     splits = {name: encode(network, fixed_cfg, p) for name, p in posts.items()}
     optimisation = build_optimisation(network, fixed_cfg, splits["train"])
+    # auto rows per pass, resolved as a trial resolves them
+    fixed_cfg = replay_config(network, optimisation, fixed_cfg, splits["train"], None)
     epochs = []
     for epoch in range(1, args.epochs + 1):
         train_epoch(network, optimisation, fixed_cfg, seed, epoch, splits["train"], "train")

@@ -104,6 +104,7 @@ def make_config(args: argparse.Namespace, epochs: int) -> Config:
             "max_grad_norm": 1.0,
             "loss": "bce",
             "augmentation_prob": 0.0,
+            "max_batch_rows": None,  # whole batches, as the Trainer runs them
             "device": "cpu",
             "amp": False,
         },

@@ -27,6 +27,7 @@ from leanhpo.training.answer_length import resolve_answer_tokens
 from leanhpo.training.evaluation import evaluate, resolve_null_threshold
 from leanhpo.training.loop import epoch_shuffle_seed, make_loader, train_one_epoch
 from leanhpo.training.setup import build_network, build_optimisation, encode
+from leanhpo.trial.memory import replay_config
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTED = (
@@ -64,6 +65,7 @@ def run(mode: str, posts: dict[str, list], options: argparse.Namespace) -> dict:
     config = resolve_answer_tokens(config, network.tokenizer, posts["train"])  # as a trial does
     splits = {name: encode(network, config, items) for name, items in posts.items()}
     optimisation = build_optimisation(network, config, splits["train"])
+    config = replay_config(network, optimisation, config, splits["train"], None)  # auto rows
     best: dict = {"score": -1.0}
     started = time.perf_counter()
     for epoch in range(1, options.epochs + 1):

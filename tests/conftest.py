@@ -11,6 +11,7 @@ import pytest
 import yaml
 from services.chromium import chromium  # noqa: F401
 from services.fake_hub import fake_hub, fake_hub_repos  # noqa: F401
+from services.memory_cgroup import memory_cgroup  # noqa: F401
 from services.mlflow_server import (  # noqa: F401
     mlflow_auth_server,
     mlflow_backend_store,

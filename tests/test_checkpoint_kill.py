@@ -70,10 +70,13 @@ def churn_deletes(store):
         epoch = next_epoch(store)
         for new in range(epoch, epoch + DELETE_POOL - len(store.list())):
             store.save(new, MANY_FILES, {"epoch": new})
+        # Listed before "ready": on a loaded machine, reading twelve manifests can outlast the
+        # test's whole delay, and no kill would land in a delete.
+        doomed = store.list()[:-1]
         if not ready:
             say_ready()
             ready = True
-        for info in store.list()[:-1]:
+        for info in doomed:
             store.delete(info.epoch)
 
 def churn_strips(store):
@@ -82,10 +85,11 @@ def churn_strips(store):
         epoch = next_epoch(store)
         for new in range(epoch, epoch + DELETE_POOL - len(store.list())):
             store.save(new, STRIPPABLE, {"epoch": new})
+        stripped = store.list()[:-1]  # listed before "ready", as in churn_deletes
         if not ready:
             say_ready()
             ready = True
-        for info in store.list()[:-1]:
+        for info in stripped:
             store.strip(info.epoch)
         for info in store.list()[:-1]:
             store.delete(info.epoch)

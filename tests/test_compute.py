@@ -176,4 +176,5 @@ def test_such_an_op_fails_the_trial_and_the_study_goes_on(tmp_path, monkeypatch,
     monkeypatch.setattr(loop, "criteria_loss", put_loss)
     failed = study.run(0)
     assert failed["status"] == "failed"
-    assert "train.deterministic: false" in failed["failure"]["reason"]
+    assert failed["failure"]["reason"] == "nondeterministic_kernel"
+    assert "train.deterministic: false" in failed["failure"]["message"]

@@ -63,7 +63,8 @@ def _config(input_format: str, evidence_head: str, **train: Any) -> Config:
                 "evidence_head": evidence_head,
                 "dropout": 0.0,
             },
-            "train": {"device": "cpu", "amp": False, **train},
+            # the loop itself: no cap unless a test sets one (auto is a trial's, trial/memory.py)
+            "train": {"device": "cpu", "amp": False, "max_batch_rows": None, **train},
         }
     )
 
@@ -269,15 +270,20 @@ def test_no_cap_or_a_cap_above_every_batch_trains_exactly_as_before(input_format
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True)), index
 
 
-@pytest.mark.parametrize("value", [None, 1, 256])
-def test_max_batch_rows_accepts_null_and_positive_integers(value):
+@pytest.mark.parametrize("value", [None, 1, 256, "auto"])
+def test_max_batch_rows_accepts_auto_null_and_positive_integers(value):
     assert Config.from_dict({"train": {"max_batch_rows": value}}).train.max_batch_rows == value
-    assert validate_config({})["train"]["max_batch_rows"] is None
+    assert validate_config({})["train"]["max_batch_rows"] == "auto"
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(0, "less than the minimum of 1"), (-3, "minimum"), (2.5, "not of type"), ("many", "type")],
+    [
+        (0, "is not 'auto' or a whole number >= 1 or null"),
+        (-3, "-3 is not"),
+        (2.5, "2.5 is not"),
+        ("many", "'many' is not"),
+    ],
 )
 def test_max_batch_rows_refuses_zero_and_non_integers(value, reason):
     with pytest.raises(ConfigError) as info:

@@ -309,7 +309,9 @@ def test_adaptive_focal_follows_the_schedulers_step_count(tiny, sample_posts):
     split = encode_posts(sample_posts["train"][:8], tiny[1], "multi_label", 48)
 
     def first_epoch(loss: str) -> float:
-        cfg = config({"dropout": 0.0}, {"loss": loss, "epochs": 4, "batch_size": 4})
+        cfg = config(
+            {"dropout": 0.0}, {"loss": loss, "epochs": 4, "batch_size": 4, "max_batch_rows": None}
+        )
         model = build(tiny, cfg)
         loader = make_loader(split, 4, int(tiny[1].pad_token_id), shuffle_seed=0)
         optimizer = make_optimizer(model, cfg.train)

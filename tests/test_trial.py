@@ -16,7 +16,7 @@ from leanhpo.study.setup import SLOT_ATTR
 from leanhpo.tracking import Tracker
 from leanhpo.trial import runner
 from leanhpo.trial.fingerprint import StudyConfigMismatchError
-from leanhpo.trial.job import TrialLock, TrialLockedError
+from leanhpo.trial.lock import TrialLock, TrialLockedError
 
 
 class Crash(Exception):
@@ -209,7 +209,8 @@ def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(study, monkeypatc
         patch.setattr(loop, "criteria_loss", lambda *args, **kwargs: args[0].sum() * float("nan"))
         failed = study.run(0)
     assert failed["status"] == "failed"
-    assert "non-finite" in failed["failure"]["reason"]
+    assert failed["failure"]["reason"] == "non_finite_loss"
+    assert "non-finite" in failed["failure"]["message"]
     validate_report(failed, TRIAL_SCHEMA)
     completed = study.run(1)
     assert completed["status"] == "completed"

@@ -3,7 +3,7 @@
 - disk use over the study: bytes of checkpoints on disk after every save and prune, against
   what keeping all of them would take (replayed from the trials' JSONL logs and reports);
 - parameter importances: Optuna's fANOVA, once enough trials completed (a placeholder before);
-- a per-trial table (status, params, best score, epochs, wall time), as CSV;
+- a per-trial table (status, params, best score, epochs, wall time, peak memory), as CSV;
 - the test results with their bootstrap intervals, as CSV;
 - both tables again, rounded, on the report's landing page (leanhpo.report_page).
 """
@@ -141,6 +141,8 @@ TRIAL_COLUMNS = (
     "train_seconds",
     "wall_seconds_last_run",
     "bytes_retained",
+    "peak_memory_mb",  # the trial process's peak resident memory, the most of any attempt
+    "failure",  # a failed trial's reason: non_finite_loss, out_of_memory, ...
 )
 TEST_COLUMNS = ("section", "metric", "value", "ci_low", "ci_high", "ci_level")
 
@@ -162,10 +164,17 @@ def trials_table(reports: list[dict[str, Any]]) -> tuple[list[str], list[list[An
                 timings.get("train_seconds"),
                 timings.get("wall_seconds_last_run"),
                 (r.get("storage") or {}).get("bytes_retained"),
+                _peak_memory_mb(r.get("memory")),
+                (r.get("failure") or {}).get("reason"),
                 *((r.get("params") or {}).get(p) for p in params),
             ]
         )
     return [*TRIAL_COLUMNS, *params], rows
+
+
+def _peak_memory_mb(memory: dict[str, Any] | None) -> float | None:
+    peak = (memory or {}).get("peak_rss_bytes")
+    return None if peak is None else round(peak / 2**20, 1)
 
 
 def results_table(study_report: dict[str, Any]) -> list[list[Any]]:

@@ -42,6 +42,7 @@ TRIAL_HEADER = [
     "epochs",
     "train s",
     "checkpoints kept",
+    "peak memory",
     "params",
 ]
 
@@ -141,18 +142,21 @@ def _trials_section(reports: list[dict[str, Any]]) -> str:
     names = header[len(TRIAL_COLUMNS) :]
     shown = []
     for row in rows:
-        slot, _, status, best, epochs, trained, train_s, _, kept = row[: len(TRIAL_COLUMNS)]
+        slot, _, status, best, epochs, trained, train_s, _, kept, peak_mb, failure = row[
+            : len(TRIAL_COLUMNS)
+        ]
         values = zip(names, row[len(TRIAL_COLUMNS) :], strict=True)
         params = ", ".join(f"{escape(name)}={_param(v)}" for name, v in values if v is not None)
         shown.append(
             [
                 f"{trial_label(slot)} (trial_{slot:04d})",
-                escape(status),
+                escape(f"{status} ({failure})" if failure else status),
                 _score(best),
                 escape(epochs),
                 str(trained),
                 _seconds(train_s),
                 human_bytes(kept),
+                "" if peak_mb is None else human_bytes(int(peak_mb * 2**20)),
                 params,
             ]
         )

@@ -81,7 +81,9 @@ class TrainConfig:
     epochs: int
     batch_size: int
     eval_batch_size: int
-    max_batch_rows: int | None  # rows per forward/backward (micro-batches); None = no cap
+    # rows per forward/backward (micro-batches): a number, 'auto' (from the memory the job has,
+    # resolved per trial by leanhpo.trial.memory) or None (no cap)
+    max_batch_rows: int | str | None
     learning_rate: float
     head_learning_rate: float
     weight_decay: float

@@ -134,12 +134,19 @@ def _yaml_number_hint(error: jsonschema.ValidationError) -> str:
 
 
 def _alternatives(options: list[dict[str, Any]]) -> str | None:
-    """What an anyOf of constants and bounded numbers accepts, in words ("'auto' or a number
-    in (0, 1)"); None for any other anyOf, whose jsonschema message stands."""
+    """What an anyOf of constants, null, whole numbers from a minimum and bounded numbers
+    accepts, in words ("'auto' or a number in (0, 1)"); None for any other anyOf, whose
+    jsonschema message stands."""
     described = []
     for option in options:
         if set(option) == {"const"}:
             described.append(repr(option["const"]))
+            continue
+        if option == {"type": "null"}:
+            described.append("null")
+            continue
+        if set(option) == {"type", "minimum"} and option["type"] == "integer":
+            described.append(f"a whole number >= {option['minimum']}")
             continue
         low = option.get("exclusiveMinimum", option.get("minimum"))
         high = option.get("exclusiveMaximum", option.get("maximum"))

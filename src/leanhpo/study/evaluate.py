@@ -215,7 +215,8 @@ def best_networks(
             f"{best['slot']} to epoch {epoch}",
             logging.WARNING if config.train.checkpointing else logging.INFO,
         )
-        network = replay_training(config, seed, load_split(data_dir, "train"), epoch)
+        rows = (best.get("memory") or {}).get("rows_per_pass")  # auto, as the trial resolved it
+        network = replay_training(config, seed, load_split(data_dir, "train"), epoch, rows)
         metrics = next(h["metrics"] for h in best["history"] if h["epoch"] == epoch)
         return [
             BestNetwork(

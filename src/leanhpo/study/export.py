@@ -201,8 +201,9 @@ def _restore(
         log, f"{reason}: retraining slot {report['best_trial']['slot']} to epoch {primary['epoch']}"
     )
     raw = report["config"]
+    rows = (trial.get("memory") or {}).get("rows_per_pass")  # auto, as the trial resolved it
     network = replay_training(
-        Config.from_stored(raw), seed, load_split(data_dir, "train"), primary["epoch"]
+        Config.from_stored(raw), seed, load_split(data_dir, "train"), primary["epoch"], rows
     )
     metrics = next(h["metrics"] for h in trial["history"] if h["epoch"] == primary["epoch"])
     source = {"kind": "retrained", "epoch": primary["epoch"], "reason": reason, "sha256": None}

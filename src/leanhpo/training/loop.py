@@ -116,15 +116,20 @@ class UnitBatches(Sampler[list[int]]):
 
 
 def make_loader(
-    split: EncodedSplit, batch_size: int, pad_token_id: int, shuffle_seed: int | None
+    split: EncodedSplit,
+    batch_size: int,
+    pad_token_id: int,
+    shuffle_seed: int | None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader[Any]:
     """Training order (seeded, length-grouped) or evaluation order (as given); `batch_size`
-    counts units (posts or pairs), each with all its windows.
+    counts units (posts or pairs), each with all its windows. `collate_fn` replaces the
+    collation into tensors (the memory preflight only counts rows).
 
     The loader owns its generator, so its order never depends on the global RNG.
     """
     generator = torch.Generator().manual_seed(shuffle_seed if shuffle_seed is not None else 0)
-    collate_fn = partial(collate, pad_token_id=pad_token_id)
+    collate_fn = collate_fn or partial(collate, pad_token_id=pad_token_id)
     units = split.units()
     grouped = None
     if shuffle_seed is not None:
@@ -136,6 +141,17 @@ def make_loader(
         generator=generator,
         collate_fn=collate_fn,
     )
+
+
+def rows_cap(train: TrainConfig) -> int | None:
+    """`train.max_batch_rows` as the loop uses it: a number or None. `auto` is resolved per
+    trial from the memory it has (leanhpo.trial.memory) before training starts."""
+    if isinstance(train.max_batch_rows, str):
+        raise ValueError(
+            f"train.max_batch_rows is {train.max_batch_rows!r}: resolve it to a number of rows "
+            "first (leanhpo.trial.memory.resolve_rows), or set a number or null"
+        )
+    return train.max_batch_rows
 
 
 def epoch_shuffle_seed(seed: int, epoch: int) -> int:
@@ -228,13 +244,14 @@ def train_one_epoch(
 ) -> EpochResult:
     """One optimiser step per batch; a batch of more than `train.max_batch_rows` rows runs as
     micro-batches whose gradients add up to its own (`training.microbatch`)."""
+    max_rows = rows_cap(train)
     model.train()
     sums = {"train_loss": 0.0, "train_criteria_loss": 0.0, "train_evidence_loss": 0.0}
     steps = 0
     for batch in tqdm(loader, desc=progress, leave=False, mininterval=5.0):
         done = training_progress(scheduler, len(loader), train.epochs)
         optimizer.zero_grad(set_to_none=True)
-        for part in split_batch(batch, train.max_batch_rows, model.evidence_loss_denominator):
+        for part in split_batch(batch, max_rows, model.evidence_loss_denominator):
             with autocast(device, train.amp):
                 _, total, crit, evid = batch_losses(
                     model, to_device(part.batch, device), train, class_weights, done

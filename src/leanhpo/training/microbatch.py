@@ -81,10 +81,16 @@ def unit_runs(window_owner: torch.Tensor, max_rows: int) -> list[tuple[slice, sl
     in_order = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     if not torch.equal(window_owner.cpu(), in_order):
         raise ValueError("window_owner must list each unit's windows together, units in order")
+    return runs_of(sizes, max_rows)
+
+
+def runs_of(sizes: list[int], max_rows: int | None) -> list[tuple[slice, slice]]:
+    """(rows, units) of each pass for units of `sizes` windows, in order (`unit_runs` on the
+    sizes alone; the memory preflight plans with it). No cap: one pass."""
     runs: list[tuple[slice, slice]] = []
     first_row = first_unit = row = 0
     for unit, size in enumerate(sizes):
-        if row > first_row and row + size - first_row > max_rows:
+        if max_rows is not None and row > first_row and row + size - first_row > max_rows:
             runs.append((slice(first_row, row), slice(first_unit, unit)))
             first_row, first_unit = row, unit
         row += size

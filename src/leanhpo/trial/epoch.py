@@ -28,6 +28,7 @@ from leanhpo.training.metrics import (
     evidence_metrics,
 )
 from leanhpo.training.setup import Network, Optimisation, build_network, build_optimisation, encode
+from leanhpo.trial.memory import replay_config
 
 LOG = logging.getLogger("leanhpo.trial")
 
@@ -84,7 +85,8 @@ def train_and_validate(
     val_split: EncodedSplit,
 ) -> dict[str, float]:
     """A trial's epoch: train it, validate, resolve the null and decision thresholds on that
-    validation pass, and return the epoch's finite train_* and val_* metrics."""
+    validation pass, and return the epoch's finite train_* and val_* metrics. `config` has
+    train.max_batch_rows resolved (a number or None: trial/memory.py)."""
     result = train_epoch(network, optimisation, config, seed, epoch, train_split, f"epoch {epoch}")
     evaluation = evaluate(
         network.model,
@@ -104,9 +106,14 @@ def train_and_validate(
 
 
 def replay_training(
-    config: Config, seed: int, train_posts: list[dict[str, Any]], until_epoch: int
+    config: Config,
+    seed: int,
+    train_posts: list[dict[str, Any]],
+    until_epoch: int,
+    rows_per_pass: int | None = None,
 ) -> Network:
-    """Retrain a trial in memory up to `until_epoch`, exactly as the trial did.
+    """Retrain a trial in memory up to `until_epoch`, exactly as the trial did (with
+    train.max_batch_rows auto: at the `rows_per_pass` of its report).
 
     The final evaluation uses this when the study ran with checkpointing off. The per-epoch
     validation pass is skipped: in eval mode it draws no random numbers, so skipping it does not
@@ -116,8 +123,9 @@ def replay_training(
     config = resolve_answer_tokens(config, network.tokenizer, train_posts)  # as the trial did
     train_split = encode(network, config, train_posts)
     optimisation = build_optimisation(network, config, train_split)
+    trained = replay_config(network, optimisation, config, train_split, rows_per_pass)
     for epoch in range(1, until_epoch + 1):
-        train_epoch(network, optimisation, config, seed, epoch, train_split, f"replay {epoch}")
+        train_epoch(network, optimisation, trained, seed, epoch, train_split, f"replay {epoch}")
     return network
 
 

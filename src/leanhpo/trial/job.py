@@ -7,7 +7,6 @@ resumes from its checkpoint, or finds a finished trial and only rewrites its rep
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -22,9 +21,11 @@ from optuna.trial import TrialState
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.config.strategy import enqueued_params
 from leanhpo.data import load_split, read_data_report
-from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
+from leanhpo.memory.attempts import AttemptLog
+from leanhpo.memory.budget import MemoryTooSmallError
+from leanhpo.memory.limits import MemoryWatch
 from leanhpo.metric_names import curve_copies
 from leanhpo.paths import trial_label
 from leanhpo.preload import PRELOADED_ENV
@@ -51,60 +52,27 @@ from leanhpo.study.setup import (
     slot_lease,
 )
 from leanhpo.tracking import open_tracker
-from leanhpo.training.compute import NondeterministicKernelError
-from leanhpo.training.loop import NonFiniteLossError
 from leanhpo.trial.analysis import score_for_analysis
+from leanhpo.trial.failure import TRIAL_FAILURES, failure_of, killed_for_memory
 from leanhpo.trial.fingerprint import (
     check_study_fingerprint,
     check_trial_fingerprint,
     fingerprint,
     training_sections,
 )
+from leanhpo.trial.lock import TrialLock
+from leanhpo.trial.memory import fixes_for
 from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec, run_training
 from leanhpo.workflow import job, to_terminal, with_planned_study
 
-# A configuration that cannot train: recorded as a failed trial, and the study goes on.
-TRIAL_FAILURES = (NonFiniteLossError, torch.cuda.OutOfMemoryError, NondeterministicKernelError)
-
-
-class TrialLockedError(RuntimeError):
-    exit_code = EXIT_LOCKED
+FAILURE_ATTR = "failure"  # the Optuna trial's user attr with a failed trial's record
 
 
 class SlotTrainedElsewhereError(RuntimeError):
     """The slot finished in another driver's working folder (no shared filesystem)."""
-
-
-class TrialLock:
-    """An exclusive flock on trial_dir/.lock: two processes never train the same trial."""
-
-    def __init__(self, trial_dir: Path) -> None:
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        self.path = trial_dir / ".lock"
-        self.handle = self.path.open("a+")
-
-    def __enter__(self) -> TrialLock:
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            raise TrialLockedError(
-                f"{self.path.parent.name} is being run by another process ({holder}); wait for it "
-                "to finish or stop it before rerunning"
-            ) from error
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
 
 
 def main(
@@ -224,6 +192,7 @@ def _run_owned(
             reported.add(epoch)
 
     retention = effective_retention(trial_dir.parent, config["retention"])
+    record = AttemptLog(trial_dir)  # memory.json: the memory plan and every attempt
     guard = StorageGuard(trial_dir.parent, trial_dir, config["retention"], study_cfg["metric"], log)
     spec = TrialSpec(
         config=resolved,
@@ -242,6 +211,7 @@ def _run_owned(
             "trial_uuid": state["trial_uuid"],
             "study_id": study_info["study_id"],
         },
+        memory=record,
     )
     # Snakemake sets OMP_NUM_THREADS from the rule's threads (--cores, or --set-threads
     # run_trial=N); torch takes its intra-op threads from it.
@@ -255,28 +225,45 @@ def _run_owned(
     started = time.monotonic()
     splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
     monitor = DiskMonitor(trial_dir, config["retention"]["min_free_disk_percent"])
-    try:
-        with monitor:
-            outcome = run_training(spec, splits["train"], splits["validation"], publish, log)
-    except NoSpaceError as error:
-        # To stdout and the JSONL log; the job exits with EXIT_NO_SPACE and a rerun resumes.
-        event(log, error.render(), logging.ERROR, kind="no_space", **error.payload)
-        raise
-    except TRIAL_FAILURES as error:
+    watch = MemoryWatch.discover()
+    # Killed twice at the same batch for memory: a third try would meet it again (attempts.py).
+    verdict = record.killed_for_memory(watch.oom_kills())
+    failure = None
+    with record.attempt(watch):
+        try:
+            if verdict is not None:
+                plan = record.data.get("plan") or {}
+                post = (plan.get("largest_unit") or {}).get("rows", 0)
+                failure = killed_for_memory(verdict, fixes_for(resolved, post))
+            else:
+                with monitor:
+                    outcome = run_training(
+                        spec, splits["train"], splits["validation"], publish, log
+                    )
+        except (NoSpaceError, MemoryTooSmallError) as error:
+            # To stdout and the JSONL log; the job exits with 73 and a rerun resumes.
+            kind = "no_space" if isinstance(error, NoSpaceError) else "memory_too_small"
+            event(log, error.render(), logging.ERROR, kind=kind, **error.payload)
+            raise
+        except TRIAL_FAILURES as error:
+            failure = failure_of(error)
+        if failure is not None:
+            record.end(failure["reason"])
+    state["memory"] = record.summary()
+    if failure is not None:
         event(
             log,
-            f"trial failed through its own hyperparameters: {error}",
+            f"failed through its own settings: {failure['message']}",
             logging.ERROR,
             kind="trial_failed",
+            reason=failure["reason"],
         )
         state.update(
-            {
-                "status": "failed",
-                "failure": {"reason": str(error)},
-                "finished_at": datetime.now(UTC).isoformat(),
-            }
+            {"status": "failed", "failure": failure, "finished_at": datetime.now(UTC).isoformat()}
         )
         atomic_write_json(state_path, state)
+        lease.fence()
+        study._storage.set_trial_user_attr(frozen._trial_id, FAILURE_ATTR, failure)
         close_tracking(state_path, state, study_info, config, log, tracker)
         return _finish(study, frozen, state, study_info, config, report_path, log, lease)
     if outcome.pruned_at_epoch is not None:

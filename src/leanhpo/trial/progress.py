@@ -71,6 +71,8 @@ class EpochProgress(logging.Handler):
                 self.write(self.line(context))
             except Exception:  # a progress line must never stop a trial
                 self.handleError(record)
+        elif kind == "trial_failed":  # in full: what failed and how to fix it
+            self.write(f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  {record.getMessage()}")
         elif kind == "pruned":
             self.write(
                 f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  pruned after epoch "

@@ -19,6 +19,7 @@ from leanhpo.study.setup import progress, progress_tags
 from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
 
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value is 8000 characters
+MIB = 1 << 20
 
 
 def announce(
@@ -97,8 +98,16 @@ def close_tracking(
             }
             status = "FINISHED"
         else:
-            reason = state["failure"]["reason"][:MAX_TAG_CHARS]
-            tags, status = {"leanhpo.status": "failed", "leanhpo.failure": reason}, "FAILED"
+            failure = state["failure"]
+            tags = {
+                "leanhpo.status": "failed",
+                "leanhpo.failure": failure["reason"][:MAX_TAG_CHARS],
+                "leanhpo.failure_message": failure.get("message", failure["reason"])[
+                    :MAX_TAG_CHARS
+                ],
+            }
+            status = "FAILED"
+        tags.update(_memory_record(tracker, run_id, state.get("memory")))
         tracker.set_tags(run_id, tags)
         tracker.set_status(run_id, status)
         event(log, f"MLflow run closed as {status}", kind="tracking_closed", run_id=run_id)
@@ -128,3 +137,21 @@ def close_tracking(
             kind="tracking_spooled",
             **spool,
         )
+
+
+def _memory_record(tracker: Tracker, run_id: str, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """The trial's peak memory as a metric (step 0, like best_validation_score), and its rows
+    per pass and memory limit as tags."""
+    if not memory:
+        return {}
+    if memory.get("peak_rss_bytes") is not None:
+        peak = {"peak_memory_mb": round(memory["peak_rss_bytes"] / MIB, 1)}
+        tracker.log_metrics_once(run_id, peak, step=0)
+    limit = memory.get("limit_bytes")
+    tags = {
+        "leanhpo.max_batch_rows": memory.get("max_batch_rows"),
+        "leanhpo.rows_per_pass": memory.get("rows_per_pass"),
+        "leanhpo.memory_limit_mb": round(limit / MIB) if limit else None,
+        "leanhpo.memory_limit_source": memory.get("limit_source"),
+    }
+    return {key: value for key, value in tags.items() if value is not None}

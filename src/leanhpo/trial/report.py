@@ -147,6 +147,8 @@ def build_report(
         # Config values the trial resolved from its data (model.max_answer_tokens: auto)
         "resolved_settings": outcome.get("resolved_settings") or {},
         "failure": state.get("failure"),
+        # rows per pass (train.max_batch_rows resolved), the limit, and the peaks over attempts
+        "memory": state.get("memory"),
         # study.pruner: its decision after each epoch, and the epoch it stopped the trial at
         "pruning": state.get("pruning"),
         # evaluation.per_trial_test only: analysis, never selection (see trial/analysis.py)

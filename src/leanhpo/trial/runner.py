@@ -9,6 +9,7 @@ Publishing goes through a callback; this module knows the checkpoint store but n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from leanhpo import __version__
 from leanhpo.checkpoints import CheckpointStore, RetentionPolicy
 from leanhpo.config import Config
 from leanhpo.logs import event
+from leanhpo.memory.attempts import AttemptLog
 from leanhpo.metric_names import baseline_metric
 from leanhpo.models import compatibility_metadata
 from leanhpo.study.pressure import StorageGuard
@@ -38,6 +40,7 @@ from leanhpo.trial.checkpointing import (
     save_epoch,
 )
 from leanhpo.trial.epoch import compute_baseline, train_and_validate
+from leanhpo.trial.memory import plan_memory, trained_config
 
 Publisher = Callable[[int, dict[str, float]], None]
 
@@ -58,6 +61,9 @@ class TrialSpec:
     # its checkpoint is committed and its metrics published; the answer is recorded before it
     # is returned, so a rerun gets the same one). None: never stop.
     stop_after: Callable[[int], bool] | None = None
+    # The trial's memory record (memory.json); the job begins and ends its attempt. None: a
+    # record of this run only (unit tests).
+    memory: AttemptLog | None = None
 
 
 @dataclass
@@ -131,44 +137,58 @@ def run_training(
     )
     # Killed after a decision to stop (or before it was taken): decide, or read it back, first.
     pruned_at = start_epoch if _stops(spec, start_epoch, config.train.epochs) else None
-    if store is not None and pruned_at is None and start_epoch < config.train.epochs:
-        ensure_room(spec, network, optimisation, store, history)  # preflight before training
     remaining = range(start_epoch + 1, config.train.epochs + 1) if pruned_at is None else ()
-    for epoch in remaining:
-        event(log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch)
-        started = time.monotonic()
-        with deterministic_kernels_only():
-            metrics = train_and_validate(
-                network, optimisation, config, spec.seed, epoch, train_split, val_split
-            )
-        train_seconds += time.monotonic() - started
-        history.append({"epoch": epoch, "metrics": metrics})
+    trained, guard = config, None
+    if remaining:  # the disk preflight, then the memory's, before any epoch
         if store is not None:
             ensure_room(spec, network, optimisation, store, history)
-            meta = checkpoint_meta(
-                spec, compat, epoch, optimisation, history, ledger, train_seconds
+        record = spec.memory or AttemptLog(spec.trial_dir)
+        with deterministic_kernels_only():  # the row cost's probe runs training passes too
+            rows, guard = plan_memory(
+                network, optimisation, config, train_split, spec.seed, start_epoch,
+                spec.trial_dir, record, log,
+            )  # fmt: skip
+        trained = trained_config(config, rows)  # auto resolved; checkpoints keep `auto`
+    with guard or contextlib.nullcontext():
+        for epoch in remaining:
+            event(
+                log, f"epoch {epoch}/{config.train.epochs} started", kind="epoch_start", epoch=epoch
             )
-            if spec.fence is not None:
-                spec.fence()
-            info = save_epoch(
-                store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard
+            if guard is not None:
+                guard.start_epoch(epoch)
+            started = time.monotonic()
+            with deterministic_kernels_only():
+                metrics = train_and_validate(
+                    network, optimisation, trained, spec.seed, epoch, train_split, val_split
+                )
+            train_seconds += time.monotonic() - started
+            history.append({"epoch": epoch, "metrics": metrics})
+            if store is not None:
+                ensure_room(spec, network, optimisation, store, history)
+                meta = checkpoint_meta(
+                    spec, compat, epoch, optimisation, history, ledger, train_seconds
+                )
+                if spec.fence is not None:
+                    spec.fence()
+                info = save_epoch(
+                    store, epoch, *ckpt_state.pack(network, optimisation, meta), spec.guard
+                )
+                ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
+            # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
+            publish(epoch, metrics)
+            apply_retention(store, history, spec, log)
+            event(
+                log,
+                f"epoch {epoch} done",
+                kind="epoch_end",
+                epoch=epoch,
+                epochs=config.train.epochs,
+                metric=spec.metric,
+                value=metrics.get(spec.metric),
             )
-            ledger.append({**info.to_dict(), "metric": metrics.get(spec.metric)})
-        # Visible only now that the epoch's checkpoint is committed (exactly once on resume).
-        publish(epoch, metrics)
-        apply_retention(store, history, spec, log)
-        event(
-            log,
-            f"epoch {epoch} done",
-            kind="epoch_end",
-            epoch=epoch,
-            epochs=config.train.epochs,
-            metric=spec.metric,
-            value=metrics.get(spec.metric),
-        )
-        if _stops(spec, epoch, config.train.epochs):
-            pruned_at = epoch
-            break
+            if _stops(spec, epoch, config.train.epochs):
+                pruned_at = epoch
+                break
     if pruned_at is not None:
         event(log, f"pruned after epoch {pruned_at}", kind="pruned", epoch=pruned_at)
     # The final retention (best only, weights only) is the job's, once state.json says the
