@@ -71,7 +71,7 @@ def test_sample_source_generates_into_raw_dir(tmp_path: Path) -> None:
     assert result["posts_csv"] == tmp_path / "raw" / "redsm5_posts.csv"
     assert result["annotations_csv"].is_file()
     assert result["dataset_id"] == "leanhpo-sample"
-    assert result["revision"] == result["resolved_revision"] == "v3-long_tailed-n25-s42"
+    assert result["revision"] == result["resolved_revision"] == "v4-long_tailed-n25-s42"
 
 
 def test_local_source_reads_in_place(tmp_path: Path, csv_folder: Path) -> None:
@@ -282,7 +282,7 @@ def test_prepare_dataset_writes_splits_and_a_stable_report(tmp_path: Path) -> No
     assert set(report["raw_sha256"]) == {"redsm5_posts.csv", "redsm5_annotations.csv"}
     assert report["cleaning"]["rows_read"]["posts"] == 60
     assert report["split_ratios"] == {"train": 0.8, "validation": 0.1, "test": 0.1}
-    assert report["split_seed"] == 42 and report["revision"] == "v3-long_tailed-n60-s42"
+    assert report["split_seed"] == 42 and report["revision"] == "v4-long_tailed-n60-s42"
     assert not list((tmp_path / "one").glob(".*.tmp"))
 
 
