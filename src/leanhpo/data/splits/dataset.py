@@ -138,11 +138,13 @@ def _split_groups(
 
 
 def _positives(by_id: dict[str, list[dict]], members: list[str]) -> tuple[int, ...]:
-    counts = [0] * len(SYMPTOMS)
-    for post_id in members:
-        for label, value in enumerate(by_id[post_id][0].get("labels") or ()):
-            counts[label] += int(bool(value))
-    return tuple(counts)
+    columns = zip(*(_labels(by_id[post_id][0]) for post_id in members), strict=True)
+    return tuple(sum(column) for column in columns)
+
+
+def _labels(post: dict) -> list[int]:
+    """0/1 per symptom (a post without labels, as in some tests, has none)."""
+    return [int(bool(value)) for value in post.get("labels") or [0] * len(SYMPTOMS)]
 
 
 def _fill_empty_splits(assignment: dict[str, str], sizes: dict[str, int]) -> None:
@@ -209,10 +211,9 @@ def _below_min(
 ) -> list[dict[str, Any]]:
     """Each symptom with fewer than min_positives positive posts in validation or test."""
     counts = {
-        name: [
-            sum(int(bool((p.get("labels") or [0] * len(SYMPTOMS))[i])) for p in splits[name])
-            for i in range(len(SYMPTOMS))
-        ]
+        name: [sum(column) for column in zip(*map(_labels, splits[name]), strict=True)]
+        if splits[name]
+        else [0] * len(SYMPTOMS)
         for name in SPLIT_NAMES
     }
     below = []
