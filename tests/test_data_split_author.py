@@ -321,3 +321,28 @@ def test_stratification_places_every_group_and_spreads_a_label_over_the_splits(s
     for name in ("validation", "test"):
         held = sum(g.positives[0] for g in groups if assignment[g.key] == name)
         assert held >= min(3, (total - 1) // 2)
+
+
+def test_a_study_prepared_before_the_split_keys_is_refused_naming_them(tmp_path: Path) -> None:
+    """Its splits were made by post: continuing it under the new keys would mix two splits, so
+    the workflow guard refuses before anything runs (keep the old leanhpo, or a new study)."""
+    import base64
+
+    from leanhpo.workflow.guard import rerun_changes, rerun_refusal
+    from leanhpo.workflow.params import as_params
+
+    old = {"data": {"source": "sample", "split": SPLIT}}
+    now = {"data": {"source": "sample", "split": {**SPLIT, "group_by": "author"}}}
+    output = "experiments/demo/data/data_report.json"
+    (tmp_path / output).parent.mkdir(parents=True)
+    (tmp_path / output).write_text("{}")
+    record = (
+        tmp_path / ".snakemake" / "metadata" / base64.urlsafe_b64encode(output.encode()).decode()
+    )
+    record.parent.mkdir(parents=True)
+    params = sorted(repr(value) for value in as_params(old).values())
+    record.write_text(json.dumps({"rule": "prepare_dataset", "params": params}))
+    changes = rerun_changes("experiments/demo", {"prepare_dataset": as_params(now)}, tmp_path)
+    message = rerun_refusal("demo", changes, rerun_finished=True, n_trials=3)
+    assert message is not None and 'data.split.group_by: (not set) -> "author"' in message
+    assert "new study.name" in message
