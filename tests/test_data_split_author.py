@@ -346,3 +346,36 @@ def test_a_study_prepared_before_the_split_keys_is_refused_naming_them(tmp_path:
     message = rerun_refusal("demo", changes, rerun_finished=True, n_trials=3)
     assert message is not None and 'data.split.group_by: (not set) -> "author"' in message
     assert "new study.name" in message
+
+
+@st.composite
+def _authored_posts(draw: st.DrawFn) -> list[dict]:
+    n_authors = draw(st.integers(3, 40))
+    posts = []
+    for author in range(n_authors):
+        for k in range(draw(st.integers(1, 6))):
+            labels = draw(st.lists(st.integers(0, 1), min_size=9, max_size=9))
+            # a few texts repeat across authors: near-duplicates join their groups
+            text = draw(
+                st.sampled_from([f"unique post {author} {k} about things", "same old text"])
+            )
+            posts.append({"post_id": f"s_{author}_{k}", "text": text, "labels": labels})
+    return posts
+
+
+@settings(max_examples=60, deadline=None)
+@given(posts=_authored_posts(), seed=st.integers(0, 1000))
+def test_any_authored_data_keeps_authors_and_duplicates_whole(posts: list[dict], seed: int) -> None:
+    try:
+        outcome = split_dataset(posts, {**SPLIT, "seed": seed})
+    except EmptySplitError:
+        return  # too few posts or groups for three splits: said so
+    split_of = {p["post_id"]: name for name, split in outcome.splits.items() for p in split}
+    assert sorted(split_of) == sorted(p["post_id"] for p in posts)
+    assert all(outcome.splits[name] for name in SPLIT_NAMES)
+    by_author: dict[str | None, set[str]] = {}
+    for post_id, name in split_of.items():
+        by_author.setdefault(author_of(post_id), set()).add(name)
+    assert all(len(names) == 1 for names in by_author.values())
+    duplicates = [p["post_id"] for p in posts if p["text"] == "same old text"]
+    assert len({split_of[post_id] for post_id in duplicates}) <= 1
