@@ -28,7 +28,15 @@ def test_defaults_fill_an_empty_config():
     config = validate_config({})
     assert config["study"]["n_trials"] == 3
     assert config["retention"]["keep_best_trials"] == 3
-    assert config["data"]["split"] == {"train": 0.8, "validation": 0.1, "test": 0.1, "seed": 42}
+    assert config["data"]["split"] == {
+        "train": 0.8,
+        "validation": 0.1,
+        "test": 0.1,
+        "seed": 42,
+        "group_by": "author",
+        "min_positives": 3,
+        "near_duplicate_jaccard": 0.8,
+    }
     assert config["search_space"]["learning_rate"]["log"] is True
 
 

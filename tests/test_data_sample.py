@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 from leanhpo.data import SYMPTOMS, DataError, generate_sample, load_redsm5
 from leanhpo.data.redsm5 import ANNOTATION_COLUMNS, POSTS_COLUMNS
 from leanhpo.data.sample import EVERYDAY_RATE
-from leanhpo.data.sample_templates import EVERYDAY
+from leanhpo.data.sample_templates import EVERYDAY, REPOST_NOTES_FIRST, REPOST_NOTES_LAST
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -49,14 +49,14 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path: Path) -> No
         assert first[key].read_bytes() != other[key].read_bytes()
 
 
-PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3 (v3: everyday posts)
+PINNED = {  # sha256 of (posts, annotations) for 40 posts, seed 3 (v4: authors)
     "short": (
-        "fe1746f911ff2bdedd8459d26ffafe9d67dab98c91bdf16fdcbff57ee9af4ef1",
-        "97f11616e65cb1808409ea56faf2dd23a918fe0947b30ded5898374c85eb46af",
+        "abd465f70cac5c02e00383cba56216ac058a5d792ed08242a63b1d7c4224b279",
+        "b5a59a6c39f177489d2e0b01a41879b6662dadc47c1f737919e18089835e03e3",
     ),
     "long_tailed": (
-        "11af5cb57141b299643990b8a18e6759104f7ba6963cea6c1ad771555e394280",
-        "d1e664aa23244e9e710a3796a713f27a9de819ba2751b4d8fce25b1acab2b322",
+        "a3aa2236981e4d899aaa7ea967c635b08ba209b3ff5e01dc9e6346fd9bb12b94",
+        "0f323833a9639ba30e32108628b0c5055f43e8fe43b38a2a9e46beb1efd3184c",
     ),
 }
 
@@ -107,7 +107,9 @@ def test_writes_requested_number_of_posts_with_redsm5_columns(tmp_path: Path) ->
     assert paths["posts_csv"].name == "redsm5_posts.csv"
     assert paths["annotations_csv"].name == "redsm5_annotations.csv"
     posts = _read(paths["posts_csv"])
-    assert [row["post_id"] for row in posts] == [f"s_{1000 + i}" for i in range(17)]
+    # ReDSM5's form s_<author>_<n>: the author in the middle, a running number last.
+    assert [row["post_id"].rsplit("_", 1)[1] for row in posts] == [str(1000 + i) for i in range(17)]
+    assert all(re.fullmatch(r"s_\d+_\d+", row["post_id"]) for row in posts)
     assert tuple(posts[0]) == POSTS_COLUMNS
     annotations = _read(paths["annotations_csv"])
     assert tuple(annotations[0]) == ANNOTATION_COLUMNS
@@ -248,3 +250,63 @@ def test_bag_of_words_learns_but_not_perfectly(tmp_path: Path) -> None:
     macro_f1 = f1_score(y_test, predicted, average="macro", zero_division=0)
     # Chance (predict by prevalence) is ~0.2 macro F1; distractors keep it well short of 1.
     assert 0.45 < macro_f1 < 0.92
+
+
+def _authors(posts: list[dict]) -> dict[str, list[dict]]:
+    by_author: dict[str, list[dict]] = {}
+    for post in posts:
+        by_author.setdefault(post["post_id"].split("_")[1], []).append(post)
+    return by_author
+
+
+@pytest.fixture(scope="module")
+def loaded_1484(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    paths = generate_sample(tmp_path_factory.mktemp("sample1484"), 1484, 42, profile="short")
+    return load_redsm5(paths["posts_csv"], paths["annotations_csv"])[0]
+
+
+def test_authors_have_the_real_long_tail(loaded_1484: list[dict]) -> None:
+    """ReDSM5: 552 authors for 1,484 posts, 303 with one post, the largest with 68."""
+    sizes = sorted((len(own) for own in _authors(loaded_1484).values()), reverse=True)
+    assert 450 <= len(sizes) <= 650
+    assert 0.45 <= sum(size == 1 for size in sizes) / len(sizes) <= 0.65
+    assert sizes[0] == 68 and sizes[1] < 40
+    # Most posts sit beside another post by their author: what a post split leaks.
+    assert sum(size for size in sizes if size > 1) / 1484 > 0.7
+
+
+def test_prolific_authors_sign_alike_and_share_symptoms(loaded_1484: list[dict]) -> None:
+    prolific = {a: own for a, own in _authors(loaded_1484).items() if len(own) >= 3}
+    assert len(prolific) >= 40
+    for own in prolific.values():
+        endings = Counter(post["text"].split()[-1] for post in own)
+        # the sign-off ends every post (a repost note may follow it)
+        assert endings.most_common(1)[0][1] >= 0.6 * len(own)
+    # Label history: two posts of one prolific author share a symptom more often than two posts
+    # drawn from the whole sample.
+    symptomatic = [post for post in loaded_1484 if any(post["labels"])]
+
+    def share(first: dict, second: dict) -> bool:
+        return any(a and b for a, b in zip(first["labels"], second["labels"], strict=True))
+
+    alike = [[post for post in own if any(post["labels"])] for own in prolific.values()]
+    same = [share(own[i], own[i + 1]) for own in alike for i in range(len(own) - 1)]
+    pairs = zip(symptomatic[::2], symptomatic[1::2], strict=False)
+    anyone = [share(a, b) for a, b in pairs]
+    assert sum(same) / len(same) > sum(anyone) / len(anyone) + 0.1
+
+
+def test_prolific_authors_repost_their_posts(loaded_1484: list[dict]) -> None:
+    """A repost is another post of the same author again, alone or with a short note."""
+    reposts = []
+    for own in _authors(loaded_1484).values():
+        texts = [" ".join(post["text"].split()) for post in own]
+        for i, text in enumerate(texts):
+            variants = {text, *(text.removeprefix(f"{note} ") for note in REPOST_NOTES_FIRST)}
+            variants |= {text.removesuffix(f" {note}") for note in REPOST_NOTES_LAST}
+            if any(j != i and other in variants for j, other in enumerate(texts)):
+                reposts.append((len(own), text in texts[:i] + texts[i + 1 :]))
+    assert 50 <= len(reposts) <= 250
+    assert all(size >= 4 for size, _ in reposts)  # only prolific authors repost
+    identical = sum(same for _, same in reposts)
+    assert 0 < identical < len(reposts)  # some identical, most with a note

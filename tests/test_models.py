@@ -195,7 +195,10 @@ def test_both_heads_really_train_on_a_fixed_batch(sample_posts):
 
     network.model.train()
     _, crit0, evid0 = losses()
-    for _ in range(30):
+    # 40 steps: the v4 sample's first train posts with evidence are short, every span inside
+    # the 128 tokens (v3's were long: half their evidence lay past the cut, as easy null
+    # targets); 30 steps left the criteria loss at 0.53 of its start, not under half.
+    for _ in range(40):
         _, crit, evid = losses()
         optimizer.zero_grad()
         (crit + evid).backward()
@@ -393,7 +396,10 @@ def test_each_evidence_head_learns_a_fixed_batch(tiny_encoder, sample_posts, hea
     batch = collate(split.examples, int(tiny_encoder[1].pad_token_id))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     _, _, _, first = batch_losses(model, batch, config.train, None)
-    for _ in range(50):
+    # The CRF decodes the spans of this batch (all inside the window since the v4 sample; v3's
+    # had evidence past it, scored as easy null targets) exactly after about 120 steps: at 50 and
+    # at 80 it still missed 8 of 36 pairs. The other heads need 50.
+    for _ in range(120 if head == "bio_crf" else 50):
         _, total, _, _ = batch_losses(model, batch, config.train, None)
         optimizer.zero_grad()
         total.backward()

@@ -48,7 +48,8 @@ class DataConfig:
     revision: str
     sample_posts: int
     sample_profile: str
-    split: dict[str, float]
+    # train/validation/test ratios and seed, group_by, min_positives, near_duplicate_jaccard
+    split: dict[str, Any]
 
 
 @dataclass(frozen=True)

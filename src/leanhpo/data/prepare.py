@@ -6,6 +6,8 @@ exact prepared data, so two trials, or two machines, can prove they trained on t
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +15,38 @@ from leanhpo.commands import current_invocation
 from leanhpo.data.errors import DataError
 from leanhpo.data.redsm5 import load_redsm5
 from leanhpo.data.sources import materialize_source
-from leanhpo.data.splits import SPLIT_NAMES, EmptySplitError, split_posts
+from leanhpo.data.splits import SPLIT_NAMES, EmptySplitError, split_dataset
 from leanhpo.data.symptoms import SYMPTOMS
 from leanhpo.fsutil import atomic_write_text, sha256_file
+from leanhpo.reports import validate_report
 
 RAW_FOLDER = "raw"
 REPORT_FILE = "data_report.json"
+REPORT_SCHEMA = "data_report.schema.json"
 SPLIT_FILE_SUFFIX = ".jsonl"
 
 
-def prepare_dataset(data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def prepare_dataset(
+    data_cfg: dict[str, Any], out_dir: Path, notify: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Materialise, clean, split and write the data; return (and write) the data report.
 
-    The report is written last, so its presence means the splits beside it are complete.
+    The report is written last, so its presence means the splits beside it are complete. Each
+    symptom short of `data.split.min_positives` in validation or test is named on stderr and,
+    when given, to `notify` (the workflow passes the terminal, as stderr goes to the rule's log).
     """
     out_dir = Path(out_dir)
     source = materialize_source(data_cfg, out_dir / RAW_FOLDER)
     posts, cleaning = load_redsm5(source["posts_csv"], source["annotations_csv"])
     split_cfg = data_cfg.get("split") or {}
-    seed: Any = split_cfg.get("seed")  # checked by split_posts
+    seed: Any = split_cfg.get("seed")  # checked by split_dataset
     try:
-        splits = split_posts(posts, split_cfg, seed=seed)
+        outcome = split_dataset(posts, split_cfg)
     except EmptySplitError as error:
         if error.n_posts >= len(SPLIT_NAMES):
             raise  # enough posts for some ratios: the ratios are to blame, as it says
         raise DataError(too_few_posts_message(source, len(posts), cleaning)) from None
+    splits = outcome.splits
     fingerprint = hashlib.sha256()
     for name in SPLIT_NAMES:
         payload = _jsonl(splits[name]).encode("utf-8")
@@ -61,9 +70,15 @@ def prepare_dataset(data_cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         "cleaning": cleaning,
         "split_ratios": {name: float(split_cfg[name]) for name in SPLIT_NAMES},
         "split_seed": seed,
+        "split": outcome.report,
     }
+    validate_report(report, REPORT_SCHEMA)
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     atomic_write_text(out_dir / REPORT_FILE, text)
+    for warning in outcome.warnings:
+        print(warning, file=sys.stderr, flush=True)
+        if notify is not None:
+            notify(warning)
     return report
 
 

@@ -393,3 +393,80 @@ EVERYDAY_SLOTS: dict[str, tuple[str, ...]] = {
     "place": ("Spain", "the mountains", "the lake", "my hometown", "Japan"),
 }
 SLOTS.update(EVERYDAY_SLOTS)
+
+# Authors (sample_authors.py). A prolific author signs every post the same way and drops the
+# same detail about their life into most of them, as real posters do: a model can learn to
+# recognise the author, which is what a split by author keeps out of validation and test.
+AUTHOR_SIGNOFFS: tuple[str, ...] = (
+    "- {name}",
+    "Thanks for reading, {name}.",
+    "{name}, signing off.",
+    "Stay safe out there. {name}",
+    "~{name}",
+    "Peace, {name}.",
+    "That's all for now, {name} out.",
+    "Sorry for any typos, on mobile. -{name}",
+)
+AUTHOR_DETAILS: tuple[str, ...] = (
+    "I'm {age} and I work nights at a {workplace}.",
+    "For context, I'm {age} and still live with my {relative}.",
+    "My {pet_kind} {pet_name} is the only one who gets me.",
+    "I'm a {age} year old {role} from {region}.",
+    "Some background: I've been a {role} for about {years} years.",
+    "I play {instrument} in a small band on weekends.",
+)
+AUTHOR_SLOTS: dict[str, tuple[str, ...]] = {
+    "name": (
+        "Maya",
+        "Tom",
+        "Jess",
+        "Sam",
+        "Alex",
+        "Priya",
+        "Leo",
+        "Nina",
+        "Ravi",
+        "Kate",
+        "Omar",
+        "Lena",
+        "Jon",
+        "Eli",
+        "Zoe",
+        "Marco",
+        "Ana",
+        "Ben",
+        "Ivy",
+        "Theo",
+        "Rosa",
+        "Kai",
+        "Mira",
+        "Dan",
+        "Hana",
+        "Luca",
+        "Tara",
+        "Finn",
+        "Noor",
+        "Ada",
+    ),
+    "age": ("17", "19", "21", "23", "26", "29", "31", "34", "38", "42"),
+    "workplace": ("warehouse", "hospital", "gas station", "call centre", "bakery", "hotel"),
+    "relative": ("parents", "grandma", "aunt", "older brother", "dad"),
+    "pet_kind": ("cat", "dog", "rabbit", "parrot"),
+    "pet_name": ("Biscuit", "Pepper", "Mochi", "Ziggy", "Olive", "Noodle", "Bean"),
+    "role": ("nursing student", "line cook", "software tester", "teacher", "mechanic"),
+    "region": ("Ohio", "Manchester", "Ontario", "Queensland", "Texas", "Dublin"),
+    "years": ("two", "three", "five", "ten"),
+    "instrument": ("bass", "drums", "the keyboard", "rhythm guitar"),
+}
+SLOTS.update(AUTHOR_SLOTS)
+# A repost: the same post again with a short note first or last (or none at all: some of the real
+# near-duplicates are identical, 8,000 characters long).
+REPOST_NOTES_FIRST: tuple[str, ...] = (
+    "Reposting because nobody answered.",
+    "Trying this again.",
+)
+REPOST_NOTES_LAST: tuple[str, ...] = (
+    "Edit: formatting.",
+    "Edit: thank you all.",
+    "Update: still the same.",
+)

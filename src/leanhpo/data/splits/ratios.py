@@ -1,11 +1,6 @@
-"""Seeded train/validation/test split by post.
+"""Split ratios and seed: checked once, turned into per-split counts, or a message that names
+the key to change. Shared by the post split and the group split."""
 
-ReDSM5 ships without splits. Splitting on sorted, shuffled post ids (not on row order or on
-`hash()`) makes the split identical on every run and machine, and keeps each post, with all
-its sentences, on one side only.
-"""
-
-import random
 from typing import Any
 
 from leanhpo.data.errors import DataError
@@ -26,35 +21,17 @@ class EmptySplitError(DataError):
         self.n_posts = n_posts
 
 
-def split_posts(posts: list[dict], ratios: dict[str, Any], seed: int) -> dict[str, list[dict]]:
-    """Split posts into train/validation/test by post_id; each split is sorted by post_id.
-
-    `ratios` may carry other keys (the config's split block also holds `seed`); only the three
-    split names are read.
-    """
-    fractions = _check_ratios(ratios)
+def check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         # random.Random(None) seeds from the clock: the split would differ on every run.
         raise DataError(
             f"Tried to split with seed {seed!r}; it must be an integer. "
             "Fix: set data.split.seed to e.g. 42."
         )
-    by_id: dict[str, list[dict]] = {}
-    for post in posts:
-        by_id.setdefault(str(post["post_id"]), []).append(post)
-    post_ids = sorted(by_id)
-    random.Random(f"{SPLIT_SALT}:{seed}").shuffle(post_ids)
-    counts = _split_counts(len(post_ids), fractions)
-    splits: dict[str, list[dict]] = {}
-    start = 0
-    for name in SPLIT_NAMES:
-        chosen = sorted(post_ids[start : start + counts[name]])
-        splits[name] = [post for post_id in chosen for post in by_id[post_id]]
-        start += counts[name]
-    return splits
+    return seed
 
 
-def _check_ratios(ratios: dict[str, Any]) -> dict[str, float]:
+def check_ratios(ratios: dict[str, Any]) -> dict[str, float]:
     """Three non-negative numbers that sum to one, or an error saying which key to change."""
     missing = [name for name in SPLIT_NAMES if name not in ratios]
     if missing:
@@ -81,7 +58,7 @@ def _check_ratios(ratios: dict[str, Any]) -> dict[str, float]:
     return fractions
 
 
-def _split_counts(n_posts: int, fractions: dict[str, float]) -> dict[str, int]:
+def split_counts(n_posts: int, fractions: dict[str, float]) -> dict[str, int]:
     """round(n * ratio) posts for train and validation, the rest for test; none may be empty."""
     counts = {
         "train": round(n_posts * fractions["train"]),
