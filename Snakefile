@@ -16,6 +16,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/hpo.smk"
 include: "rules/retention.smk"
+include: "rules/confirm.smk"
 include: "rules/evaluate.smk"
 
 
@@ -26,6 +27,7 @@ localrules:
     prepare_dataset,
     length_report,
     create_study,
+    select_confirm,
     prune_study,
     evaluate_study,
     export_model,

@@ -117,6 +117,23 @@ def previous_trial_report(wildcards):
     return f"{STUDY}/trial_{slot - 1:04d}/report.json"
 
 
+CONFIRM = config["study"]["confirm"]
+
+
+def confirm_inputs(wildcards):
+    """study.confirm's plan (a checkpoint: the top_k are known once every trial finished) and
+    the report of every run it asks for; nothing when confirm is off. study.confirm is never a
+    rerun trigger: a larger top_k is another plan file, more seeds are more targets, and only
+    what is new trains (finished runs are up to date)."""
+    if not CONFIRM["top_k"]:
+        return {}
+    from leanhpo.fsutil import read_json
+    from leanhpo.study.confirm import confirm_targets
+
+    plan = checkpoints.select_confirm.get(top_k=CONFIRM["top_k"]).output.plan
+    return {"plan": plan, "confirm": confirm_targets(STUDY, read_json(plan), CONFIRM["seeds"])}
+
+
 def length_params():
     """Only what the tokenisation depends on: a change of heads or training leaves it be."""
     keys = ("id", "revision", "max_length", "long_posts", "window_stride", "max_windows")
@@ -132,6 +149,9 @@ RULE_PARAMS = {
         "length_report": length_params(),
         "create_study": study_params(),
         "run_trial": trial_params(),
+        # a study.confirm run trains as a trial does: the same rerun triggers
+        "confirm_run": trial_params(),
+        "select_confirm": {"study": study_params()["study"]},
         "prune_study": {"retention": config["retention"]},
         "evaluate_study": {**study_params(), "evaluation": config["evaluation"]},
         "export_model": export_params(),

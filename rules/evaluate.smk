@@ -1,5 +1,7 @@
 rule evaluate_study:
     input:
+        # with study.confirm: its plan and runs (`plan`, `confirm`; rules/confirm.smk)
+        unpack(confirm_inputs),
         study=f"{STUDY}/study.json",
         retention=f"{STUDY}/retention.json",
         reports=TRIAL_REPORTS,

@@ -13,4 +13,7 @@ with job(snakemake.log[0]):
         report_paths=[Path(p) for p in snakemake.input.reports],
         output=Path(snakemake.output.report),
         config=from_params(snakemake.params),
+        # study.confirm (rules/confirm.smk): absent when off
+        plan_path=Path(snakemake.input.plan) if "plan" in snakemake.input.keys() else None,
+        confirm_paths=[Path(p) for p in snakemake.input.get("confirm", [])],
     )

@@ -18,8 +18,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from leanhpo.paths import trial_label
+from leanhpo.paths import exported_folder, trial_label
 from leanhpo.report_items import TRIAL_COLUMNS, results_table, trials_table
+from leanhpo.study.confirm import confirm_summary
 from leanhpo.summary import (
     SHOWN_TEST_METRICS,
     human_bytes,
@@ -82,11 +83,21 @@ def _headline(report: dict[str, Any], reports: list[dict[str, Any]]) -> str:
     return (
         f"<h2>Best trial</h2><p>{len(reports)} trials ({escape(counts)}); the best is "
         f"{trial_label(best.get('slot', -1), len(reports))} (folder "
-        f"trial_{best.get('slot', -1):04d}): "
+        f"{escape(exported_folder(best))}): "
         f"{escape(report['optimization_metric'])} {_score(report.get('best_validation_score'))}"
         f" on validation, against {_score(report.get('baseline_validation_score'))} for the best "
         f"trivial baseline ({escape(baseline)}).</p><p>Params: {params or 'none searched'}.</p>"
+        + _confirm_section(report)
     )
+
+
+def _confirm_section(report: dict[str, Any]) -> str:
+    """study.confirm: the configurations' seed spreads and the winner, as in the summary."""
+    lines = confirm_summary(report.get("confirm"))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{escape(line.strip())}</li>" for line in lines[1:])
+    return f"<p>{escape(lines[0])}</p><ul>{items}</ul>"
 
 
 def _test_section(report: dict[str, Any]) -> str:

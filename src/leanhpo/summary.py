@@ -13,7 +13,8 @@ from typing import Any
 
 from leanhpo.commands import Invocation, executable, join
 from leanhpo.fsutil import read_json
-from leanhpo.paths import trial_label
+from leanhpo.paths import exported_folder, trial_label
+from leanhpo.study.confirm import confirm_summary
 from leanhpo.trial.progress import PREFIX, finished_reports
 
 STUDY_REPORT = "study_report.json"
@@ -160,10 +161,12 @@ def closing_summary(
         f"{PREFIX}  study {report['study_name']} done: {n_trials} trials "
         f"({', '.join(f'{n} {k}' for k, n in counts.items() if n)})",
         f"  best: {trial_label(best.get('slot', -1), n_trials)} (folder "
-        f"trial_{best.get('slot', -1):04d}): {metric} {_score(report.get('best_validation_score'))} "
+        f"{exported_folder(best)}): {metric} "
+        f"{_score(report.get('best_validation_score'))} "
         f"on validation; best trivial baseline {baseline or 'n/a'} "
         f"{_score(report.get('baseline_validation_score'))}",
         f"    params: {_params(best_trial.get('params') or {})}",
+        *(f"  {line}" for line in confirm_summary(report.get("confirm"))),
         *_test_lines(report),
         _disk_line(study_dir, trials),
         "  next:",

@@ -30,6 +30,7 @@ class StudyConfig:
     enqueue: list[dict[str, Any]]
     pruner: str = "none"
     pruner_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    confirm: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

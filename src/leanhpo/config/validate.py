@@ -238,12 +238,32 @@ def _semantic_problems(config: dict[str, Any], searched: bool = True) -> Iterato
             "resources.gpu is 0; set resources.gpu to the GPUs per trial, or gpu_model to null"
         )
     yield from _retention_problems(config)
+    yield from _confirm_problems(config)
     yield from _augmentation_problems(config)
     yield from pruner_problems(config)
     space_problems = list(search_space_problems(config))
     yield from space_problems
     if searched and not space_problems:  # checked against a sound space only
         yield from strategy_problems(config)
+
+
+def _confirm_problems(config: dict[str, Any]) -> Iterator[str]:
+    """study.confirm retrains candidates whose own trial must still hold its best checkpoint:
+    the trial is one of the configuration's runs and may be the one exported."""
+    top_k = config["study"]["confirm"]["top_k"]
+    keep = config["retention"]["keep_best_trials"]
+    if top_k > keep and config["train"]["checkpointing"]:
+        yield (
+            f"config key 'study.confirm.top_k': {top_k} configurations retrained over seeds, but "
+            f"retention.keep_best_trials keeps the checkpoints of only {keep} trials, so a "
+            f"candidate's own trial could not be evaluated or exported; raise "
+            f"retention.keep_best_trials to {top_k} or lower study.confirm.top_k"
+        )
+    if top_k > config["study"]["n_trials"]:
+        yield (
+            f"config key 'study.confirm.top_k': {top_k} configurations, but the study has only "
+            f"{config['study']['n_trials']} trial slots; lower it or raise study.n_trials"
+        )
 
 
 def _augmentation_problems(config: dict[str, Any]) -> Iterator[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.metric_names import SYMPTOMS
-from leanhpo.paths import trial_label
+from leanhpo.paths import exported_folder, trial_label
 
 CRITERIA_ROWS = (
     "f1_macro",
@@ -147,7 +147,7 @@ def _provenance(info: dict[str, Any]) -> list[str]:
         lines += [
             f"- study `{study['name']}` ({study['id']}), optimised "
             f"`{info.get('optimization_metric')}`",
-            f"- best trial: {trial_label(trial['slot'])} (folder trial_{trial['slot']:04d}; "
+            f"- best trial: {trial_label(trial['slot'])} (folder {exported_folder(trial)}; "
             f"Optuna trial number {trial['number']}), uuid {trial['uuid']}, epoch "
             f"{trial['epoch']}",
         ]

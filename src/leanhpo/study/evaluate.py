@@ -34,7 +34,9 @@ from leanhpo.metric_names import (
     undefined_symptoms,
 )
 from leanhpo.models import compatibility_metadata
+from leanhpo.paths import run_folder
 from leanhpo.reports import STUDY_SCHEMA, write_report
+from leanhpo.study.confirm import choose_over_seeds, read_confirm, run_row
 from leanhpo.study.info import read_study_info
 from leanhpo.study.setup import final_progress, open_study, progress_tags, trial_counts
 from leanhpo.tracking import open_tracker
@@ -202,8 +204,8 @@ def best_networks(
     """A BestNetwork (checkpoint entry, restored network, config, thresholds) for each co-best
     checkpoint of a trial report that is on disk and verifies; else the trial retrained in
     memory to its first best epoch. Also the per-trial test evaluation's (trial/analysis.py)."""
-    trial_dir = study_dir / f"trial_{best['slot']:04d}"
-    store = CheckpointStore(trial_dir / "checkpoints", log=log)
+    # a trial's folder, or a study.confirm run's
+    store = CheckpointStore(study_dir / run_folder(best) / "checkpoints", log=log)
     wanted = _verified_co_best(best, store, log)
     seed = best["seeds"]["trial"]
     if not wanted:
@@ -246,6 +248,24 @@ def best_networks(
             )
         )
     return result
+
+
+def _test_macro_f1(
+    run: dict[str, Any],
+    study_dir: Path,
+    data_dir: Path,
+    test_posts: list[dict[str, Any]],
+    train_posts: list[dict[str, Any]],
+    log: logging.Logger,
+) -> float | None:
+    """study.confirm: the test macro-F1 of one of the winner's other runs (its first best
+    checkpoint), for the report's per-seed spread; never used to choose."""
+    _, network, config, threshold, decision = min(
+        best_networks(run, study_dir, data_dir, log), key=lambda b: b.entry["epoch"]
+    )
+    evaluation = score_test_split(network, config, test_posts, train_posts)
+    flat = evaluation.metrics("", threshold, decision, config.model.evidence_for)
+    return flat.get("criteria_f1_macro")
 
 
 def score_test_split(
@@ -304,16 +324,26 @@ def evaluate_study(
     report_paths: list[Path],
     output: Path,
     config: dict[str, Any],
+    plan_path: Path | None = None,
+    confirm_paths: list[Path] | None = None,
 ) -> dict[str, Any]:
     """`config` holds at least the study and tracking sections: the live storage and tracking
     URLs, which the stored configs only hold masked; its `evaluation` section (defaults when
-    absent) sets the bootstrap."""
+    absent) sets the bootstrap. With study.confirm, `plan_path` (confirm_plan.json) and the
+    confirm runs' reports: the winner is chosen over seeds (study/confirm.py)."""
     config = validate_config(config)
     settings = EvaluationConfig.from_dict(config)
     log = setup_logging()
     study_info = read_study_info(study_file)
     reports = [read_json(p) for p in report_paths]
-    best = pick_best(reports)
+    plan, confirm_reports = read_confirm(plan_path, confirm_paths or [])
+    confirm_block: dict[str, Any] | None = None
+    winner_runs: list[dict[str, Any]] = []
+    if plan is not None and plan["slots"]:
+        best, winner_runs, confirm_block = choose_over_seeds(reports, confirm_reports, plan)
+    else:
+        best = pick_best(reports)
+    source = next(r for r in reports if r["slot"] == best["slot"])  # a confirm run's trial
     test_posts, train_posts = load_split(data_dir, "test"), load_split(data_dir, "train")
     evaluated = []
     for entry, network, model_config, threshold, decision in best_networks(
@@ -346,6 +376,21 @@ def evaluate_study(
             }
         )
     primary = min(evaluated, key=lambda e: e["epoch"])
+    if confirm_block is not None:
+        confirm_block["winner_test_per_seed"] = [
+            {
+                **run_row(run),
+                "exported": run is best,
+                "test_criteria_f1_macro": (
+                    primary["flat"].get("criteria_f1_macro")
+                    if run is best
+                    else _test_macro_f1(
+                        run, study_file.parent, data_dir, test_posts, train_posts, log
+                    )
+                ),
+            }
+            for run in winner_runs
+        ]
     study = open_study(
         study_info["name"],
         config["study"]["storage"],
@@ -358,8 +403,11 @@ def evaluate_study(
         "study_name": study_info["name"],
         "best_trial": {
             "uuid": best["trial_uuid"],
-            "number": best["optuna_number"],
+            "number": source["optuna_number"],
             "slot": best["slot"],
+            # the exported run: the trial's folder, or with study.confirm possibly a seed's
+            "folder": run_folder(best),
+            "seed": best["seeds"]["trial"],
         },
         "optimization_metric": study_info["optimization_metric"],
         "best_validation_score": best["best_validation_score"],
@@ -382,11 +430,14 @@ def evaluate_study(
         "compute": primary["compute"],
         "trial_counts": trial_counts(study),
         "n_trials": len(reports),
+        # study.confirm: every confirmed configuration's runs and spread, the winner by mean,
+        # its test macro-F1 per seed; null when off (the single best trial is the winner)
+        "confirm": confirm_block,
         "code_version": __version__,
         "generated_at": datetime.now(UTC).isoformat(),
     }
     write_report(output, report, STUDY_SCHEMA)
-    _track(config, study_file.parent, study_info, primary, best, len(reports))
+    _track(config, study_file.parent, study_info, primary, best, len(reports), confirm_block)
     event(
         log,
         f"study report written: {output}",
@@ -403,6 +454,7 @@ def _track(
     primary: dict[str, Any],
     best: dict[str, Any],
     n_trials: int,
+    confirm: dict[str, Any] | None = None,
 ) -> None:
     """The test metrics and their intervals on the study's parent run, at step = the number of
     trial slots evaluated: a grown study's evaluation is a new point (MLflow shows the latest
@@ -411,9 +463,15 @@ def _track(
     (trial i/N, best so far, ETA) are made final here, as the study is."""
     tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
-    tracker.log_metrics_once(parent, metrics_to_log(primary), step=n_trials)
+    metrics = metrics_to_log(primary)
+    if confirm is not None:
+        winner = next(c for c in confirm["configurations"] if c["slot"] == confirm["winner_slot"])
+        spread = {f"confirm_winner_validation_{k}": v for k, v in winner["validation"].items()}
+        metrics.update({k: v for k, v in spread.items() if v is not None})
+    tracker.log_metrics_once(parent, metrics, step=n_trials)
     tags = {
         "leanhpo.best_slot": best["slot"],
+        "leanhpo.best_folder": run_folder(best),
         "leanhpo.best_trial_uuid": best["trial_uuid"],
         "leanhpo.evaluated_trials": n_trials,
         **progress_tags(final_progress(n_trials, best["best_validation_score"])),

@@ -26,6 +26,7 @@ from leanhpo.export import ExportError, model_card, write_export
 from leanhpo.fsutil import read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.models import compatibility_metadata
+from leanhpo.paths import exported_folder
 from leanhpo.study.evaluate import (
     thresholds_by_symptom,
     validation_decision_thresholds,
@@ -59,7 +60,8 @@ def export_best_model(
     report = read_json(study_report_path)
     primary = min(report["checkpoints"], key=lambda c: c["epoch"])
     slot = report["best_trial"]["slot"]
-    trial = read_json(study_dir / f"trial_{slot:04d}" / "report.json")
+    folder = exported_folder(report["best_trial"])
+    trial = read_json(study_dir / folder / "report.json")
     network, raw_config, metrics, source = _restore(
         report, trial, primary, study_dir, data_dir or study_dir / "data", log
     )
@@ -165,7 +167,7 @@ def _restore(
     """(network, its stored config, its validation metrics, where it came from)."""
     seed = report["seeds"]["trial"]
     store = CheckpointStore(
-        study_dir / f"trial_{report['best_trial']['slot']:04d}" / "checkpoints", log=log
+        study_dir / exported_folder(report["best_trial"]) / "checkpoints", log=log
     )
     reason = "the study report lists no checkpoint on disk (checkpointing off)"
     if primary.get("sha256") and (store.root / primary["id"]).is_dir():

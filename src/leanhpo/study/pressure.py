@@ -32,6 +32,7 @@ from leanhpo.checkpoints import CheckpointStore, RetentionPolicy, plan_retention
 from leanhpo.config import parse_size
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
+from leanhpo.paths import CONFIRM_PREFIX
 from leanhpo.reports import refresh_retained
 from leanhpo.storage.disk import disk_usage, largest_artifacts
 from leanhpo.storage.estimate import weights_only_bytes
@@ -55,9 +56,11 @@ SAFETY_BYTES = 2 << 20
 def checkpoint_folder_bytes(study_dir: Path) -> int:
     """Bytes of every committed checkpoint of the study (quarantine excluded)."""
     total = 0
-    for folder in study_dir.glob(
-        "trial_[0-9][0-9][0-9][0-9]/checkpoints/epoch_[0-9][0-9][0-9][0-9]"
-    ):
+    folders = [  # the trials', and the study.confirm runs' beside them
+        *study_dir.glob("trial_[0-9][0-9][0-9][0-9]/checkpoints/epoch_[0-9][0-9][0-9][0-9]"),
+        *study_dir.glob(f"{CONFIRM_PREFIX}*/checkpoints/epoch_[0-9][0-9][0-9][0-9]"),
+    ]
+    for folder in folders:
         # Read without the retention lock: another job may delete the folder meanwhile, and
         # a folder gone is simply no longer counted.
         with contextlib.suppress(FileNotFoundError):

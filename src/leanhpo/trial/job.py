@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ from leanhpo.trial.memory import fixes_for
 from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import announce, close_tracking
 from leanhpo.trial.report import build_report
-from leanhpo.trial.runner import TrialSpec, run_training
+from leanhpo.trial.runner import TrainingOutcome, TrialSpec, run_training
 from leanhpo.workflow import job, to_terminal, with_planned_study
 
 FAILURE_ATTR = "failure"  # the Optuna trial's user attr with a failed trial's record
@@ -213,42 +214,8 @@ def _run_owned(
         },
         memory=record,
     )
-    # Snakemake sets OMP_NUM_THREADS from the rule's threads (--cores, or --set-threads
-    # run_trial=N); torch takes its intra-op threads from it.
-    event(
-        log,
-        f"{torch.get_num_threads()} CPU thread(s)",
-        kind="threads",
-        threads=torch.get_num_threads(),
-        preloaded=os.environ.get(PRELOADED_ENV) == "1",  # forked from the preloaded worker
-    )
     started = time.monotonic()
-    splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
-    monitor = DiskMonitor(trial_dir, config["retention"]["min_free_disk_percent"])
-    watch = MemoryWatch.discover()
-    # Killed twice at the same batch for memory: a third try would meet it again (attempts.py).
-    verdict = record.killed_for_memory(watch.oom_kills())
-    failure = None
-    with record.attempt(watch):
-        try:
-            if verdict is not None:
-                plan = record.data.get("plan") or {}
-                post = (plan.get("largest_unit") or {}).get("rows", 0)
-                failure = killed_for_memory(verdict, fixes_for(resolved, post))
-            else:
-                with monitor:
-                    outcome = run_training(
-                        spec, splits["train"], splits["validation"], publish, log
-                    )
-        except (NoSpaceError, MemoryTooSmallError) as error:
-            # To stdout and the JSONL log; the job exits with 73 and a rerun resumes.
-            kind = "no_space" if isinstance(error, NoSpaceError) else "memory_too_small"
-            event(log, error.render(), logging.ERROR, kind=kind, **error.payload)
-            raise
-        except TRIAL_FAILURES as error:
-            failure = failure_of(error)
-        if failure is not None:
-            record.end(failure["reason"])
+    outcome, failure, monitor = train_recorded(spec, config, data_dir, record, publish, log)
     state["memory"] = record.summary()
     if failure is not None:
         event(
@@ -266,6 +233,7 @@ def _run_owned(
         study._storage.set_trial_user_attr(frozen._trial_id, FAILURE_ATTR, failure)
         close_tracking(state_path, state, study_info, config, log, tracker)
         return _finish(study, frozen, state, study_info, config, report_path, log, lease)
+    assert outcome is not None  # trained: no failure
     if outcome.pruned_at_epoch is not None:
         state["pruning"]["pruned_at_epoch"] = outcome.pruned_at_epoch
     if outcome.resolved_settings:
@@ -291,6 +259,55 @@ def _run_owned(
     score_for_analysis(state_path, state, config, data_dir, log, tracker)  # opt-in; once
     close_tracking(state_path, state, study_info, config, log, tracker)
     return _finish(study, frozen, state, study_info, config, report_path, log, lease)
+
+
+def train_recorded(
+    spec: TrialSpec,
+    config: dict[str, Any],
+    data_dir: Path,
+    record: AttemptLog,
+    publish: Callable[[int, dict[str, float]], None],
+    log: logging.Logger,
+) -> tuple[TrainingOutcome | None, dict[str, Any] | None, DiskMonitor]:
+    """Train `spec` under the disk monitor and the memory record: (outcome, None), or (None,
+    the failure record) when the trial failed through its own settings. No space, or too
+    little memory, raises (exit 73; a rerun resumes). A trial's and a study.confirm run's."""
+    # Snakemake sets OMP_NUM_THREADS from the rule's threads (--cores, or --set-threads
+    # run_trial=N); torch takes its intra-op threads from it.
+    event(
+        log,
+        f"{torch.get_num_threads()} CPU thread(s)",
+        kind="threads",
+        threads=torch.get_num_threads(),
+        preloaded=os.environ.get(PRELOADED_ENV) == "1",  # forked from the preloaded worker
+    )
+    splits = {name: load_split(data_dir, name) for name in ("train", "validation")}
+    monitor = DiskMonitor(spec.trial_dir, config["retention"]["min_free_disk_percent"])
+    watch = MemoryWatch.discover()
+    # Killed twice at the same batch for memory: a third try would meet it again (attempts.py).
+    verdict = record.killed_for_memory(watch.oom_kills())
+    outcome, failure = None, None
+    with record.attempt(watch):
+        try:
+            if verdict is not None:
+                plan = record.data.get("plan") or {}
+                post = (plan.get("largest_unit") or {}).get("rows", 0)
+                failure = killed_for_memory(verdict, fixes_for(spec.config, post))
+            else:
+                with monitor:
+                    outcome = run_training(
+                        spec, splits["train"], splits["validation"], publish, log
+                    )
+        except (NoSpaceError, MemoryTooSmallError) as error:
+            # To stdout and the JSONL log; the job exits with 73 and a rerun resumes.
+            kind = "no_space" if isinstance(error, NoSpaceError) else "memory_too_small"
+            event(log, error.render(), logging.ERROR, kind=kind, **error.payload)
+            raise
+        except TRIAL_FAILURES as error:
+            failure = failure_of(error)
+        if failure is not None:
+            record.end(failure["reason"])
+    return outcome, failure, monitor
 
 
 def data_report_summary(report: dict[str, Any]) -> dict[str, Any]:

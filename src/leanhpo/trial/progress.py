@@ -53,10 +53,17 @@ class EpochProgress(logging.Handler):
     """Turns the trial logger's epoch events into terminal lines (see the module docstring)."""
 
     def __init__(
-        self, study_dir: Path, slot: int, n_trials: int, write: Callable[[str], None]
+        self,
+        study_dir: Path,
+        slot: int,
+        n_trials: int,
+        write: Callable[[str], None],
+        label: str | None = None,
     ) -> None:
         super().__init__(logging.INFO)
         self.study_dir, self.slot, self.n_trials, self.write = study_dir, slot, n_trials, write
+        # Whom the lines name: "trial 2 of 3", or a study.confirm run's "trial 2 seed 1 (...)"
+        self.label = label or trial_label(slot, n_trials)
         self.started: float | None = None
         self.epoch_seconds: list[float] = []
         self.best_here: float | None = None
@@ -72,10 +79,10 @@ class EpochProgress(logging.Handler):
             except Exception:  # a progress line must never stop a trial
                 self.handleError(record)
         elif kind == "trial_failed":  # in full: what failed and how to fix it
-            self.write(f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  {record.getMessage()}")
+            self.write(f"{PREFIX}  {self.label}  {record.getMessage()}")
         elif kind == "pruned":
             self.write(
-                f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  pruned after epoch "
+                f"{PREFIX}  {self.label}  pruned after epoch "
                 f"{context['epoch']} (study.pruner); it keeps no checkpoint"
             )
 
@@ -90,7 +97,7 @@ class EpochProgress(logging.Handler):
         others = finished_reports(self.study_dir, skip_slot=self.slot)
         shown = "n/a" if value is None else f"{value:.3f}"
         return (
-            f"{PREFIX}  {trial_label(self.slot, self.n_trials)}  epoch {epoch}/{epochs}  "
+            f"{PREFIX}  {self.label}  epoch {epoch}/{epochs}  "
             f"{metric} {shown}  {self._best(others)}  "
             f"ETA {format_duration(self._eta(others, epoch, epochs))}"
         )

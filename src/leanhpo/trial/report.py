@@ -72,8 +72,10 @@ def _validation_metrics(outcome: dict[str, Any]) -> dict[str, float]:
 
 
 def build_report(
-    state: dict[str, Any], study_info: dict[str, Any], trial: FrozenTrial
+    state: dict[str, Any], study_info: dict[str, Any], trial: FrozenTrial | None
 ) -> dict[str, Any]:
+    """The report of a trial (`trial`: its Optuna record, whose state wins), or of a
+    study.confirm run (`trial` None: not an Optuna trial; state.json's `confirm` block)."""
     outcome = {**EMPTY_OUTCOME, **(state.get("outcome") or {})}
     checkpoints = checkpoint_rows(outcome)
     written = sum(c["bytes"] for c in checkpoints)
@@ -85,8 +87,9 @@ def build_report(
         "study": {"id": study_info["study_id"], "name": study_info["name"]},
         "slot": state["slot"],
         "trial_uuid": state["trial_uuid"],
-        "optuna_number": trial.number,
-        "status": STATUS.get(trial.state, state["status"]),
+        "optuna_number": None if trial is None else trial.number,
+        "status": state["status"] if trial is None else STATUS.get(trial.state, state["status"]),
+        "confirm": state.get("confirm"),
         "params": state.get("params", {}),
         "config": config,
         "optimization_metric": study_info["optimization_metric"],
@@ -105,7 +108,8 @@ def build_report(
         "history": outcome["history"],
         "seeds": {
             "study": study_info["seed"],
-            "trial": study_info["seed"],
+            # study.seed for every trial; study.seed + k for a confirm run's k-th extra seed
+            "trial": state.get("seed", study_info["seed"]),
             # Each parameter's draw is seeded by (this, the trial number, its name).
             "sampler": study_info["seed"],
             "data_split": config.get("data", {}).get("split", {}).get("seed", 0),
