@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "confirm.json"
-SNAKEMAKE = REPO / ".venv" / "bin" / "snakemake"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"  # the venv's, beside this python
 
 
 def spread(values: list[float]) -> dict[str, float | None]:
