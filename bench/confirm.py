@@ -130,9 +130,9 @@ def summarise(study_dir: Path, seeds_for_cost: int) -> dict[str, Any]:
         "single_best_slot": block["single_best_slot"],
         "winner_differs_from_single_best": block["winner_differs_from_single_best"],
         "winner_test_per_seed": block["winner_test_per_seed"],
-        "exported_test_f1_macro": study["test_metrics"]["criteria"]["f1_macro"],
+        "exported_test_f1_macro": study["test_metrics"]["criteria_matching"]["f1_macro"],
         "exported_test_f1_macro_ci": (study.get("test_metrics_ci") or {})
-        .get("criteria", {})
+        .get("criteria_matching", {})
         .get("f1_macro"),
     }
 
@@ -145,7 +145,15 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--cost-seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        help="only summarise a finished bench study folder (experiments/confirm_bench)",
+    )
     args = parser.parse_args()
+    if args.summarise:
+        print(json.dumps(summarise(args.summarise, args.cost_seeds), indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="leanhpo-confirm-") as folder:
         workdir = Path(folder)
         seconds = run_study(workdir, args.trials, args.top_k, args.seeds, args.cores)

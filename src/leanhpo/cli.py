@@ -86,13 +86,42 @@ def _cmd_evaluate(config: dict[str, Any], args: argparse.Namespace) -> Any:
     name = config["study"]["name"]
     folder = paths.study_dir(name)
     reports = sorted(folder.glob("trial_[0-9][0-9][0-9][0-9]/report.json"))
+    plan, runs = _confirm_inputs(config, folder)
     return evaluate_study(
         folder / "study.json",
         paths.data_dir(name),
         reports,
         folder / "study_report.json",
         {**_study_config(config), "evaluation": config["evaluation"]},
+        plan_path=plan,
+        confirm_paths=runs,
     )
+
+
+def _confirm_inputs(config: dict[str, Any], folder: Path) -> tuple[Path | None, list[Path]]:
+    """study.confirm's plan and runs, as the workflow's evaluation reads them; an error naming
+    what is missing when the study has not run them yet."""
+    from leanhpo.fsutil import read_json
+    from leanhpo.study.confirm import ConfirmSourceError, confirm_targets
+
+    confirm = config["study"]["confirm"]
+    if not confirm["top_k"]:
+        return None, []
+    plan = folder / paths.confirm_plan(confirm["top_k"])
+    targets = (
+        [Path(p) for p in confirm_targets(str(folder), read_json(plan), confirm["seeds"])]
+        if plan.is_file()
+        else []
+    )
+    missing = [str(p) for p in targets if not p.is_file()] or (
+        [] if plan.is_file() else [str(plan)]
+    )
+    if missing:
+        raise ConfirmSourceError(
+            f"study.confirm {confirm} has not finished: {', '.join(missing)} "
+            "missing; run the workflow (it trains the confirm runs), or set study.confirm.top_k: 0"
+        )
+    return plan, targets
 
 
 def _cmd_export(config: dict[str, Any], args: argparse.Namespace) -> Any:

@@ -26,9 +26,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.paths import CONFIRM_PREFIX, confirm_folder, run_folder, trial_label
+
+
+class ConfirmSourceError(RuntimeError):
+    """study.confirm cannot run or be evaluated as asked: a planned trial did not complete, or
+    the plan or its runs are missing. Bad input: nothing is changed."""
+
+    exit_code = EXIT_BAD_INPUT
+
 
 _FOLDER = re.compile(rf"^{CONFIRM_PREFIX}(\d{{4}})_seed_(\d+)$")
 

@@ -23,13 +23,13 @@ from typing import Any
 
 from leanhpo.config import Config, apply_params, validate_config
 from leanhpo.data import read_data_report
-from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.memory.attempts import AttemptLog
 from leanhpo.metric_names import curve_copies
 from leanhpo.paths import confirm_folder, confirm_label, trial_label
 from leanhpo.reports import TRIAL_SCHEMA, write_report
+from leanhpo.study.confirm import ConfirmSourceError
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.info import read_study_info
 from leanhpo.study.pressure import StorageGuard
@@ -51,12 +51,6 @@ from leanhpo.trial.runner import TrialSpec
 from leanhpo.workflow import job, to_terminal, with_planned_study
 
 CONFIRM_SEED_TAG = "leanhpo.confirm_seed"  # with the study uuid and slot: the run's MLflow key
-
-
-class ConfirmSourceError(RuntimeError):
-    """The trial a confirm run retrains did not complete with a score (or is gone)."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 def confirm_seed(study_seed: int, seed_index: int) -> int:

@@ -44,6 +44,8 @@ STEP_NAMES = {
     "length_report": "the length report",
     "create_study": "study.json",
     "run_trial": "trial",
+    "select_confirm": "the study.confirm plan",
+    "confirm_run": "the study.confirm runs (retrained)",
     "prune_study": "study-wide retention",
     "evaluate_study": "the test evaluation",
     "export_model": "the exported model",
