@@ -113,3 +113,13 @@ def test_a_post_of_copies_of_one_window_reads_as_that_window(kind):
     assert logits.shape[0] == len(units)
     for row in range(1, len(units)):
         torch.testing.assert_close(logits[row], logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_study_that_ran_on_max_is_told_how_to_continue():
+    """The default changed from max to mean: the refusal names the value that continues it."""
+    from leanhpo.workflow.guard import Change, rerun_refusal
+
+    change = {"model.window_pooling": Change("max", "mean", {"run_trial"}, {0})}
+    message = rerun_refusal("demo", change, False, 3)
+    assert message is not None and "earlier default of model.window_pooling" in message
+    assert "set model.window_pooling: 'max'" in message
