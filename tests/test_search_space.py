@@ -13,8 +13,9 @@ import yaml
 from conftest import REPO
 from studyhelper import Study
 
-from leanhpo.config import Config, apply_params, sample_params, validate_config
+from leanhpo.config import Config, apply_params, deep_merge, sample_params, validate_config
 from leanhpo.config.search_space import active_space, condition_holds
+from leanhpo.config.validate import load_schema
 from leanhpo.study.setup import sampler_for
 
 STRUCTURE = ("criteria_head", "pooling", "evidence_head", "coupling", "loss")
@@ -34,6 +35,24 @@ def test_default_space_covers_structure_and_optimiser(default_config):
     assert space["coupling_method"]["condition"] == {"coupling": ["coupled"]}
     assert set(space["focal_gamma"]["condition"]["loss"]) == {"focal", "adaptive_focal", "hybrid"}
     assert space["augmentation_methods"]["condition"] == {"augmentation_prob": [0.2]}
+
+
+def test_window_pooling_is_searched_and_trial_1_keeps_the_default(default_config):
+    """Every window pooling is a choice, in config.yaml and in the real-study overlay; trial 1
+    (the enqueued known-good set) keeps the default, so adding the parameter left it as it was;
+    a sampled value reaches the typed config."""
+    schema = load_schema()["properties"]["model"]["properties"]["window_pooling"]
+    with (REPO / "config.yaml").open() as base, (REPO / "overlays/real-redsm5.yaml").open() as real:
+        recipe = validate_config(deep_merge(yaml.safe_load(base), yaml.safe_load(real)))
+    for config in (default_config, recipe):
+        assert active_space(config)["window_pooling"]["choices"] == schema["enum"]
+    trial_1 = default_config["study"]["enqueue"][0]
+    assert (
+        trial_1["window_pooling"] == default_config["model"]["window_pooling"] == schema["default"]
+    )
+    for kind in schema["enum"]:
+        resolved = apply_params(default_config, {"window_pooling": kind})
+        assert Config.from_dict(resolved).model.window_pooling == kind
 
 
 @pytest.mark.parametrize("sampler", ["project", "random"])

@@ -38,6 +38,7 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
     "coupling": ("model", "coupling"),
     "coupling_pooling": ("model", "coupling_pooling"),
     "coupling_method": ("model", "coupling_method"),
+    "window_pooling": ("model", "window_pooling"),
     "max_answer_tokens": ("model", "max_answer_tokens"),
     "null_threshold": ("model", "null_threshold"),
     "input_format": ("model", "input_format"),

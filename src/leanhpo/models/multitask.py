@@ -57,7 +57,7 @@ class HeadSettings:
     coupling: str = "independent"
     coupling_pooling: str = "mean"
     coupling_method: str = "concat"
-    window_pooling: str = "max"  # how a unit's windows are pooled (model.long_posts windows)
+    window_pooling: str = "mean"  # how a unit's windows are pooled (model.long_posts windows)
 
     @property
     def n_outputs(self) -> int:
