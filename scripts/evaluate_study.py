@@ -14,6 +14,6 @@ with job(snakemake.log[0]):
         output=Path(snakemake.output.report),
         config=from_params(snakemake.params),
         # study.confirm (rules/confirm.smk): absent when off
-        plan_path=Path(snakemake.input.plan) if "plan" in snakemake.input.keys() else None,
+        plan_path=Path(snakemake.input.plan) if hasattr(snakemake.input, "plan") else None,
         confirm_paths=[Path(p) for p in snakemake.input.get("confirm", [])],
     )

@@ -226,7 +226,10 @@ def test_a_study_with_confirm_retrains_exactly_four_runs_and_the_best_mean_wins(
     assert [r["exported"] for r in per_seed].count(True) == 1
     exported = next(r for r in per_seed if r["exported"])
     assert exported["folder"] == expected_folder
-    assert exported["test_criteria_f1_macro"] == report["test_metrics"]["criteria_matching"]["f1_macro"]
+    assert (
+        exported["test_criteria_f1_macro"]
+        == report["test_metrics"]["criteria_matching"]["f1_macro"]
+    )
     # the export is that run's checkpoint
     info = _read(study_dir / "best_model" / "leanhpo_model.json")
     assert expected_folder in info["source_checkpoint"]["path"]
@@ -271,6 +274,7 @@ def test_kill_9_during_the_confirm_runs_then_resume_gives_the_uninterrupted_resu
         assert report["history"] == SNAPSHOT["confirm"][name]["history"], name
     study = _read(_study(workdir) / "study_report.json")
     assert study["confirm"]["winner_slot"] == SNAPSHOT["study"]["confirm"]["winner_slot"]
+
     def chosen(report: dict) -> dict:  # the uuids are the study's own
         return {k: v for k, v in report["best_trial"].items() if k != "uuid"}
 
