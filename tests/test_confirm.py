@@ -320,6 +320,11 @@ def test_growing_to_three_seeds_trains_only_the_two_new_runs(confirmed):
     block = _read(study_dir / "study_report.json")["confirm"]
     assert block["seeds"] == 3
     assert all(len(c["runs"]) == 4 for c in block["configurations"])
+    # the new evaluation is a new point on the parent run (step: trials + confirm runs)
+    tracker = Tracker(f"sqlite:///{confirmed}/experiments/mlflow.db", "leanhpo")
+    parent = _read(study_dir / "study.json")["mlflow"]["parent_run_id"]
+    steps = [s for s, _ in tracker.metric_history(parent)["test_criteria_f1_macro"]]
+    assert steps == [N_TRIALS + 4, N_TRIALS + 6]
 
 
 @pytest.mark.workflow

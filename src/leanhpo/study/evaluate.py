@@ -437,7 +437,17 @@ def evaluate_study(
         "generated_at": datetime.now(UTC).isoformat(),
     }
     write_report(output, report, STUDY_SCHEMA)
-    _track(config, study_file.parent, study_info, primary, best, len(reports), confirm_block)
+    _track(
+        config,
+        study_file.parent,
+        study_info,
+        primary,
+        best,
+        len(reports),
+        confirm_block,
+        # with study.confirm its runs count too: more seeds are a new evaluation, a new step
+        step=len(reports) + len(confirm_reports),
+    )
     event(
         log,
         f"study report written: {output}",
@@ -455,9 +465,10 @@ def _track(
     best: dict[str, Any],
     n_trials: int,
     confirm: dict[str, Any] | None = None,
+    step: int | None = None,
 ) -> None:
     """The test metrics and their intervals on the study's parent run, at step = the number of
-    trial slots evaluated: a grown study's evaluation is a new point (MLflow shows the latest
+    trial slots evaluated (with study.confirm, plus its runs): a grown study's evaluation is a new point (MLflow shows the latest
     step), while a rerun of the same evaluation adds nothing (the seeded intervals are the same
     too), so MLflow and study_report.json agree. The progress tags the trials left on the parent
     (trial i/N, best so far, ETA) are made final here, as the study is."""
@@ -468,7 +479,7 @@ def _track(
         winner = next(c for c in confirm["configurations"] if c["slot"] == confirm["winner_slot"])
         spread = {f"confirm_winner_validation_{k}": v for k, v in winner["validation"].items()}
         metrics.update({k: v for k, v in spread.items() if v is not None})
-    tracker.log_metrics_once(parent, metrics, step=n_trials)
+    tracker.log_metrics_once(parent, metrics, step=n_trials if step is None else step)
     tags = {
         "leanhpo.best_slot": best["slot"],
         "leanhpo.best_folder": run_folder(best),
