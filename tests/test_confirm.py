@@ -348,3 +348,20 @@ def test_evaluating_by_hand_before_the_confirm_runs_exist_is_refused(confirmed):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "has not finished" in result.stderr and "_seed_9/report.json" in result.stderr
     assert report.read_bytes() == before
+
+
+def test_the_report_page_shows_the_seed_spread_and_the_winner():
+    from leanhpo.report_page import _confirm_section
+
+    trials = [_report(0, 0.80), _report(1, 0.75)]
+    extra = [_report(0, 0.50, 1), _report(1, 0.76, 1)]
+    _, _, block = choose_over_seeds(trials, extra, _plan([0, 1]))
+    block["winner_test_per_seed"] = [
+        {"folder": "trial_0001", "test_criteria_f1_macro": 0.61, "exported": False},
+        {"folder": "confirm_trial_0001_seed_1", "test_criteria_f1_macro": 0.66, "exported": True},
+    ]
+    html = _confirm_section({"confirm": block})
+    assert html.count("<li>") == 4  # two configurations, the winner note, the per-seed line
+    assert "trial 2 (search rank 2): 0.755 ± 0.007 over 2 run(s)" in html
+    assert "confirm_trial_0001_seed_1 0.660 (exported)" in html
+    assert _confirm_section({"confirm": None}) == ""
