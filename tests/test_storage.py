@@ -311,6 +311,8 @@ def test_cleanup_lists_then_removes_only_orphans(tmp_path):
     trial = study.report_path(0).parent / "checkpoints"
     (trial / ".tmp-epoch_0009-dead").mkdir()
     (trial / ".tmp-epoch_0009-dead" / "model.safetensors").write_bytes(b"x" * 100)
+    confirm = study.dir / "confirm_trial_0000_seed_1" / "checkpoints"  # a study.confirm run's
+    (confirm / ".tmp-epoch_0001-dead").mkdir(parents=True)
     stray = study.dir / "trial_0007"
     (stray / "logs").mkdir(parents=True)
     (stray / "logs" / "trial.jsonl").write_text("{}\n")
@@ -318,12 +320,14 @@ def test_cleanup_lists_then_removes_only_orphans(tmp_path):
     dry = cleanup(study.dir, study.config["retention"], "val_criteria_f1_macro", 3, apply=False)
     paths = {o["path"] for o in dry["orphans"]}
     assert str(trial / ".tmp-epoch_0009-dead") in paths and str(stray) in paths
+    assert str(confirm / ".tmp-epoch_0001-dead") in paths
     assert not paths & set(kept), "a retained checkpoint was listed as an orphan"
     assert (trial / ".tmp-epoch_0009-dead").exists() and stray.exists()  # dry run deletes nothing
     assert "would remove" in dry["summary"] and dry["bytes"] >= 100
     done = cleanup(study.dir, study.config["retention"], "val_criteria_f1_macro", 3, apply=True)
     assert done["bytes_removed"] == dry["bytes"]
     assert not (trial / ".tmp-epoch_0009-dead").exists() and not stray.exists()
+    assert not (confirm / ".tmp-epoch_0001-dead").exists()
     assert sorted(str(p) for p in study.dir.glob("trial_*/checkpoints/epoch_*")) == kept
     assert (
         cleanup(study.dir, study.config["retention"], "val_criteria_f1_macro", 3, apply=False)[

@@ -1,7 +1,8 @@
 """`python -m leanhpo cleanup`: find (and with --apply remove) what no trial references.
 
 Orphans of a study are:
-- temporary `.tmp-*` / `.trash-*` folders in a trial's checkpoints/ (a killed save or delete);
+- temporary `.tmp-*` / `.trash-*` folders in a trial's (or a study.confirm run's) checkpoints/
+  (a killed save or delete);
 - checkpoints of a finished trial that retention would not keep: beyond its own best ones
   (trial-level policy, including a disk-pressure switch) or outside the `keep_best_trials`
   best trials (study-level);
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.checkpoints import WEIGHT_GROUPS, CheckpointStore, checkpoint_info, plan_retention
+from leanhpo.paths import CONFIRM_PREFIX
 from leanhpo.reports import refresh_retained
 from leanhpo.storage.preflight import human
 from leanhpo.study.pressure import is_running
@@ -133,7 +135,11 @@ def find_orphans(
 ) -> list[Orphan]:
     retention = effective_retention(study_dir, retention)
     orphans: list[Orphan] = []
-    for trial_dir in sorted(study_dir.glob("trial_[0-9][0-9][0-9][0-9]")):
+    run_dirs = [  # the trials', and the study.confirm runs' (their own retention settles them)
+        *study_dir.glob("trial_[0-9][0-9][0-9][0-9]"),
+        *study_dir.glob(f"{CONFIRM_PREFIX}*"),
+    ]
+    for trial_dir in sorted(run_dirs):
         if not is_running(trial_dir):
             orphans += _temporary(trial_dir)
     orphans += _unkept_checkpoints(study_dir, retention, metric)
