@@ -8,14 +8,17 @@ two new runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from workflowhelper import REPO, SNAKEMAKE, job_env, kill_storm, snakemake_command
+from workflowhelper import REPO, SNAKEMAKE, job_env, snakemake_command
 
 from leanhpo.config import ConfigError
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
@@ -153,19 +156,16 @@ def _job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-CONFIRM_PHASE_S: dict[str, float] = {}
 SNAPSHOT: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory) -> Path:
-    """A tiny study with confirm {top_k: 2, seeds: 2}: the search, then (timed) the rest."""
+    """A tiny study with confirm {top_k: 2, seeds: 2}: the search, then the rest."""
     workdir = tmp_path_factory.mktemp("confirm")
     overlay = _overlay(workdir, "confirm.yaml", 2, 2)
     _trials_only(workdir, overlay)
-    started = time.monotonic()
     result = _snakemake(workdir, overlays=(overlay,))
-    CONFIRM_PHASE_S["s"] = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-4000:]
     assert "chosen over seeds (study.confirm: top 2, 2 extra seeds each)" in result.stderr
     SNAPSHOT["confirm"] = _confirm_reports(workdir)
@@ -248,26 +248,59 @@ def test_a_study_with_confirm_retrains_exactly_four_runs_and_the_best_mean_wins(
     assert all(r.info.status == "FINISHED" for r in found)
 
 
+def _kill_inside_a_confirm_run(
+    command: list[str], study_dir: Path, spared: list[str]
+) -> str | None:
+    """Run `command`; kill -9 its process group once a confirm run not in `spared` has
+    committed its first epoch and has no report yet. The run's name, or None when the command
+    ended first."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=job_env(),
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            for folder in sorted(study_dir.glob("confirm_trial_*")):
+                halfway = (folder / "checkpoints" / "epoch_0001").is_dir()
+                if folder.name not in spared and halfway and not (folder / "report.json").exists():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    return folder.name
+            time.sleep(0.02)
+        return None
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_kill_9_during_the_confirm_runs_then_resume_gives_the_uninterrupted_result(
     confirmed, tmp_path
 ):
-    """The search first, then kill -9 at seeded random instants over the confirm phase, each
-    followed by the resume command: the same runs, the same metrics, no epoch logged twice."""
+    """The search first; then three times the resume command, each killed with SIGKILL (the
+    whole process group: Snakemake and its job) inside a confirm run, once its first epoch's
+    checkpoint is committed and before its report; then the resume command to the end: the
+    same runs, the same metrics, no epoch logged twice."""
     workdir = tmp_path / "storm"
     workdir.mkdir()
     overlay = _overlay(workdir, "confirm.yaml", 2, 2)
     _trials_only(workdir, overlay)
-    kills = kill_storm(
-        [*_command(workdir, overlay), "--rerun-incomplete"],
-        4,
-        seed=25,
-        uninterrupted_s=CONFIRM_PHASE_S["s"],
-    )
+    killed: list[str] = []
+    for _ in range(3):
+        name = _kill_inside_a_confirm_run(
+            [*_command(workdir, overlay), "--rerun-incomplete"], _study(workdir), killed
+        )
+        if name is not None:
+            killed.append(name)
     final = _snakemake(workdir, "--rerun-incomplete", overlays=(overlay,))
     assert final.returncode == 0, final.stderr[-4000:]
-    assert len(kills) >= 2, kills
+    assert len(killed) == 3, killed  # three different runs, each killed half way
     runs = _confirm_reports(workdir)
     assert sorted(runs) == sorted(SNAPSHOT["confirm"])
     for name, report in runs.items():

@@ -2,10 +2,11 @@
 (tests/services/memory_cgroup.py), enforced by the kernel's OOM killer.
 
 The data is the tiny sample (long-tailed: posts as long as the real ones), the model MiniLM at
-128 tokens a window: about 42 MB a row on the CPU, so the seeded order's largest batch (60 rows,
-8 posts at epoch 1, step 1) needs 2.6 GB in one pass, and the longest post (14 windows) 0.6 GB.
-Under LIMIT, `train.max_batch_rows: null` really is killed by the kernel (the guard switched off),
-while `auto` trains.
+128 tokens a window: about 37 MB a row on the CPU, so the seeded order's largest batch (39 rows,
+8 posts at epoch 1, step 5, the last of the 36 training posts of the split by author; no other
+batch has over 10 rows) needs 1.4 GB in one pass, and the longest post (11 windows, in that
+batch) 0.4 GB. Under LIMIT, `train.max_batch_rows: null` really is killed by the kernel (the
+guard switched off), while `auto` trains.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from leanhpo.trial.row_cost import COST_FILE, cost_key
 pytestmark = [pytest.mark.slow]
 
 GIB = 1 << 30
-LIMIT = int(2.5 * GIB)  # the trial job alone: ~1 GB before training, 3.2 GB with null's batch
+LIMIT = int(2.0 * GIB)  # the trial job alone: ~1 GB before training, 2.4 GB with null's batch
 TOO_SMALL = int(1.1 * GIB)  # room to load MiniLM and measure a row, not for the longest post
 MODEL = {"id": "minilm", "max_length": 128}
 
@@ -60,7 +61,7 @@ def test_the_preflight_refuses_a_limit_too_small_for_one_post(tmp_path, memory_c
     result = _run_trial(group, study, config, 0)
     assert result.returncode == 73, result.stderr[-3000:]
     message = result.stderr
-    assert "not enough memory to train: the longest post (14 windows" in message
+    assert "not enough memory to train: the longest post (11 windows" in message
     assert "per row of 128 tokens" in message and "limit (cgroup v" in message
     for fix in ("model.max_windows", "model.max_length", "a smaller model", "resources.mem_mb"):
         assert fix in message
@@ -73,7 +74,7 @@ def test_the_preflight_refuses_a_limit_too_small_for_one_post(tmp_path, memory_c
 
 
 def test_two_kernel_kills_at_one_batch_fail_the_trial_for_memory(tmp_path, memory_cgroup):
-    """The guard switched off, null's 60-row pass is killed by the kernel's OOM killer; the
+    """The guard switched off, null's 39-row pass is killed by the kernel's OOM killer; the
     second kill at the same epoch and step fails the trial instead of a third try."""
     group = memory_cgroup(LIMIT)
     study, config = _study(tmp_path, max_batch_rows=None)
@@ -88,12 +89,12 @@ def test_two_kernel_kills_at_one_batch_fail_the_trial_for_memory(tmp_path, memor
     assert report["status"] == "failed"
     failure = report["failure"]
     assert failure["reason"] == "out_of_memory"
-    assert "the kernel killed this trial 2 times at epoch 1, step 1" in failure["message"]
+    assert "the kernel killed this trial 2 times at epoch 1, step 5" in failure["message"]
     assert (
         "OOM-kill counter" in failure["message"]
         and "train.max_batch_rows: auto" in failure["message"]
     )
-    assert failure["memory"]["rows"] == 60
+    assert failure["memory"]["rows"] == 39
     assert report["memory"]["attempts"] == 3 and report["memory"]["killed_attempts"] == 2
     [trial] = study.optuna().get_trials()
     assert (
@@ -105,7 +106,7 @@ def test_two_kernel_kills_at_one_batch_fail_the_trial_for_memory(tmp_path, memor
 
 
 def test_the_layer_hooks_stop_a_pass_the_estimate_let_through(tmp_path, memory_cgroup):
-    """A row cost far too low (put in the study's cache) lets null's 60-row pass start; the
+    """A row cost far too low (put in the study's cache) lets null's 39-row pass start; the
     hooks after each encoder layer see memory climb and stop the pass before the kernel would:
     out_of_memory, measured, and no OOM kill."""
     group = memory_cgroup(LIMIT)
@@ -118,7 +119,7 @@ def test_the_layer_hooks_stop_a_pass_the_estimate_let_through(tmp_path, memory_c
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(study.report_path(0))
     assert report["status"] == "failed" and report["failure"]["reason"] == "out_of_memory"
-    assert "during a training pass of 60 rows" in report["failure"]["message"]
+    assert "during a training pass of 39 rows" in report["failure"]["message"]
     figures = report["failure"]["memory"]
     assert figures["measured"] and figures["used_bytes"] <= LIMIT
     assert group.oom_kills() == 0
@@ -144,7 +145,7 @@ def test_a_study_under_the_limit_trains_with_auto_and_fails_null_for_memory(
     report = read_json(study / "trial_0000" / "report.json")
     memory = report["memory"]
     assert report["status"] == "completed"
-    assert memory["max_batch_rows"] == "auto" and 1 <= memory["rows_per_pass"] < 60
+    assert memory["max_batch_rows"] == "auto" and 1 <= memory["rows_per_pass"] < 39
     assert memory["limit_bytes"] == LIMIT and memory["peak_share"] < 1
     tracker = Tracker(f"sqlite:///{tmp_path}/experiments/mlflow.db", "leanhpo")
     run = tracker.client.get_run(report["mlflow"]["run_id"])
@@ -169,12 +170,12 @@ def test_a_study_under_the_limit_trains_with_auto_and_fails_null_for_memory(
         assert failed["status"] == "failed", failed["failure"]
         assert failed["failure"]["reason"] == "out_of_memory"
         figures = failed["failure"]["memory"]
-        assert figures["rows"] == 60 and figures["needed_bytes"] > LIMIT * 0.97
+        assert figures["rows"] == 39 and figures["needed_bytes"] > LIMIT * 0.97
         assert figures["limit_bytes"] == LIMIT and figures["bytes_per_row"] > 0
         assert failed["memory"]["attempts"] == 1  # one job each: no rerun loop
         run = tracker.client.get_run(failed["mlflow"]["run_id"])
         assert run.data.tags["leanhpo.failure"] == "out_of_memory"
-    shown = "trial 2 of 3  failed through its own settings: out of memory: a training pass of 60"
+    shown = "trial 2 of 3  failed through its own settings: out of memory: a training pass of 39"
     assert shown in grown.stderr
     counts = read_json(study / "study_report.json")["trial_counts"]
     assert (counts["completed"], counts["failed"]) == (1, 2)

@@ -251,8 +251,9 @@ EFFECTS: dict[str, tuple[str, dict, list]] = {
     "lambda_criteria": ("train", {}, [0.5, 1.0]),
     "lambda_evidence": ("train", {}, [0.25, 1.0]),
 }
-# searchable names whose effect is proven by a dedicated test below (or by test_trial.py)
-EFFECTS_ELSEWHERE = {"max_answer_tokens", "null_threshold", "input_format"}
+# searchable names whose effect is proven by a dedicated test below (or by test_trial.py;
+# window_pooling, which acts only on posts of several windows: by test_window_pooling.py)
+EFFECTS_ELSEWHERE = {"max_answer_tokens", "null_threshold", "input_format", "window_pooling"}
 LOSS_KEYS = {
     "loss",
     "focal_gamma",

@@ -87,6 +87,7 @@ def test_a_post_of_copies_of_one_window_reads_as_that_window(kind):
         }
     )  # fmt: skip
     network = build_network(config, seed=0)
+    assert network.model.window_pool.kind == kind  # the config reaches the model
     network.model.eval()
     post = {
         "post_id": "p",
