@@ -235,3 +235,41 @@ def test_the_study_reports_trial_table_shows_peak_memory_and_the_failure_reason(
     html = _trials_section(reports)
     assert "<th>peak memory</th>" in html and "<td>1.6 GB</td>" in html
     assert "failed (out_of_memory)" in html
+
+
+def test_the_guard_names_a_pass_by_its_optimizer_step_as_the_plan_does(sample_posts, tmp_path):
+    """Each training pass is recorded at the step the batch plan gives it (1, 2, 3, ...): the
+    guard counted each step twice (the pass, then the optimizer's hook), so a kill at the
+    fifth batch was reported at step 9, where the plan and the user look for step 5."""
+    from leanhpo.memory.guard import MemoryGuard
+    from leanhpo.memory.limits import MemoryWatch
+
+    config = Config.from_dict(
+        {
+            "model": {"id": "tiny", "max_length": 64, "window_stride": 16},
+            "train": {"device": "cpu", "max_batch_rows": None, "loss": "bce"},
+        }
+    )
+    network = build_network(config, 5)
+    split = encode_posts(
+        sample_posts["train"][:12], network.tokenizer, "multi_label", windowing(config)
+    )
+    optimisation = build_optimisation(network, config, split)
+    record = AttemptLog(tmp_path)
+    positions = []
+    record.at = lambda epoch, step, rows, write=False: positions.append((epoch, step))
+    guard = MemoryGuard(_budget(64 * GIB, 0, MIB), MemoryWatch.discover(), record, None, [])
+    guard.attach(network.model, network.model.encoder, optimisation.optimizer)
+    guard.start_epoch(1)
+    loader = make_loader(split, 4, network.pad_token_id, 1)
+    with guard:
+        train_one_epoch(
+            network.model,
+            loader,
+            optimisation.optimizer,
+            optimisation.scheduler,
+            replace(config.train, max_batch_rows=None),
+            network.device,
+        )
+    steps = [step for epoch, step in positions if step]
+    assert steps == list(range(1, len(loader) + 1)), steps

@@ -53,7 +53,10 @@ class MemoryGuard:
         self.budget, self.watch, self.record = budget, watch, record
         self.max_rows, self.fixes = max_rows, fixes
         self.enabled = os.environ.get(GUARD_ENV, "on").lower() not in ("off", "0", "false")
-        self.epoch = self.step = self.rows = 0
+        # `done`: optimizer steps finished in this epoch (the optimizer's hook counts them);
+        # `step`: the step of the pass under way (done + 1; micro-batches share it), which every
+        # record and message names, as the batch plan does (training/batch_plan.py).
+        self.epoch = self.done = self.step = self.rows = 0
         self.width: int | None = None
         self.layers = 1
         self._handles: list[Any] = []
@@ -85,18 +88,18 @@ class MemoryGuard:
         self._handles = []
 
     def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.step, self.rows = epoch, 0, 0
+        self.epoch, self.done, self.step, self.rows = epoch, 0, 0, 0
         self.record.at(epoch, 0, 0, write=True)
 
     def _stepped(self, *_: Any) -> None:
-        self.step += 1
+        self.done += 1
 
     def _before_forward(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         self._pass_start, self._layers_done = self.watch.read().used, 0
         if module.training and torch.is_grad_enabled():  # a training pass, not validation
             inputs = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
             rows, width = inputs.shape
-            self.before_pass(self.step + 1, int(rows), int(width))
+            self.before_pass(self.done + 1, int(rows), int(width))
         else:
             self.rows = 0
 
