@@ -59,6 +59,7 @@ def plan_confirm(
     `output`. Checkpoints of confirm runs whose trial left the top_k (a grown study found
     better ones) are deleted: they can no longer be chosen, and disk use stays bounded by
     top_k x seeds runs; their reports stay, for the record."""
+    # torch only here: the summary and the report page import this module for its words
     from leanhpo.checkpoints import CheckpointStore
     from leanhpo.reports import refresh_retained
     from leanhpo.study.prune import retention_lock

@@ -468,10 +468,11 @@ def _track(
     step: int | None = None,
 ) -> None:
     """The test metrics and their intervals on the study's parent run, at step = the number of
-    trial slots evaluated (with study.confirm, plus its runs): a grown study's evaluation is a new point (MLflow shows the latest
-    step), while a rerun of the same evaluation adds nothing (the seeded intervals are the same
-    too), so MLflow and study_report.json agree. The progress tags the trials left on the parent
-    (trial i/N, best so far, ETA) are made final here, as the study is."""
+    trial slots evaluated (with study.confirm, plus its runs): a grown study's evaluation is a
+    new point (MLflow shows the latest step), while a rerun of the same evaluation adds nothing
+    (the seeded intervals are the same too), so MLflow and study_report.json agree. The
+    progress tags the trials left on the parent (trial i/N, best so far, ETA) are made final
+    here, as the study is."""
     tracker = open_tracker(config["tracking"], study_dir)
     parent = study_info["mlflow"]["parent_run_id"]
     metrics = metrics_to_log(primary)

@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leanhpo.checkpoints import CheckpointStore
 from leanhpo.config import Config, apply_params, validate_config
 from leanhpo.data import read_data_report
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.memory.attempts import AttemptLog
 from leanhpo.metric_names import curve_copies
-from leanhpo.paths import confirm_folder, confirm_label, trial_label
+from leanhpo.paths import confirm_label, trial_label
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.study.confirm import ConfirmSourceError
 from leanhpo.study.create import STUDY_UUID_TAG
@@ -250,8 +251,6 @@ def _finish(
 ) -> dict[str, Any]:
     """Settle the run's checkpoints as a finished trial's (its best only, weights only; none
     when it failed) and write its report. Idempotent, like a trial's."""
-    from leanhpo.checkpoints import CheckpointStore
-
     run_dir = report_path.parent
     retention = effective_retention(run_dir.parent, config["retention"])
     history = (state.get("outcome") or {}).get("history", [])
@@ -266,7 +265,3 @@ def _finish(
     write_report(report_path, report, TRIAL_SCHEMA)
     event(log, f"report written: {report_path}", kind="report", status=report["status"])
     return report
-
-
-def confirm_report_path(study_dir: Path, slot: int, seed_index: int) -> Path:
-    return study_dir / confirm_folder(slot, seed_index) / "report.json"
