@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflowhelper import REPO, SNAKEMAKE, job_env, snakemake_command
+from workflowhelper import REPO, SNAKEMAKE, job_counts, job_env, snakemake_command
 
 from leanhpo.config import ConfigError
 from leanhpo.reports import STUDY_SCHEMA, TRIAL_SCHEMA, validate_report
@@ -145,15 +145,6 @@ def _confirm_reports(workdir: Path) -> dict[str, dict]:
     return {
         p.parent.name: _read(p) for p in sorted(_study(workdir).glob("confirm_trial_*/report.json"))
     }
-
-
-def _job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.split("Job stats:", 1)[-1].splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 SNAPSHOT: dict[str, dict] = {}
@@ -339,7 +330,7 @@ def test_growing_to_three_seeds_trains_only_the_two_new_runs(confirmed):
     }
     plan = _snakemake(confirmed, "-n", overlays=(overlay,))
     assert plan.returncode == 0, plan.stderr[-4000:]
-    counts = _job_counts(plan.stdout + plan.stderr)
+    counts = job_counts(plan.stdout + plan.stderr)
     assert counts["confirm_run"] == 2 and "run_trial" not in counts, counts
     result = _snakemake(confirmed, overlays=(overlay,))
     assert result.returncode == 0, result.stderr[-4000:]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from services.chromium import FLAGS
 from services.mlflow_server import MlflowServer
-from workflowhelper import job_env, kill_storm, snakemake_command
+from workflowhelper import job_counts, job_env, kill_storm, snakemake_command
 
 from leanhpo.checkpoints import CheckpointStore, checkpoint_info
 from leanhpo.metric_names import BASELINES_GROUP, CURVE_METRICS, CURVES_GROUP
@@ -249,16 +249,6 @@ def test_malformed_config_fails_naming_the_key(tmp_path):
     assert "study.n_trials" in output and "n_trails" in output
 
 
-def _job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: {rule: count}."""
-    counts = {}
-    for line in output.split("Job stats:", 1)[-1].splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def _wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -338,7 +328,7 @@ def test_growing_n_trials_runs_only_the_new_slots(finished):
     before = {p: p.stat().st_mtime_ns for p in _study_dir(finished).glob("trial_*/report.json")}
     plan = snakemake(finished, "-n", overlays=(overlay,))
     assert plan.returncode == 0
-    assert _job_counts(plan.stdout + plan.stderr)["run_trial"] == 2
+    assert job_counts(plan.stdout + plan.stderr)["run_trial"] == 2
     result = snakemake(finished, overlays=(overlay,))
     assert result.returncode == 0, result.stderr[-4000:]
     assert {p: p.stat().st_mtime_ns for p in before} == before  # finished trials untouched

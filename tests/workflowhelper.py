@@ -72,3 +72,13 @@ def kill_storm(
                 after_kill()
     print(f"kill -9 at {kills} s after each start (uninterrupted: {uninterrupted_s:.1f} s)")
     return kills
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run's output: {rule: count}."""
+    counts = {}
+    for line in output.split("Job stats:", 1)[-1].splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts

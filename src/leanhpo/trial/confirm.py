@@ -43,7 +43,7 @@ from leanhpo.study.prune import (
 )
 from leanhpo.tracking import open_tracker
 from leanhpo.trial.fingerprint import check_trial_fingerprint, fingerprint, training_sections
-from leanhpo.trial.job import data_report_summary, train_recorded
+from leanhpo.trial.job import data_report_summary, mark_failed, mark_trained, train_recorded
 from leanhpo.trial.lock import TrialLock
 from leanhpo.trial.progress import EpochProgress
 from leanhpo.trial.record import close_tracking
@@ -207,36 +207,10 @@ def _run_locked(
     outcome, failure, monitor = train_recorded(spec, config, data_dir, record, publish, log)
     state["memory"] = record.summary()
     if failure is not None:
-        event(
-            log,
-            f"failed through its own settings: {failure['message']}",
-            logging.ERROR,
-            kind="trial_failed",
-            reason=failure["reason"],
-        )
-        state.update(
-            {"status": "failed", "failure": failure, "finished_at": datetime.now(UTC).isoformat()}
-        )
+        mark_failed(state, failure, log)
     else:
-        assert outcome is not None
-        if outcome.resolved_settings:
-            tracker.log_params_once(
-                run_id,
-                {f"resolved.{k}": v["resolved"] for k, v in outcome.resolved_settings.items()},
-            )
-        state.update(
-            {
-                "config": spec.config.to_dict(),
-                "status": "completed",
-                "outcome": vars(outcome),
-                "disk": {
-                    "pressure_steps": guard.steps_taken,
-                    "lowest_free": monitor.lowest.to_dict() if monitor.lowest else None,
-                },
-                "finished_at": datetime.now(UTC).isoformat(),
-                "wall_seconds": time.monotonic() - started,
-            }
-        )
+        assert outcome is not None  # no pruner stops a confirm run
+        mark_trained(state, spec, outcome, monitor, started, tracker, run_id)
     atomic_write_json(state_path, state)
     close_tracking(state_path, state, study_info, config, log, tracker)
     return _finish(state, study_info, config, report_path, log)

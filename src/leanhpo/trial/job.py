@@ -52,7 +52,7 @@ from leanhpo.study.setup import (
     sampler_from_config,
     slot_lease,
 )
-from leanhpo.tracking import open_tracker
+from leanhpo.tracking import Tracker, open_tracker
 from leanhpo.trial.analysis import score_for_analysis
 from leanhpo.trial.failure import TRIAL_FAILURES, failure_of, killed_for_memory
 from leanhpo.trial.fingerprint import (
@@ -218,16 +218,7 @@ def _run_owned(
     outcome, failure, monitor = train_recorded(spec, config, data_dir, record, publish, log)
     state["memory"] = record.summary()
     if failure is not None:
-        event(
-            log,
-            f"failed through its own settings: {failure['message']}",
-            logging.ERROR,
-            kind="trial_failed",
-            reason=failure["reason"],
-        )
-        state.update(
-            {"status": "failed", "failure": failure, "finished_at": datetime.now(UTC).isoformat()}
-        )
+        mark_failed(state, failure, log)
         atomic_write_json(state_path, state)
         lease.fence()
         study._storage.set_trial_user_attr(frozen._trial_id, FAILURE_ATTR, failure)
@@ -236,6 +227,37 @@ def _run_owned(
     assert outcome is not None  # trained: no failure
     if outcome.pruned_at_epoch is not None:
         state["pruning"]["pruned_at_epoch"] = outcome.pruned_at_epoch
+    mark_trained(state, spec, outcome, monitor, started, tracker, run_id)
+    atomic_write_json(state_path, state)
+    score_for_analysis(state_path, state, config, data_dir, log, tracker)  # opt-in; once
+    close_tracking(state_path, state, study_info, config, log, tracker)
+    return _finish(study, frozen, state, study_info, config, report_path, log, lease)
+
+
+def mark_failed(state: dict[str, Any], failure: dict[str, Any], log: logging.Logger) -> None:
+    """state.json's record of a trial (or confirm run) that failed through its own settings."""
+    event(
+        log,
+        f"failed through its own settings: {failure['message']}",
+        logging.ERROR,
+        kind="trial_failed",
+        reason=failure["reason"],
+    )
+    state.update(
+        {"status": "failed", "failure": failure, "finished_at": datetime.now(UTC).isoformat()}
+    )
+
+
+def mark_trained(
+    state: dict[str, Any],
+    spec: TrialSpec,
+    outcome: TrainingOutcome,
+    monitor: DiskMonitor,
+    started: float,
+    tracker: Tracker,
+    run_id: str,
+) -> None:
+    """state.json's record of a trial (or confirm run) that trained to its end or was pruned."""
     if outcome.resolved_settings:
         # The report's config (and so a retraining, the export) holds what the trial decoded
         # with; MLflow's params are immutable, so the resolved value is a param of its own.
@@ -248,17 +270,13 @@ def _run_owned(
             "status": "completed" if outcome.pruned_at_epoch is None else "pruned",
             "outcome": vars(outcome),
             "disk": {
-                "pressure_steps": guard.steps_taken,
+                "pressure_steps": spec.guard.steps_taken if spec.guard else [],
                 "lowest_free": monitor.lowest.to_dict() if monitor.lowest else None,
             },
             "finished_at": datetime.now(UTC).isoformat(),
             "wall_seconds": time.monotonic() - started,
         }
     )
-    atomic_write_json(state_path, state)
-    score_for_analysis(state_path, state, config, data_dir, log, tracker)  # opt-in; once
-    close_tracking(state_path, state, study_info, config, log, tracker)
-    return _finish(study, frozen, state, study_info, config, report_path, log, lease)
 
 
 def train_recorded(
