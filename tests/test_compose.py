@@ -245,6 +245,31 @@ def test_tiny_study_runs_through_the_stack(stack: Stack, monkeypatch: pytest.Mon
     assert all(run.data.metrics for run in runs)
 
 
+# Every process's command line in a container, as `ps` shows it to any local user.
+COMMAND_LINES = (
+    "import pathlib\n"
+    "for f in pathlib.Path('/proc').glob('[0-9]*/cmdline'):\n"
+    "    try: print(f.read_bytes().replace(b'\\0', b' ').decode(errors='replace'))\n"
+    "    except OSError: pass\n"
+)
+
+
+def test_no_password_is_on_a_command_line(stack: Stack):
+    """The MLflow backend URI holds the PostgreSQL password: it reaches the server through the
+    environment (MLFLOW_BACKEND_STORE_URI), so no process of the running MLflow container shows
+    it to `ps`, and no service's configured command holds a secret."""
+    secrets_ = (stack.pg_password, stack.mlflow_password)
+    (mlflow,) = stack.containers("mlflow")
+    running = stack.engine_output("exec", mlflow, "python3", "-c", COMMAND_LINES)
+    assert "mlflow server" in running, running
+    configured = [
+        stack.engine_output("inspect", "--format", "{{.Config.Cmd}}", name)
+        for name in stack.containers()
+    ]
+    for text in (running, *configured):
+        assert not any(secret in text for secret in secrets_), text
+
+
 def test_the_stack_goes_down_cleanly(stack: Stack):
     stack.run("down", "-v", timeout=DOWN_TIMEOUT_S)
     assert stack.containers() == []

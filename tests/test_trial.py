@@ -10,6 +10,7 @@ from conftest import tiny_config_dict
 from studyhelper import Study
 
 from leanhpo.checkpoints import CheckpointStore
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_ELSEWHERE, exit_code_for
 from leanhpo.fsutil import read_json
 from leanhpo.reports import TRIAL_SCHEMA, validate_report
 from leanhpo.study.setup import SLOT_ATTR
@@ -196,10 +197,34 @@ def test_incompatible_checkpoint_is_never_loaded(study, monkeypatch):
         }
     )
     network = build_network(other, 0)
-    with pytest.raises(IncompatibleCheckpointError, match="input_format"):
+    with pytest.raises(IncompatibleCheckpointError, match="input_format") as refused:
         check_compatible(
             loaded, network, compatibility_metadata(network.model, other.model.id, "x")
         )
+    # A rerun without a change fails the same way: bad input, as the exit-code table says.
+    assert exit_code_for(refused.value) == EXIT_BAD_INPUT
+
+
+def test_a_slot_trained_in_another_folder_exits_with_its_own_code(study, tmp_path, monkeypatch):
+    """Two drivers without a shared filesystem: the slot finished in folder a, so a job in
+    folder b (no state file here) stops with the message and exit 66, not a traceback."""
+    from leanhpo.workflow import job
+
+    elsewhere, here = tmp_path / "a", tmp_path / "b"
+    elsewhere.mkdir()
+    here.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert study.run(0)["status"] == "completed"
+    trial_dir = study.report_path(0).parent
+    trial_dir.rename(elsewhere / trial_dir.name)  # its files live on the other host
+    monkeypatch.chdir(here)
+    log = tmp_path / "job.log"
+    with pytest.raises(SystemExit) as stop, job(log):
+        study.run(0)
+    assert stop.value.code == EXIT_ELSEWHERE
+    written = log.read_text()
+    assert "was trained by pid" in written and str(elsewhere) in written
+    assert "Traceback" not in written
 
 
 def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(study, monkeypatch):

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.config.strategy import enqueued_params
 from leanhpo.data import load_split, read_data_report
+from leanhpo.exit_codes import EXIT_ELSEWHERE
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.memory.attempts import AttemptLog
@@ -73,7 +74,10 @@ FAILURE_ATTR = "failure"  # the Optuna trial's user attr with a failed trial's r
 
 
 class SlotTrainedElsewhereError(RuntimeError):
-    """The slot finished in another driver's working folder (no shared filesystem)."""
+    """The slot finished in another driver's working folder (no shared filesystem). Permanent
+    for this folder, so not a crash: its own exit code and the message, no traceback."""
+
+    exit_code = EXIT_ELSEWHERE
 
 
 def main(

@@ -15,12 +15,16 @@ import numpy as np
 import torch
 
 from leanhpo.checkpoints import LoadedCheckpoint, flatten_state, unflatten_state
+from leanhpo.exit_codes import EXIT_BAD_INPUT
 from leanhpo.models import architecture_signature
 from leanhpo.training.setup import Network, Optimisation
 
 
 class IncompatibleCheckpointError(RuntimeError):
-    """A checkpoint that does not fit the current code or config; never loaded silently."""
+    """A checkpoint that does not fit the current code or config; never loaded silently. Bad
+    input (exit 2): a rerun without a change fails the same way."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def capture_rng() -> dict[str, Any]:
