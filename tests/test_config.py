@@ -316,3 +316,22 @@ def test_a_model_id_that_names_no_model_is_a_config_error(model_id, message):
 def test_model_ids_that_can_name_a_model_are_accepted(tmp_path):
     for model_id in ("minilm", "tiny", "bert-base", "someone/some-model", str(tmp_path)):
         assert validate_config({"model": {"id": model_id}})["model"]["id"] == model_id
+
+
+def test_window_stride_auto_is_a_quarter_of_max_length_and_keeps_the_fingerprint():
+    from leanhpo.trial.fingerprint import fingerprint
+
+    def model(**keys):
+        return validate_config({"model": keys})["model"]["window_stride"]
+
+    assert validate_config({})["model"]["window_stride"] == 64  # the number before auto, at 256
+    assert model(max_length=512) == 128
+    # Refused before auto, when the default stride was a fixed 64 (more than half of 96).
+    assert model(max_length=96) == 24
+    assert model(max_length=128, window_stride=48) == 48
+    # At max_length 256 a study fingerprinted with the old default keeps its fingerprint.
+    auto = validate_config({"model": {"window_stride": "auto"}})
+    fixed = validate_config({"model": {"window_stride": 64}})
+    assert fingerprint(auto, "data") == fingerprint(fixed, "data")
+    with pytest.raises(ConfigError, match=r"model\.window_stride"):
+        validate_config({"model": {"window_stride": "quarter"}})

@@ -40,6 +40,7 @@ SPLIT_TOLERANCE = 1e-6
 # tool says otherwise, so users meet this as "not a number" and need the spelling that works.
 YAML11_EXPONENT_TEXT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 NUMBER_TYPES = ("number", "integer")
+WINDOW_STRIDE_SHARE = 4  # model.window_stride auto: max_length // 4
 
 
 class ConfigError(ValueError):
@@ -182,6 +183,7 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(map(_schema_error_message, errors)))
+    _resolve_window_stride(config["model"])
     problems = list(_semantic_problems(config, searched=searched))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -190,6 +192,14 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
     register_url_secrets(config["study"]["storage"])
     register_url_secrets(config["tracking"]["uri"])
     return config
+
+
+def _resolve_window_stride(model: dict[str, Any]) -> None:
+    """model.window_stride `auto`: a quarter of max_length (64 at the default 256, the number
+    before auto), resolved here so that everything downstream, the fingerprint included, sees
+    the number. max_length is not searchable, so no trial's parameters change it later."""
+    if model["window_stride"] == "auto":
+        model["window_stride"] = model["max_length"] // WINDOW_STRIDE_SHARE
 
 
 def _semantic_problems(config: dict[str, Any], searched: bool = True) -> Iterator[str]:
