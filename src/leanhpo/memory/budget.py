@@ -19,12 +19,11 @@ grouping builds from eight long posts needs about 36 GB.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from leanhpo.exit_codes import EXIT_NO_SPACE
+from leanhpo.exit_codes import ResourceStop
 from leanhpo.memory.limits import MemoryReading
 from leanhpo.storage.preflight import human
 
@@ -127,14 +126,10 @@ def memory_fixes(settings: dict[str, Any], largest_post_rows: int) -> list[str]:
     return fixes
 
 
-class MemoryTooSmallError(RuntimeError):
+class MemoryTooSmallError(ResourceStop):
     """Not even the largest post fits in one pass: no trial of this config can train here."""
 
-    exit_code = EXIT_NO_SPACE
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        super().__init__(payload["reason"])
-        self.payload = payload
+    kind = "memory_too_small"
 
     def render(self) -> str:
         p = self.payload
@@ -151,9 +146,6 @@ class MemoryTooSmallError(RuntimeError):
             *(f"    - {fix}" for fix in p["fixes"]),
         ]
         return "\n".join(lines)
-
-    def to_json(self) -> str:
-        return json.dumps(self.payload, sort_keys=True)
 
 
 class OutOfMemoryStop(RuntimeError):

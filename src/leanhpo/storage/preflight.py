@@ -6,11 +6,10 @@ so far stays. The trial resumes from its last checkpoint once there is room agai
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from leanhpo.commands import current_invocation, resume_command
-from leanhpo.exit_codes import EXIT_NO_SPACE
+from leanhpo.exit_codes import ResourceStop
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -23,14 +22,10 @@ def human(size: int | float) -> str:
     return f"{int(size)} B"
 
 
-class NoSpaceError(RuntimeError):
+class NoSpaceError(ResourceStop):
     """The next checkpoint cannot fit even after aggressive pruning."""
 
-    exit_code = EXIT_NO_SPACE
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        super().__init__(payload["reason"])
-        self.payload = payload
+    kind = "no_space"
 
     def render(self) -> str:
         p = self.payload
@@ -50,9 +45,6 @@ class NoSpaceError(RuntimeError):
             *(f"    - {fix}" for fix in p["fixes"]),
         ]
         return "\n".join(lines)
-
-    def to_json(self) -> str:
-        return json.dumps(self.payload, sort_keys=True)
 
 
 def fixes(

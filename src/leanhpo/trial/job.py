@@ -22,18 +22,16 @@ from optuna.trial import TrialState
 from leanhpo.config import Config, apply_params, sample_params, validate_config
 from leanhpo.config.strategy import enqueued_params
 from leanhpo.data import load_split, read_data_report
-from leanhpo.exit_codes import EXIT_ELSEWHERE
+from leanhpo.exit_codes import EXIT_ELSEWHERE, ResourceStop
 from leanhpo.fsutil import atomic_write_json, read_json
 from leanhpo.logs import event, setup_logging
 from leanhpo.memory.attempts import AttemptLog
-from leanhpo.memory.budget import MemoryTooSmallError
 from leanhpo.memory.limits import MemoryWatch
 from leanhpo.metric_names import curve_copies
 from leanhpo.paths import trial_label
 from leanhpo.preload import PRELOADED_ENV
 from leanhpo.reports import TRIAL_SCHEMA, write_report
 from leanhpo.storage.disk import DiskMonitor
-from leanhpo.storage.preflight import NoSpaceError
 from leanhpo.study.create import STUDY_UUID_TAG
 from leanhpo.study.info import read_study_info
 from leanhpo.study.lease import SlotLease
@@ -320,10 +318,9 @@ def train_recorded(
                     outcome = run_training(
                         spec, splits["train"], splits["validation"], publish, log
                     )
-        except (NoSpaceError, MemoryTooSmallError) as error:
+        except ResourceStop as error:  # no space, or too little memory for one pass
             # To stdout and the JSONL log; the job exits with 73 and a rerun resumes.
-            kind = "no_space" if isinstance(error, NoSpaceError) else "memory_too_small"
-            event(log, error.render(), logging.ERROR, kind=kind, **error.payload)
+            event(log, error.render(), logging.ERROR, kind=error.kind, **error.payload)
             raise
         except TRIAL_FAILURES as error:
             failure = failure_of(error)
