@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchenv
 import numpy as np
 
 from leanhpo.metric_names import SYMPTOMS
@@ -145,17 +144,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sizes = [int(size) for size in args.posts.split(",") if size]
-    environment = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "level": LEVEL,
-        "seed": SEED,
-        "repeats": args.repeats,
-        "load_average_start": os.getloadavg(),
-    }
+    environment = benchenv.environment({"level": LEVEL, "seed": SEED, "repeats": args.repeats})
     rows = [run_size(n, args.samples, args.repeats) for n in sizes]
     environment["load_average_end"] = os.getloadavg()
     report = {"environment": environment, "rows": rows}

@@ -25,7 +25,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -37,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchenv
 import psutil
 import safetensors
 import safetensors.torch
@@ -422,22 +422,16 @@ def _row(name: str, label: str, op: str, medians: dict, found: dict[str, float])
     )
 
 
-def environment(probe: Probe, folder: Path) -> dict[str, Any]:
-    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": cpu.group(1) if cpu else platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "safetensors": safetensors.__version__,
-        "folder": str(folder),
-        "page_cache_drop": probe.cache_method,
-        "peak_rss": probe.rss_method,
-        "load_average_start": os.getloadavg(),
-    }
+def environment(probe: Probe, folder: Path, temporary: bool) -> dict[str, Any]:
+    return benchenv.environment(
+        {
+            "torch_threads": torch.get_num_threads(),
+            "safetensors": safetensors.__version__,
+            "folder": benchenv.relative_path(folder, temporary),
+            "page_cache_drop": probe.cache_method,
+            "peak_rss": probe.rss_method,
+        }
+    )
 
 
 def main() -> None:
@@ -461,7 +455,7 @@ def main() -> None:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="leanhpo-bench-checkpoint-", dir=repo.parent))
     folder.mkdir(parents=True, exist_ok=True)
     probe = Probe()
-    env = environment(probe, folder)
+    env = environment(probe, folder, temporary=args.dir is None)
     print(json.dumps(env), flush=True)
     cases: dict[str, dict[str, Any]] = {}
     try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchenv
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,11 +163,7 @@ def main() -> None:
             "settings": {"trials": args.trials, "top_k": args.top_k, "seeds": args.seeds},
             "workflow_seconds": round(seconds, 1),
             **summarise(workdir / "experiments" / "confirm_bench", args.cost_seeds),
-            "environment": {
-                "cpu_count": os.cpu_count(),
-                "python": platform.python_version(),
-                "when": datetime.now(UTC).isoformat(),
-            },
+            "environment": benchenv.environment({"when": datetime.now(UTC).isoformat()}),
         }
     text = json.dumps(result, indent=2)
     print(text)

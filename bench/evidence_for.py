@@ -35,6 +35,7 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import numpy as np
 from sklearn.metrics import f1_score
 
@@ -123,7 +124,8 @@ def main() -> None:
             **scored(*passes_by_length[max_answer_tokens], decision, evidence_for, calibrated_for),
         }
     report = {
-        "study": str(study_dir),
+        "environment": benchenv.environment(),
+        "study": benchenv.relative_path(study_dir),
         "best_trial_slot": best["slot"],
         "checkpoint": entry["id"],
         "posts": {name: len(posts) for name, posts in splits.items()},

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchenv
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpu_check.json"
 STEPS = ("study", "checkpoint", "throughput", "parity")
@@ -58,14 +60,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown steps {unknown}; known: {', '.join(STEPS)}")
     return args
-
-
-def shown(path: Path) -> str:
-    """A path as the results show it: relative to the repository, else its name alone."""
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
 
 
 def run_steps(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -98,7 +92,7 @@ def command(args: argparse.Namespace) -> str:
     words = ["python bench/gpu_check.py", "--device", args.device]
     words += ["--smoke"] if args.smoke else []
     words += [] if args.steps == list(STEPS) else ["--steps", ",".join(args.steps)]
-    return " ".join([*words, "--out", shown(args.out)])
+    return " ".join([*words, "--out", benchenv.relative_path(args.out)])
 
 
 def table(steps: dict[str, Any]) -> str:
@@ -149,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(found["steps"]))
     print(
         f"gpu_check: {'all steps passed' if ok else 'FAILED'} in {record['seconds']} s; "
-        f"wrote {shown(args.out)}"
+        f"wrote {benchenv.relative_path(args.out)}"
     )
     return 0 if ok else 1
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchenv
 import torch
 
 from leanhpo.checkpoints import CheckpointStore
@@ -92,15 +93,15 @@ class Check:
 
     def environment(self) -> dict[str, Any]:
         cuda = torch.cuda.is_available()
-        return {
-            "device": self.device,
-            "gpu": torch.cuda.get_device_name(0) if cuda else None,
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "bf16_on_gpu": bool(cuda and torch.cuda.is_bf16_supported()),
-            "cpu_threads": torch.get_num_threads(),
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-        }
+        return benchenv.environment(
+            {
+                "device": self.device,  # the one asked for: cpu on a CUDA machine with --device cpu
+                "cuda": torch.version.cuda,
+                "bf16_on_gpu": bool(cuda and torch.cuda.is_bf16_supported()),
+                "cpu_threads": torch.get_num_threads(),
+                "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            }
+        )
 
 
 def _sync() -> None:

@@ -28,17 +28,16 @@ import gc
 import itertools
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # train_one_epoch's progress bar would flood stdout
 
+import benchenv
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -226,21 +225,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "warmup_steps": args.warmup,
-        "timed_steps": args.steps,
-        "seed": SEED,
-        "load_average_start": os.getloadavg(),
-    }
+    return benchenv.environment(
+        {
+            "torch_threads": torch.get_num_threads(),
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "warmup_steps": args.warmup,
+            "timed_steps": args.steps,
+            "seed": SEED,
+        }
+    )
 
 
 def parse_args() -> argparse.Namespace:

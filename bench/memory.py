@@ -37,18 +37,16 @@ import gc
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # train_one_epoch's progress bar would flood stdout
 
-import psutil
+import benchenv
 import torch
 import yaml
 
@@ -192,23 +190,17 @@ def guard_check_us(repeats: int = 2000) -> float:
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     reading = MemoryWatch.discover().read()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "memory_available_gib": round(psutil.virtual_memory().available / 2**30, 1),
-        "memory_limit_source": reading.source,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "model": args.model,
-        "sample_posts": args.posts,
-        "max_length": args.max_length,
-        "batch_size": args.batch_size,
-        "seed": SEED,
-        "load_average_start": os.getloadavg(),
-    }
+    return benchenv.environment(
+        {
+            "torch_threads": torch.get_num_threads(),
+            "memory_limit_source": reading.source,
+            "model": args.model,
+            "sample_posts": args.posts,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "seed": SEED,
+        }
+    )
 
 
 def table(rows: list[dict[str, Any]]) -> str:

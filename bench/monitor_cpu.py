@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
 import psutil
 
 from leanhpo.storage.disk import MONITOR_INTERVAL_S, DiskMonitor, disk_usage
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=MONITOR_INTERVAL_S)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
+    env = benchenv.environment()
     process = psutil.Process()
     with tempfile.TemporaryDirectory() as folder:
         checks = 2000
@@ -40,6 +42,7 @@ def main() -> None:
         wall = time.monotonic() - wall_before
         cpu = sum(process.cpu_times()[:2]) - cpu_before
     result = {
+        "environment": env,
         "seconds": wall,
         "interval": args.interval,
         "samples": monitor.samples,

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -53,12 +52,13 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import psutil
 import torch
 import yaml
@@ -448,15 +448,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     result: dict[str, Any] = {
-        "environment": {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_start": os.getloadavg(),
-        },
-        "settings": vars(args) | {"out": str(args.out)},
+        "environment": benchenv.environment(),
+        "settings": vars(args) | {"out": benchenv.relative_path(args.out)},
     }
     tmp = tempfile.mkdtemp(prefix="leanhpo-bench-overhead-", dir=REPO.parent)
     root = Path(tmp)
@@ -513,7 +506,8 @@ def main() -> None:
     )
     result["environment"]["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    # The jobs' messages name the temporary folder ("working folder /...").
+    args.out.write_text(benchenv.hide_folder(json.dumps(result, indent=2), root) + "\n")
     print_table(result, bare_wall, bare_epochs)
     print(f"wrote {args.out}")
 

@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # evaluate's progress bars would flood stdout
 
+import benchenv
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -137,18 +136,14 @@ def measure(config: Config, posts: list[dict], folder: Path, repeats: int) -> di
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python bench/predict.py " + " ".join(args.argv),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "model": args.model,
-        "seed": SEED,
-        "load_average_start": os.getloadavg(),
-    }
+    return benchenv.environment(
+        {
+            "command": "python bench/predict.py " + " ".join(args.argv),
+            "torch_threads": torch.get_num_threads(),
+            "model": args.model,
+            "seed": SEED,
+        }
+    )
 
 
 def table(rows: list[dict[str, Any]], checkpoint: int) -> str:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchenv
 import yaml
 
 from leanhpo.config import deep_merge, validate_config
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(PRUNERS), choices=list(PRUNERS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    env = benchenv.environment()
     os.environ.pop(SEARCH_ENV, None)  # no Snakemake driver: each job reads its own study keys
     names = ["none", *(name for name in args.only if name != "none")]  # the baseline first
     rows = [run_study(args, name) for name in names]
@@ -143,7 +145,13 @@ def main() -> None:
             f"{'met' if r['meets_goal'] else '-'}"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {**vars(args), "out": str(args.out), "rows": rows}
+    env["load_average_end"] = os.getloadavg()
+    result = {
+        **vars(args),
+        "out": benchenv.relative_path(args.out),
+        "environment": env,
+        "rows": rows,
+    }
     name = "pruning.json" if args.model == "tiny" else f"pruning_{args.model}.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-slurm", action="store_true")
     options = parser.parse_args()
+    env = benchenv.environment()
     cores = str(os.cpu_count() or 1)
     base = {"study": {"n_trials": options.trials}, "train": {"epochs": options.epochs}}
     parallel = {**base, "study": {**base["study"], "parallel": True}}
@@ -75,6 +77,7 @@ def main() -> None:
     baseline = next(iter(results.values()))
     report = {
         "command": "python bench/scale.py " + " ".join(sys.argv[1:]),
+        "environment": env,
         "trials": options.trials,
         "epochs": options.epochs,
         "cores": int(cores),

@@ -31,15 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import numpy as np
 import torch
 import yaml
@@ -224,14 +223,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    env = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_start": os.getloadavg(),
-    }
+    env = benchenv.environment()
     bow = bag_of_words(args) if args.bow_seeds else None
     seeds = [] if args.bow_only else args.seeds
     runs = [one_run(args, split, seed) for seed in seeds for split in SPLITS]

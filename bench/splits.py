@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import benchenv
+
 from leanhpo.data import generate_sample, load_redsm5
 from leanhpo.data.splits import SPLIT_NAMES, find_near_duplicates, split_dataset
 from leanhpo.data.splits.groups import group_posts
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    env = benchenv.environment()
     large = sample_posts(1484)
     datasets = {
         "sample-400": sample_posts(400),
@@ -181,6 +184,7 @@ def main() -> None:
         "min_positives": MIN_POSITIVES,
         "data_seed": DATA_SEED,
         "python": platform.python_version(),
+        "environment": env,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "results": results,
     }

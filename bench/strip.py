@@ -20,6 +20,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import benchenv
 from checkpoint import minilm_state  # bench/checkpoint.py, beside this file
 
 from leanhpo.checkpoints import CheckpointStore
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/work"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    env = benchenv.environment()
     state, _ = minilm_state()
     rows = []
     for repeat in range(args.repeats):
@@ -61,6 +63,7 @@ def main() -> None:
             )
     median = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "repeat"}
     result = {
+        "environment": env,
         "repeats": rows,
         "median": median,
         "strip_vs_save": median["strip_s"] / median["save_s"],

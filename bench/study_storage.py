@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import benchenv
+
 from leanhpo.config import validate_config
 from leanhpo.data import prepare_dataset
 from leanhpo.study.create import create_study
@@ -111,9 +113,16 @@ def main() -> None:
     parser.add_argument("--keep-best-trials", type=int, default=3)
     parser.add_argument("--keep-last-n", type=int, default=1)
     args = parser.parse_args()
+    env = benchenv.environment()
     # The same study (same seeds) with full checkpoints kept, then with weights-only retention.
     before, after = run_study(args, weights_only=False), run_study(args, weights_only=True)
-    result = {"trials": args.trials, "epochs": args.epochs, "full": before, "weights_only": after}
+    result = {
+        "environment": env,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "full": before,
+        "weights_only": after,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study_storage.json").write_text(json.dumps(result, indent=2))
     print(f"one full checkpoint: {before['checkpoint_bytes'] / 1e6:.1f} MB")

@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import numpy as np
 import torch
 import yaml
@@ -148,14 +147,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    env = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_start": os.getloadavg(),
-    }
+    env = benchenv.environment()
     with tempfile.TemporaryDirectory(prefix="leanhpo-bench-thresholds-") as name:
         data_dir = Path(name) / "data"
         prepare_dataset(make_config(args, 0.5).to_dict()["data"], data_dir)
@@ -172,7 +164,7 @@ def main() -> None:
     }
     result = {
         "environment": env,
-        "settings": vars(args) | {"out": str(args.out), "posts": sizes},
+        "settings": vars(args) | {"out": benchenv.relative_path(args.out), "posts": sizes},
         "runs": runs,
         "mean_selected_f1_macro": mean,
     }

@@ -42,18 +42,16 @@ import gc
 import itertools
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import torch
-import transformers
 import yaml
 from torch.utils.data import DataLoader
 from transformers import (
@@ -284,15 +282,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    env = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "load_average_start": os.getloadavg(),
-    }
+    env = benchenv.environment()
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "hf": []}
     with tempfile.TemporaryDirectory(prefix="leanhpo-bench-hf-") as name:
         tmp = Path(name)
@@ -325,7 +315,8 @@ def main() -> None:
     env["load_average_end"] = os.getloadavg()
     result = {
         "environment": env,
-        "settings": vars(args) | {"out": str(args.out), "train_posts": len(train_posts)},
+        "settings": vars(args)
+        | {"out": benchenv.relative_path(args.out), "train_posts": len(train_posts)},
         "criteria_only": False,
         "runs": runs,
         "posts_per_s": totals,

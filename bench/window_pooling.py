@@ -52,6 +52,7 @@ from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import benchenv
 import numpy as np
 import torch
 
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="part A only")
     options = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    env = benchenv.environment()
     drift = part_a(load_posts(options.posts, options.data_seeds[0]), options)
     print(json.dumps({"drift": drift}, indent=1), file=sys.stderr)
     quality: dict[str, Any] = {}
@@ -269,6 +271,7 @@ def main() -> None:
             print(json.dumps({data_seed: quality[str(data_seed)]}, indent=1), file=sys.stderr)
     output = {
         "command": "python bench/window_pooling.py " + " ".join(sys.argv[1:]),
+        "environment": env,
         "model": options.model,
         "max_length": options.max_length,
         "window_stride": 64,

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
 import torch
 
 from leanhpo.config import Config
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=16)
     options = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    env = benchenv.environment()
     with tempfile.TemporaryDirectory() as folder:
         data = {"source": "sample", "sample_posts": options.posts}
         prepare_dataset(Config.from_dict({"data": data}).to_dict()["data"], Path(folder))
@@ -91,6 +93,7 @@ def main() -> None:
     truncate, windows = results["truncate"], results["windows"]
     report = {
         "command": "python bench/windows.py " + " ".join(sys.argv[1:]),
+        "environment": env,
         "model": options.model,
         "max_length": options.max_length,
         "window_stride": options.stride,

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchenv
 import torch
 
 from leanhpo.config import Config
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     options = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    env = benchenv.environment()
     results = {}
     for data_seed in options.data_seeds:
         with tempfile.TemporaryDirectory() as folder:
@@ -117,6 +119,7 @@ def main() -> None:
         print(json.dumps({data_seed: results[str(data_seed)]}, indent=1), file=sys.stderr)
     output = {
         "command": "python bench/windows_quality.py " + " ".join(sys.argv[1:]),
+        "environment": env,
         "model": options.model,
         "max_length": options.max_length,
         "posts": options.posts,
