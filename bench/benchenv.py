@@ -76,7 +76,7 @@ def git_state() -> dict[str, Any] | None:
     try:
         commit = _git("rev-parse", "HEAD")
         changed = _git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):  # no git, or not a checkout
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or stuck
         return None
     return {"commit": commit, "dirty": bool(changed)}
 
