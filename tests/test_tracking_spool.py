@@ -23,7 +23,13 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
-from leanhpo.tracking import SPOOL_FILE, Tracker, TrackingAuthError, is_placeholder
+from leanhpo.tracking import (
+    SPOOL_FILE,
+    Tracker,
+    TrackingAuthError,
+    is_placeholder,
+    study_backlog,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 2.0
@@ -258,3 +264,22 @@ def test_an_unreachable_database_uri_is_an_outage_too(tmp_path, caplog):
     run = tracker.find_or_create_run({"k": "v"}, "run")
     assert is_placeholder(run) and tracker.log_metrics_once(run, {"a": 1.0}, step=0) == 1
     assert "buffering" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_backlog_counts_the_pending_entries_and_their_runs(tmp_path):
+    """Tracker.backlog: entries still spooled, and the runs they belong to, a run not made yet
+    included (the closing summary names both); nothing for a study that never spooled."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"  # nothing listens once closed
+    tracker = _tracker(uri, tmp_path, "backlog")
+    assert tracker.backlog() == {"entries": 0, "runs": 0, "dead": 0}
+    assert not (tmp_path / SPOOL_FILE).exists()
+    parent = tracker.find_or_create_run({"study": "s", "role": "study"}, "study")
+    child = tracker.find_or_create_run({"study": "s", "slot": "0"}, "trial_0000", parent)
+    for step in range(3):
+        tracker.log_metrics_once(child, {"loss": 1.0 / (step + 1)}, step)
+    tracker.set_status(child, "FINISHED")
+    # the parent has no entry of its own, but it is not in MLflow yet either
+    assert tracker.backlog() == {"entries": 4, "runs": 2, "dead": 0}
+    assert study_backlog(tmp_path) == tracker.backlog()
