@@ -20,10 +20,14 @@ PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 NOISY_LOGGERS = ("mlflow", "urllib3", "alembic", "sqlalchemy")
 
 
+def _drop_warning(*args: object, **kwargs: object) -> None:
+    return None
+
+
 @contextmanager
 def quiet_mlflow() -> Iterator[None]:
     """MLflow's progress bars off, its (and urllib3's) log records below ERROR dropped and
-    Python warnings ignored, for the block; everything restored after."""
+    Python warnings not shown, for the block; everything restored after."""
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
     levels = [logger.level for logger in loggers]
     before = os.environ.get(PROGRESS_BAR_ENV)
@@ -33,6 +37,9 @@ def quiet_mlflow() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Modules imported in the block (torch, transformers) may put their own filters in
+            # front of ours; nothing is shown whatever the filters say.
+            warnings.showwarning = _drop_warning
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
