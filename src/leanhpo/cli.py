@@ -173,12 +173,14 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 
 def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.logs import mask_secrets
     from leanhpo.study.publish import has_export, publish_model
     from leanhpo.study.sync import drain_spool
     from leanhpo.tracking.quiet import quiet_mlflow
 
     folder = paths.study_dir(config["study"]["name"])
     result = drain_spool(folder, config["tracking"])
+    result["uri"] = mask_secrets(config["tracking"]["uri"])
     if has_export(folder):  # the MLflow model an outage kept from the export step
         with quiet_mlflow():
             result["model"] = publish_model(folder, folder / "best_model", config["tracking"])
@@ -333,7 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "sync-tracking":
         from leanhpo.study.sync import run_lines
 
-        print("\n".join(run_lines(result["runs"])) or "  no run had buffered entries")
+        if result["runs"]:
+            print("\n".join(run_lines(result["runs"])))
+        if not result["online"]:
+            print(f"MLflow at {result['uri']} did not answer")
         print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
         model = result.get("model")
         if model is not None:

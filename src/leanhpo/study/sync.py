@@ -24,9 +24,11 @@ def drain_spool(
     """Replay the spool (for at most `within_s` seconds, or all of it); return
     {"replayed": entries and runs that went up, "runs": [{"run_id", "name", "entries"}],
     "backlog": what is left (Tracker.backlog), "pending": entries and runs not yet made,
-    "seconds": the drain's wall time}."""
+    "online": whether MLflow answered, "seconds": the drain's wall time}."""
     started = time.monotonic()
-    with quiet_mlflow():
+    # Also the tracker's own "did not answer; buffering its writes" warning: this replays
+    # them, and the caller says what is left.
+    with quiet_mlflow("leanhpo.tracking"):
         tracker = open_tracker(tracking, study_dir)
         replayed = tracker.drain(within_s)
         runs = [
@@ -38,6 +40,7 @@ def drain_spool(
         "runs": runs,
         "backlog": tracker.backlog(),
         "pending": tracker.spool_stats()["pending"],
+        "online": tracker.spool_stats()["online"],
         "seconds": round(time.monotonic() - started, 3),
     }
 
@@ -51,7 +54,14 @@ def final_drain(study_dir: Path, tracking: dict[str, Any]) -> dict[str, Any] | N
     within_s = float(tracking.get("final_drain_s", DEFAULT_FINAL_DRAIN_S))
     if within_s <= 0:
         pending = left["entries"] + left["runs"]  # at most: a run may be counted twice
-        return {"replayed": 0, "runs": [], "backlog": left, "pending": pending, "seconds": 0.0}
+        return {
+            "replayed": 0,
+            "runs": [],
+            "backlog": left,
+            "pending": pending,
+            "online": None,
+            "seconds": 0.0,
+        }
     return drain_spool(study_dir, tracking, within_s)
 
 

@@ -25,10 +25,11 @@ def _drop_warning(*args: object, **kwargs: object) -> None:
 
 
 @contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """MLflow's progress bars off, its (and urllib3's) log records below ERROR dropped and
-    Python warnings not shown, for the block; everything restored after."""
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+def quiet_mlflow(*also: str) -> Iterator[None]:
+    """MLflow's progress bars off, its (and urllib3's, and the loggers named in `also`) log
+    records below ERROR dropped and Python warnings not shown, for the block; everything
+    restored after."""
+    loggers = [logging.getLogger(name) for name in (*NOISY_LOGGERS, *also)]
     levels = [logger.level for logger in loggers]
     before = os.environ.get(PROGRESS_BAR_ENV)
     os.environ[PROGRESS_BAR_ENV] = "false"
