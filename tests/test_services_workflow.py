@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 from workflowhelper import REPO, job_env, snakemake_command
 
-from leanhpo.tracking import Tracker, open_tracker
+from leanhpo.tracking import Tracker, open_tracker, study_backlog
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -247,3 +248,84 @@ def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_p
     )
     assert model.status == LoggedModelStatus.READY and model.name == "model"
     assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+
+
+FINAL_DRAIN_S = 2  # the test's tracking.final_drain_s: MLflow is down, so the drain gives up
+SYNC_LINE = re.compile(
+    r"  run .+ \(\w+\): \d+ entries|replayed \d+ MLflow entries; 0 remain"
+    r"|MLflow model: logged \(runs:/\w+/model\)"
+)
+
+
+def _summary_command(output: str) -> str:
+    """The command the closing summary gives for the writes MLflow has not received."""
+    lines = output.splitlines()
+    [at] = [i for i, line in enumerate(lines) if "not in MLflow yet" in line]
+    return lines[at + 1].strip()
+
+
+def test_a_study_ending_during_an_mlflow_outage_says_so_and_names_the_command(
+    mlflow_server, tmp_path
+):
+    """Issue 26 item 4: MLflow stops as the last trial starts, so that trial, the evaluation,
+    the export and the end-of-run drain (tracking.final_drain_s) all meet the outage. The run
+    still exits 0; its summary names the pending writes and the command; that command, with
+    MLflow back, prints one line per run and a total (nothing of MLflow's own), and leaves
+    nothing pending and no run RUNNING."""
+    tracking = {"uri": mlflow_server.uri, "write_timeout_s": 2, "final_drain_s": FINAL_DRAIN_S}
+    overlay = _overlay(tmp_path, {"n_trials": 2}, tracking)
+    started = time.monotonic()
+    process = _start(tmp_path, overlay, dict(os.environ))
+    try:
+        assert _wait_for(lambda: _in_epoch(tmp_path, 1, 1), timeout=600), "slot 1 never trained"
+        mlflow_server.stop()
+        down = time.monotonic()
+        output = _finish(process)
+        ended = time.monotonic()
+        left = study_backlog(tmp_path / "experiments" / "tiny")
+        mlflow_server.start()
+        tracker = Tracker(mlflow_server.uri, tmp_path.name)
+        [parent] = tracker.client.search_runs(
+            [tracker.experiment_id], "tags.`leanhpo.role` = 'study'"
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+        mlflow_server.start()
+    drain = re.search(r"replayed (\d+) buffered MLflow writes in ([\d.]+) s", output)
+    assert drain is not None, output[-3000:]
+    print(
+        f"\nMLflow down for the last {ended - down:.1f} s of a {ended - started:.1f} s study; "
+        f"end-of-run drain {float(drain.group(2)):.2f} s (final_drain_s {FINAL_DRAIN_S})"
+    )
+    assert float(drain.group(2)) < FINAL_DRAIN_S + 2 + 20  # a bound, plus a write's, plus slack
+    assert left["entries"] > 0 and left["runs"] >= 2 and left["dead"] == 0
+    assert (
+        f"tracking: {left['entries']} MLflow writes of {left['runs']} runs not in MLflow yet"
+        in output
+    )
+    assert parent.info.status == "RUNNING"  # its FINISHED, set by evaluate, is in the spool
+    command = _summary_command(output)
+    print("\n".join(line for line in output.splitlines() if "MLflow" in line or command in line))
+    assert "-m leanhpo sync-tracking" in command
+
+    # Run where Snakemake ran: with --directory, Snakemake itself starts in that folder, so
+    # that is where the summary's commands are meant to be typed.
+    synced_at = time.monotonic()
+    synced = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=job_env(),
+        timeout=300,
+    )
+    took = time.monotonic() - synced_at
+    print(f"sync-tracking with MLflow back: {took:.1f} s\n{synced.stdout}{synced.stderr}")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    printed = (synced.stdout + synced.stderr).splitlines()
+    assert [line for line in printed if not SYNC_LINE.fullmatch(line)] == []
+    assert sum(line.startswith("  run ") for line in printed) >= 2
+    assert study_backlog(tmp_path / "experiments" / "tiny") == {"entries": 0, "runs": 0, "dead": 0}
+    _assert_exactly_once(tracker, n_trials=2)  # every run FINISHED: none left RUNNING

@@ -23,7 +23,13 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
-from leanhpo.tracking import SPOOL_FILE, Tracker, TrackingAuthError, is_placeholder
+from leanhpo.tracking import (
+    SPOOL_FILE,
+    Tracker,
+    TrackingAuthError,
+    is_placeholder,
+    study_backlog,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 2.0
@@ -258,3 +264,46 @@ def test_an_unreachable_database_uri_is_an_outage_too(tmp_path, caplog):
     run = tracker.find_or_create_run({"k": "v"}, "run")
     assert is_placeholder(run) and tracker.log_metrics_once(run, {"a": 1.0}, step=0) == 1
     assert "buffering" in caplog.text and "hunter2" not in caplog.text
+
+
+def test_backlog_counts_the_pending_entries_and_their_runs(tmp_path):
+    """Tracker.backlog: entries still spooled, and the runs they belong to, a run not made yet
+    included (the closing summary names both); nothing for a study that never spooled."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"  # nothing listens once closed
+    tracker = _tracker(uri, tmp_path, "backlog")
+    assert tracker.backlog() == {"entries": 0, "runs": 0, "dead": 0}
+    assert not (tmp_path / SPOOL_FILE).exists()
+    parent = tracker.find_or_create_run({"study": "s", "role": "study"}, "study")
+    child = tracker.find_or_create_run({"study": "s", "slot": "0"}, "trial_0000", parent)
+    for step in range(3):
+        tracker.log_metrics_once(child, {"loss": 1.0 / (step + 1)}, step)
+    tracker.set_status(child, "FINISHED")
+    # the parent has no entry of its own, but it is not in MLflow yet either
+    assert tracker.backlog() == {"entries": 4, "runs": 2, "dead": 0}
+    assert study_backlog(tmp_path) == tracker.backlog()
+
+
+@pytest.mark.slow
+def test_a_bounded_drain_stops_at_its_deadline_and_counts_entries_per_run(mlflow_server, tmp_path):
+    """drain(within_s), as the end of a workflow run uses it (tracking.final_drain_s): a deadline
+    already past replays nothing, even with MLflow up; the rest of the spool waits for the next
+    drain, which counts what it replayed per run (sync-tracking prints those counts)."""
+    tracker = _tracker(mlflow_server.uri, tmp_path, "bounded")
+    runs = [tracker.find_or_create_run({"run": str(i)}, f"run{i}") for i in range(2)]
+    with outage(mlflow_server):
+        for step in range(3):
+            for run in runs:
+                tracker.log_metrics_once(run, {"m": float(step)}, step)
+        late = tracker.find_or_create_run({"run": "late"}, "late")
+        tracker.set_status(late, "FINISHED")
+    pending = {"entries": 7, "runs": 3, "dead": 0}
+    assert tracker.backlog() == pending
+    assert tracker.drain(within_s=0) == 0 and tracker.backlog() == pending
+    assert tracker.drain(within_s=60) == 8  # the 7 entries and the late run itself
+    assert tracker.backlog() == {"entries": 0, "runs": 0, "dead": 0}
+    real_late = tracker.real_run_id(late)
+    assert dict(tracker.replayed_runs) == {runs[0]: 3, runs[1]: 3, real_late: 1}
+    assert tracker.run_name(real_late) == "late"
+    assert tracker.client.get_run(real_late).info.status == "FINISHED"

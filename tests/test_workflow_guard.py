@@ -59,7 +59,7 @@ def test_params_round_trip_with_the_search_space_order_and_the_runtime_keys(monk
     announce_runtime(
         {
             "study": {"storage_timeout_s": 5, "lease_grace_s": 7},
-            "tracking": {"write_timeout_s": 3},
+            "tracking": {"write_timeout_s": 3, "final_drain_s": 60},
             "train": {"max_batch_rows": 32, "deterministic": False},
         }
     )
@@ -69,6 +69,13 @@ def test_params_round_trip_with_the_search_space_order_and_the_runtime_keys(monk
     assert back["train"]["deterministic"] is False
     assert back["study_enqueue"] == [{"loss": "focal"}]
     assert "tracking" not in back  # only the sections the rule was given
+
+
+def test_the_end_of_run_drain_bound_is_no_rerun_trigger():
+    """tracking.final_drain_s only bounds the last replay of a run (issue 26): a study started
+    before it existed, or run again with another value, reruns nothing."""
+    params = as_params({"tracking": {"uri": "sqlite:///m.db", "final_drain_s": 5}})
+    assert list(params) == ["tracking__uri"]
 
 
 def _record(metadata: Path, output: str, rule: str, params: dict[str, object]) -> None:

@@ -173,15 +173,17 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 
 def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
+    from leanhpo.logs import mask_secrets
     from leanhpo.study.publish import has_export, publish_model
-    from leanhpo.tracking import open_tracker
+    from leanhpo.study.sync import drain_spool
+    from leanhpo.tracking.quiet import quiet_mlflow
 
     folder = paths.study_dir(config["study"]["name"])
-    tracker = open_tracker(config["tracking"], folder)
-    replayed = tracker.drain()
-    result = {"replayed": replayed, **tracker.spool_stats()}
+    result = drain_spool(folder, config["tracking"])
+    result["uri"] = mask_secrets(config["tracking"]["uri"])
     if has_export(folder):  # the MLflow model an outage kept from the export step
-        result["model"] = publish_model(folder, folder / "best_model", config["tracking"])
+        with quiet_mlflow():
+            result["model"] = publish_model(folder, folder / "best_model", config["tracking"])
     return result
 
 
@@ -331,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "stdout" if result["output"] == "-" else result["output"]
         print(f"leanhpo: wrote {result['posts']} predictions to {where}", file=sys.stderr)
     elif args.command == "sync-tracking":
+        from leanhpo.study.sync import run_lines
+
+        if result["runs"]:
+            print("\n".join(run_lines(result["runs"])))
+        if not result["online"]:
+            print(f"MLflow at {result['uri']} did not answer")
         print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
         model = result.get("model")
         if model is not None:

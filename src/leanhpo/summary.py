@@ -1,7 +1,8 @@
 """The closing summary of a study: what a person wants to know when `make all` ends.
 
 Best trial and its params, validation and test scores against the trivial baselines (with the
-bootstrap intervals of study_report.json), disk kept against written, and where to look next.
+bootstrap intervals of study_report.json), disk kept against written, MLflow writes an outage
+kept from MLflow (with the command that replays them), and where to look next.
 Shown by the Snakefile's `onsuccess:` handler and by `python -m leanhpo summary`. It only
 reads the reports the workflow wrote; a study without a study report yet gives no summary.
 """
@@ -22,6 +23,8 @@ STUDY_REPORT = "study_report.json"
 EXAMPLE_POST = "I can't sleep, I'm exhausted all day and nothing feels worth doing anymore."
 RETENTION = "retention.json"
 BEST_MODEL = "best_model"
+# The study's MLflow spool (leanhpo.tracking.SPOOL_FILE), matched without importing mlflow.
+SPOOL_FILES = "tracking_spool*.sqlite"
 # Test scores shown, as (section of test_metrics, metric, label).
 SHOWN_TEST_METRICS = (
     ("criteria_matching", "f1_macro", "criteria f1_macro"),
@@ -135,6 +138,24 @@ def _disk_line(study_dir: Path, trials: list[dict[str, Any]]) -> str:
     return f"  disk: checkpoints kept {human_bytes(kept)}{share} of {human_bytes(written)} written"
 
 
+def _tracking_lines(study_dir: Path, invocation: Invocation) -> list[str]:
+    """After an MLflow outage, what its spool still holds and the command that replays it;
+    nothing when MLflow never failed (no spool file, and mlflow is not even imported)."""
+    if not any(study_dir.glob(SPOOL_FILES)):
+        return []
+    from leanhpo.tracking import study_backlog
+
+    left = study_backlog(study_dir)
+    if not (left["entries"] or left["runs"] or left["dead"]):
+        return ["  tracking: all writes in MLflow"]
+    dead = f", {left['dead']} refused by MLflow" if left["dead"] else ""
+    return [
+        f"  tracking: {left['entries']} MLflow writes of {left['runs']} runs not in MLflow yet"
+        f"{dead} (it was down at the end); once it is up, run:",
+        f"    {invocation.leanhpo('sync-tracking')}",
+    ]
+
+
 def closing_summary(
     study_dir: Path | str,
     invocation: Invocation | None = None,
@@ -169,6 +190,7 @@ def closing_summary(
         *(f"  {line}" for line in confirm_summary(report.get("confirm"))),
         *_test_lines(report),
         _disk_line(study_dir, trials),
+        *_tracking_lines(study_dir, invocation),
         "  next:",
         *_next_lines(study_dir, invocation, services or {}),
     ]

@@ -39,6 +39,7 @@ class TrackingConfig:
     experiment: str
     write_timeout_s: float
     register_model: str | None = None
+    final_drain_s: float = 60.0
 
 
 @dataclass(frozen=True)

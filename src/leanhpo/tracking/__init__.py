@@ -8,7 +8,7 @@ from typing import Any
 
 from leanhpo.tracking.client import DEFAULT_WRITE_TIMEOUT_S, Tracker
 from leanhpo.tracking.errors import TrackingAuthError, TrackingUnavailable
-from leanhpo.tracking.spool import is_placeholder
+from leanhpo.tracking.spool import Spool, is_placeholder
 from leanhpo.tracking.upload import flatten
 
 SPOOL_FILE = "tracking_spool.sqlite"
@@ -27,6 +27,14 @@ def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
     )
 
 
+def study_backlog(study_dir: Path) -> dict[str, int]:
+    """What the study's spool still holds (Spool.backlog), read without asking MLflow."""
+    path = study_dir / SPOOL_FILE
+    if not path.is_file():
+        return {"entries": 0, "runs": 0, "dead": 0}
+    return Spool(path).backlog()
+
+
 __all__ = [
     "SPOOL_FILE",
     "Tracker",
@@ -35,4 +43,5 @@ __all__ = [
     "flatten",
     "is_placeholder",
     "open_tracker",
+    "study_backlog",
 ]

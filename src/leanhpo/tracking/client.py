@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,7 @@ class Tracker(ReplayMixin, ArtifactMixin):
         self._offline_reason: str | None = None
         self._next_probe = 0.0
         self._max_wait_s = 0.0
+        self.replayed_runs: Counter[str] = Counter()
         try:
             with self._server():
                 self.experiment_id = self._experiment_id(experiment)
@@ -365,6 +367,20 @@ class Tracker(ReplayMixin, ArtifactMixin):
                 )
                 for key in keys
             }
+
+    def run_name(self, run_id: str) -> str:
+        """A run's name as MLflow shows it, or "" when MLflow does not say (for messages)."""
+        try:
+            with self._server():
+                return str(self.client.get_run(run_id).info.run_name or "")
+        except (TrackingUnavailable, MlflowException):
+            return ""
+
+    def backlog(self) -> dict[str, int]:
+        """The spool's pending entries, the runs they belong to, and dead letters (none yet)."""
+        if self.spool is None:
+            return {"entries": 0, "runs": 0, "dead": 0}
+        return self.spool.backlog()
 
     def spool_stats(self) -> dict[str, Any]:
         """For the trial report: entries still waiting, the spool's size, the longest wait of

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ class ReplayMixin:
     spool: Spool | None
     _real: dict[str, str]
     _replayed: int = 0
+    replayed_runs: Counter[str]
 
     if TYPE_CHECKING:
 
@@ -70,15 +72,19 @@ class ReplayMixin:
 
         def _experiment_id(self, name: str) -> str: ...
 
-    def drain(self) -> int:
-        """Replay the whole spool now; return how many entries (runs included) went up.
-        Leaves the rest, without raising, if MLflow is still down; waits up to 30 s for a
-        drain running in another process. Also sets experiment_id if it was still None."""
+    def drain(self, within_s: float | None = None) -> int:
+        """Replay the whole spool now, or what `within_s` seconds allow (plus at most one
+        write_timeout_s for the upload under way); return how many entries (runs included) went
+        up. Leaves the rest, without raising, if MLflow is still down; waits up to 30 s (at most
+        within_s) for a drain running in another process. Also sets experiment_id if it was
+        still None. replayed_runs counts, per MLflow run id, the entries this tracker replayed."""
         before = self._replayed
+        deadline = None if within_s is None else time.monotonic() + within_s
+        lock_wait_s = DRAIN_LOCK_WAIT_S if within_s is None else min(within_s, DRAIN_LOCK_WAIT_S)
         try:
             with self._server():
                 if self.spool is not None and self.spool.has_pending():
-                    self._drain(deadline=None, lock_wait_s=DRAIN_LOCK_WAIT_S)
+                    self._drain(deadline, lock_wait_s)
                 if self.experiment_id is None:  # opened while MLflow was down
                     self._experiment_id(self.experiment)
         except TrackingUnavailable as error:
@@ -148,3 +154,4 @@ class ReplayMixin:
                 upload(self.client, real, group[0].kind, [e.payload for e in group], cache)
                 self.spool.delete([e.seq for e in group])
                 self._replayed += len(group)
+                self.replayed_runs[real] += len(group)

@@ -201,6 +201,18 @@ class Spool:
         )
         return int(rows[0][0]) if rows else 0
 
+    def backlog(self) -> dict[str, int]:
+        """What the spool still holds: entries, and the runs they belong to (a placeholder and
+        the run it became count once; a placeholder not yet a run counts too)."""
+        rows = self._rows(
+            "SELECT (SELECT COUNT(*) FROM entries), (SELECT COUNT(*) FROM ("
+            " SELECT COALESCE(runs.run_id, entries.run_ref) FROM entries"
+            " LEFT JOIN runs ON runs.placeholder = entries.run_ref"
+            " UNION SELECT placeholder FROM runs WHERE run_id IS NULL))"
+        )
+        entries, runs = rows[0] if rows else (0, 0)
+        return {"entries": int(entries), "runs": int(runs), "dead": 0}
+
     def size_bytes(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-journal"))
         return sum(f.stat().st_size for f in files if f.exists())

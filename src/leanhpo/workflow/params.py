@@ -36,6 +36,7 @@ RUNTIME_KEYS = (
     ("study", "storage_timeout_s"),
     ("study", "lease_grace_s"),
     ("tracking", "write_timeout_s"),
+    ("tracking", "final_drain_s"),
     ("train", "max_batch_rows"),
     ("train", "deterministic"),
 )

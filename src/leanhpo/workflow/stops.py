@@ -128,11 +128,16 @@ def _remove_tree(folder: Path) -> None:
 
 
 def finish_successful_run(workflow: Any, study_dir: str, config: dict[str, Any]) -> None:
-    """The `onsuccess:` handler: the closing summary, with follow-up commands that reach the
-    same study from where the user typed theirs (nothing when no study report was reached)."""
+    """The `onsuccess:` handler: the last try to get an MLflow outage's writes into MLflow
+    (for at most tracking.final_drain_s), then the closing summary, with follow-up commands
+    that reach the same study from where the user typed theirs (nothing when no study report
+    was reached); the summary names what the drain left."""
     from leanhpo.commands import snakemake_invocation
-    from leanhpo.summary import closing_summary
+    from leanhpo.summary import SPOOL_FILES, closing_summary
     from leanhpo.urls import shareable
+
+    if any(Path(study_dir).glob(SPOOL_FILES)):  # MLflow failed at some point of the study
+        _final_drain(Path(study_dir), config["tracking"])
 
     # A URL's `${VAR}` password reference runs in the user's shell; a literal one is masked.
     services = {
@@ -142,3 +147,24 @@ def finish_successful_run(workflow: Any, study_dir: str, config: dict[str, Any])
     summary = closing_summary(study_dir, snakemake_invocation(workflow), services)
     if summary:
         print(summary, file=sys.stderr, flush=True)
+
+
+def _final_drain(study_dir: Path, tracking: dict[str, Any]) -> None:
+    from leanhpo.logs import mask_secrets
+    from leanhpo.study.sync import final_drain
+
+    try:
+        drained = final_drain(study_dir, tracking)
+    except Exception as error:  # the study is done: a failed replay only leaves entries
+        message = mask_secrets(repr(error))
+        print(f"leanhpo: MLflow replay at the end failed: {message}", file=sys.stderr, flush=True)
+        return
+    if drained is not None:
+        left = drained["backlog"]
+        print(
+            f"leanhpo: replayed {drained['replayed']} buffered MLflow writes in "
+            f"{drained['seconds']:.2f} s (tracking.final_drain_s "
+            f"{tracking.get('final_drain_s')}); {left['entries']} remain",
+            file=sys.stderr,
+            flush=True,
+        )
