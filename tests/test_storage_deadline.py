@@ -10,20 +10,22 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from services.netns import NetworkNamespace, network_namespace  # noqa: F401
 from services.postgres import PostgresCluster, _find_bin_dir
 from studyhelper import Study
 
-from leanhpo.exit_codes import EXIT_UNAVAILABLE
-from leanhpo.study.deadline import watchdog_seconds
-
-pytestmark = [pytest.mark.slow]
+from leanhpo.exit_codes import EXIT_UNAVAILABLE, exit_code_for
+from leanhpo.study.deadline import call_seconds, watchdog_seconds
+from leanhpo.study.retry import StorageUnavailableError, is_transient
+from leanhpo.study.setup import create_or_load_study, open_study, slot_lease, storage_for
 
 TIMEOUT_S = 5.0  # study.storage_timeout_s
 BOUND_S = TIMEOUT_S + 10  # the issue's acceptance: exit 69 within storage_timeout_s + 10 s
@@ -106,6 +108,58 @@ def _assert_finished_like(study: Study, config: Path, reference: dict) -> dict:
     return resumed
 
 
+def test_a_statement_past_its_deadline_is_cancelled_by_the_server(postgres):
+    storage = storage_for(postgres.url, timeout_s=TIMEOUT_S)
+    engine = storage.inner._backend.engine  # the cached RDBStorage's, as the lease uses it
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError) as cancelled, engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_sleep(60)"))
+    took = time.monotonic() - started
+    assert "statement timeout" in str(cancelled.value)
+    assert took < call_seconds(TIMEOUT_S) + 1, f"cancelled after {took:.1f} s"
+    assert is_transient(cancelled.value)  # retried, then exit 69 if it never gets through
+
+
+def test_a_lease_heartbeat_on_a_frozen_server_stops_the_trainer_with_69(postgres_cluster, postgres):
+    """The heartbeat thread's renewals and the fence's are cut off at the deadline: a trainer
+    whose lease cannot be confirmed stops with exit 69, it does not hang with the server."""
+    create_or_load_study("frozen", postgres.url, timeout_s=30)
+    study = open_study("frozen", postgres.url, 0, timeout_s=TIMEOUT_S)
+    lease = slot_lease(study, 0, grace_s=1.6).acquire()  # a beat every 0.2 s
+    outcome: dict = {}
+
+    def trainer() -> None:
+        started = time.monotonic()
+        try:
+            with lease:
+                time.sleep(0.5)  # beats go unanswered: the lease is no longer confirmed
+                lease.fence()  # before a checkpoint or a metric
+        except BaseException as error:
+            outcome["error"] = error
+        outcome["took"] = time.monotonic() - started
+
+    frozen = postgres_cluster.freeze()
+    try:
+        thread = threading.Thread(target=trainer, daemon=True)
+        thread.start()
+        thread.join(timeout=BOUND_S + 30)
+        hung = thread.is_alive()
+        beat = lease._thread
+        assert beat is not None
+        beat.join(timeout=watchdog_seconds(TIMEOUT_S) + 2)
+        beat_hung = beat.is_alive()
+    finally:
+        postgres_cluster.thaw(frozen)
+    assert not hung, "the fence waited on the frozen server"
+    assert not beat_hung, "the heartbeat thread waited on the frozen server"
+    error = outcome.get("error")
+    assert isinstance(error, StorageUnavailableError), error
+    assert exit_code_for(error) == 69 and "renew slot lease" in str(error)
+    print(f"frozen server -> the trainer's fence raised exit 69 in {outcome['took']:.1f} s")
+    assert outcome["took"] <= BOUND_S, f"{outcome['took']:.1f} s; the bound is {BOUND_S:g} s"
+
+
+@pytest.mark.slow
 def test_a_frozen_postgresql_stops_the_job_with_69_in_time(postgres_cluster, tmp_path):
     """SIGSTOP of the postmaster and every backend: connections stay open and the kernel still
     accepts new ones, but nothing answers. Without a deadline the job waited for SIGCONT."""
@@ -154,6 +208,7 @@ def cut_off_postgres(
         cluster.remove()
 
 
+@pytest.mark.slow
 def test_dropped_packets_stop_the_job_with_69_in_time(cut_off_postgres, tmp_path):
     """Every packet to and from the server dropped after the connection was made: no error
     reaches the client, and TCP alone would retransmit for about 15 minutes."""

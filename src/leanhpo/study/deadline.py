@@ -29,7 +29,7 @@ import socket
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +44,7 @@ LOGGER = logging.getLogger("leanhpo.study")
 CALLS_PER_TIMEOUT = 4
 MIN_CALL_S = 2.0  # libpq's (and psycopg's) connect_timeout floor; a loaded host's slow query
 MAX_CALL_S = 30.0  # no Optuna call of a healthy server takes this long
+MAX_CONNECT_S = 10  # a server that accepts TCP but never answers the handshake
 WATCHDOG_SLACK_S = 1.0  # the server's own statement_timeout answers first where it can
 KEEPALIVE_PROBES = 3
 SQLITE_BUSY_S = 5.0  # Python's sqlite3 default busy timeout, kept where the deadline allows
@@ -59,19 +60,24 @@ def watchdog_seconds(timeout_s: float) -> float:
     return call_seconds(timeout_s) + WATCHDOG_SLACK_S
 
 
-def postgres_connect_args(timeout_s: float) -> dict[str, Any]:
-    """libpq settings (psycopg 3) that bound connecting, idling and every statement."""
+def postgres_connect_args(timeout_s: float, url_query: Mapping[str, Any]) -> dict[str, Any]:
+    """libpq settings (psycopg 3) that bound connecting, idling and every statement. A setting
+    the URL names itself (`?keepalives_idle=...`) is the user's and stays; `options` are joined,
+    the user's after ours (PostgreSQL lets the last `-c` win)."""
     call_s = call_seconds(timeout_s)
     call_ms = int(call_s * 1000)
-    return {
-        "connect_timeout": math.ceil(call_s),
+    ours: dict[str, Any] = {
+        "connect_timeout": min(MAX_CONNECT_S, math.ceil(call_s)),
         "keepalives": 1,
         "keepalives_idle": max(1, int(call_s / 2)),
         "keepalives_interval": max(1, int(call_s / (2 * KEEPALIVE_PROBES))),
         "keepalives_count": KEEPALIVE_PROBES,
         "tcp_user_timeout": call_ms,
-        "options": f"-c statement_timeout={call_ms}",
     }
+    args = {key: value for key, value in ours.items() if key not in url_query}
+    theirs = url_query.get("options")
+    args["options"] = f"-c statement_timeout={call_ms}" + (f" {theirs}" if theirs else "")
+    return args
 
 
 def sqlite_connect_args(timeout_s: float) -> dict[str, Any]:

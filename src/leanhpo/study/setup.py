@@ -44,12 +44,13 @@ def engine_kwargs_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) ->
     # pre_ping: after a server restart the pooled connections are dead; test each one on
     # checkout and replace it, instead of failing the first call after every outage.
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    parsed = sqlalchemy.engine.make_url(url)
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = postgres_connect_args(timeout_s)
+        kwargs["connect_args"] = postgres_connect_args(timeout_s, parsed.query)
         kwargs["poolclass"] = WatchedPool  # the watchdog finds a stuck call's connection
     elif url.startswith("sqlite"):
         kwargs["connect_args"] = sqlite_connect_args(timeout_s)
-        if sqlalchemy.engine.make_url(url).database not in (None, "", ":memory:"):
+        if parsed.database not in (None, "", ":memory:"):
             kwargs["poolclass"] = WatchedPool  # a file database (in memory needs one connection)
     return kwargs
 
