@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -118,6 +120,26 @@ def test_a_statement_past_its_deadline_is_cancelled_by_the_server(postgres):
     assert "statement timeout" in str(cancelled.value)
     assert took < call_seconds(TIMEOUT_S) + 1, f"cancelled after {took:.1f} s"
     assert is_transient(cancelled.value)  # retried, then exit 69 if it never gets through
+
+
+def test_a_locked_sqlite_database_waits_no_longer_than_the_call_deadline(tmp_path):
+    """SQLite's busy timeout (Python's default: 5 s) is bounded by the call's deadline too, so
+    a short storage_timeout_s is not overrun by one locked attempt."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study_id = optuna.create_study(study_name="locked", storage=storage_for(url))._study_id
+    short = storage_for(url, timeout_s=1)  # a call's bound: 2 s
+    locker = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageUnavailableError) as stopped:
+            short.set_study_user_attr(study_id, "key", "value")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    took = time.monotonic() - started
+    assert "database is locked" in str(stopped.value)
+    assert took < call_seconds(1) + 1.5, f"a locked database held the call {took:.1f} s"
 
 
 def test_a_lease_heartbeat_on_a_frozen_server_stops_the_trainer_with_69(postgres_cluster, postgres):

@@ -81,9 +81,8 @@ def postgres_connect_args(timeout_s: float, url_query: Mapping[str, Any]) -> dic
 
 
 def sqlite_connect_args(timeout_s: float) -> dict[str, Any]:
-    # A busy wait under the call's deadline; the watchdog interrupts anything slower (a
-    # database on a hung network filesystem).
-    """A busy (locked) database waits at most one call's bound, then the retrier decides."""
+    """A busy (locked) database waits at most one call's bound, then the retrier decides; the
+    watchdog interrupts anything slower (a database on a hung network filesystem)."""
     return {"timeout": min(SQLITE_BUSY_S, call_seconds(timeout_s))}
 
 

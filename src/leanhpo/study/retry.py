@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import optuna
@@ -134,7 +135,7 @@ class StorageRetrier:
         self.attempt_deadline_s = watchdog_seconds(timeout_s)
         self.outage_started: float | None = None
 
-    def bounded(self, what: str) -> Any:
+    def bounded(self, what: str) -> AbstractContextManager[None]:
         """A context in which a database call is cut off at its deadline (one attempt, no
         retry: for a caller with its own policy, such as the lease heartbeat)."""
         return call_deadline(self.attempt_deadline_s, what, self.url)
