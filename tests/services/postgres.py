@@ -7,6 +7,7 @@ as root, so they run as the `postgres` user in a folder that user owns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -51,20 +53,26 @@ def _as_service_user() -> list[str]:
 
 
 class PostgresCluster:
-    """One initdb'd data directory, served on a fixed port across stop()/start()."""
+    """One initdb'd data directory, served on a fixed port across stop()/start().
 
-    def __init__(self, bin_dir: Path) -> None:
+    `host` is the one address it listens on; `prefix` runs the server binaries under a wrapper
+    (`ip netns exec NAME`: a server inside a network namespace, see tests/services/netns.py)."""
+
+    def __init__(
+        self, bin_dir: Path, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()
+    ) -> None:
         self.bin_dir = bin_dir
-        self.prefix = _as_service_user()
+        self.host = host
+        self.prefix = [*prefix, *_as_service_user()]
         self.root = Path(tempfile.mkdtemp(prefix="leanhpo-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
         self.password = secrets.token_hex(12)
-        if self.prefix:
+        if os.geteuid() == 0:
             shutil.chown(self.root, SERVICE_USER, SERVICE_USER)
         password_file = self.root / "pwfile"
         password_file.write_text(self.password + "\n")
-        if self.prefix:
+        if os.geteuid() == 0:
             shutil.chown(password_file, SERVICE_USER, SERVICE_USER)
         self._run(
             "initdb",
@@ -76,6 +84,9 @@ class PostgresCluster:
             "--encoding=UTF8",
         )  # fmt: skip
         password_file.unlink()
+        if host != "127.0.0.1":  # initdb trusts loopback only; password users from anywhere
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
 
     def _run(self, binary: str, *args: str) -> None:
         result = subprocess.run(
@@ -91,8 +102,8 @@ class PostgresCluster:
             raise RuntimeError(f"{binary} {' '.join(args)} failed: {result.stderr}\n{tail}")
 
     def start(self) -> None:
-        # TCP on 127.0.0.1 only; the socket goes into our folder, not /var/run/postgresql.
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -F"
+        # TCP on one address only; the socket goes into our folder, not /var/run/postgresql.
+        options = f"-h {self.host} -p {self.port} -k {self.root} -F"
         self._run(
             "pg_ctl", "start", "-D", str(self.data), "-l", str(self.root / "server.log"),
             "-w", "-t", str(START_TIMEOUT_S), "-o", options,
@@ -105,15 +116,32 @@ class PostgresCluster:
     def is_running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def processes(self) -> list[psutil.Process]:
+        """The postmaster and every process it started (backends, checkpointer, ...)."""
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> list[psutil.Process]:
+        """SIGSTOP the whole server, postmaster first (so it forks no new backend meanwhile):
+        connections stay open and the kernel still accepts TCP, but nothing ever answers."""
+        frozen = []
+        for process in self.processes():
+            process.suspend()
+            frozen.append(process)
+        return frozen
+
+    def thaw(self, frozen: list[psutil.Process]) -> None:
+        for process in reversed(frozen):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
     def url(self, user: str, password: str, database: str) -> str:
-        return f"postgresql+psycopg://{user}:{password}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://{user}:{password}@{self.host}:{self.port}/{database}"
 
     def admin_execute(self, *statements: str) -> None:
         import psycopg
 
-        conninfo = (
-            f"host=127.0.0.1 port={self.port} user={ADMIN} password={self.password} dbname=postgres"
-        )
+        conninfo = f"host={self.host} port={self.port} user={ADMIN} password={self.password} dbname=postgres"
         with psycopg.connect(conninfo, autocommit=True) as connection:
             for statement in statements:
                 connection.execute(statement)

@@ -17,6 +17,10 @@ place every driver shares: a table `leanhpo_slot_leases` in the Optuna storage's
 - An owner that finds its lease taken (it was cut off from the database longer than the grace
   period) stops at its next checkpoint or publish: `fence()` confirms ownership first, so a
   checkpoint or a metric is never written by a process that no longer owns the slot.
+- Every lease call has the storage's deadline (study/deadline.py). An owner that cannot confirm
+  its lease (a database that hangs or is down) does not know whether it still owns the slot:
+  its fence retries for study.storage_timeout_s and then stops the job with exit 69, as any
+  storage call does; a rerun takes the slot back (same host) or finds it taken over.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import sqlalchemy as sa
 
 from leanhpo.exit_codes import EXIT_LOCKED
 from leanhpo.logs import event
-from leanhpo.study.retry import StorageRetrier
+from leanhpo.study.retry import StorageRetrier, StorageUnavailableError
 
 LOGGER = logging.getLogger("leanhpo.study")
 HOST_ENV = "LEANHPO_HOST_ID"  # names this host where hostnames are not unique (containers)
@@ -330,7 +334,12 @@ class SlotLease:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                if not self._renew():
+                # Bounded like any storage call: a beat stuck on a frozen server is cut off and
+                # the next one tries again; the fence turns a lease left unconfirmed into
+                # StorageUnavailableError (exit 69) after study.storage_timeout_s.
+                with self.retrier.bounded("renew slot lease"):
+                    renewed = self._renew()
+                if not renewed:
                     event(self.log, self.lost or "lease lost", logging.ERROR, kind="lease_lost")
                     return
             except sa.exc.SQLAlchemyError as error:  # an outage: the fence decides, not us
@@ -353,7 +362,7 @@ class SlotLease:
         if self.lost is not None:
             return
         try:
-            with self.engine.begin() as connection:
+            with self.retrier.bounded("release slot lease"), self.engine.begin() as connection:
                 connection.execute(
                     LEASES.update()
                     .where(_key(self.study_id, self.slot), LEASES.c.token == self.owner.token)
@@ -365,7 +374,12 @@ class SlotLease:
     def __enter__(self) -> SlotLease:
         return self if self._thread is not None else self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and issubclass(kind, StorageUnavailableError):
+            # The database is down or hangs: a release would only wait out another deadline
+            # before the exit 69. The rerun takes the slot back (the rules above) anyway.
+            self._stop.set()
+            return
         self.release()
 
 

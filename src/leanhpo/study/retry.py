@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import optuna
@@ -32,12 +33,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from leanhpo.logs import event, mask_secrets
+from leanhpo.study.deadline import call_deadline, watchdog_seconds
 
 LOGGER = logging.getLogger("leanhpo.study")
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 10.0  # a restarted server is noticed within this long
-# A server that accepts TCP but never answers must not stall one attempt past the bound.
-CONNECT_TIMEOUT_S = 10
 # OperationalError covers "wrong password" too: that is a config error, not an outage, and
 # waiting `storage_timeout_s` for it would only hide it. psycopg gives no SQLSTATE for
 # connection failures, so the server's message is all there is to go by.
@@ -48,8 +48,14 @@ PERMANENT_MARKERS = (
     "access denied",  # MySQL credentials
     "unknown database",
 )
-# SQLite raises OperationalError for missing tables and bad SQL as well; only contention passes.
-SQLITE_TRANSIENT_MARKERS = ("database is locked", "database table is locked", "database is busy")
+# SQLite raises OperationalError for missing tables and bad SQL as well; only contention, and a
+# call the deadline watchdog interrupted (study/deadline.py), passes.
+SQLITE_TRANSIENT_MARKERS = (
+    "database is locked",
+    "database table is locked",
+    "database is busy",
+    "interrupted",
+)
 
 T = TypeVar("T")
 
@@ -124,7 +130,15 @@ class StorageRetrier:
     def __init__(self, url: str, timeout_s: float) -> None:
         self.url = mask_secrets(url)
         self.timeout_s = timeout_s
+        # Each attempt's own bound (study/deadline.py): a hung server fails the attempt, which
+        # is retried, instead of blocking the call past `timeout_s`.
+        self.attempt_deadline_s = watchdog_seconds(timeout_s)
         self.outage_started: float | None = None
+
+    def bounded(self, what: str) -> AbstractContextManager[None]:
+        """A context in which a database call is cut off at its deadline (one attempt, no
+        retry: for a caller with its own policy, such as the lease heartbeat)."""
+        return call_deadline(self.attempt_deadline_s, what, self.url)
 
     def call(self, what: str, attempt: Callable[[int], T]) -> T:
         """Run `attempt(attempt_number)` until it succeeds, fails for good, or time is up.
@@ -148,7 +162,7 @@ class StorageRetrier:
         )
         try:
             for try_ in retrying:
-                with try_:
+                with try_, self.bounded(what):
                     result = attempt(try_.retry_state.attempt_number)
         except Exception as error:
             if _refused(error):

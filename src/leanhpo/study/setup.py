@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
@@ -21,8 +22,9 @@ from leanhpo.config.strategy import grid_points
 from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
 from leanhpo.paths import trial_label
+from leanhpo.study.deadline import WatchedPool, postgres_connect_args, sqlite_connect_args
 from leanhpo.study.lease import SlotLease
-from leanhpo.study.retry import CONNECT_TIMEOUT_S, RetryingStorage, StorageRetrier
+from leanhpo.study.retry import RetryingStorage, StorageRetrier
 from leanhpo.study.samplers import SLOT_ATTR, sampler_for
 from leanhpo.urls import expand_env_references
 
@@ -36,12 +38,20 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DEFAULT_STORAGE_TIMEOUT_S = 600.0  # study.storage_timeout_s's default
 
 
-def engine_kwargs_for(url: str) -> dict[str, Any]:
+def engine_kwargs_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> dict[str, Any]:
+    """SQLAlchemy engine settings that give every call a deadline derived from `timeout_s`
+    (study.storage_timeout_s; see study/deadline.py)."""
     # pre_ping: after a server restart the pooled connections are dead; test each one on
     # checkout and replace it, instead of failing the first call after every outage.
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    parsed = sqlalchemy.engine.make_url(url)
     if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        kwargs["connect_args"] = postgres_connect_args(timeout_s, parsed.query)
+        kwargs["poolclass"] = WatchedPool  # the watchdog finds a stuck call's connection
+    elif url.startswith("sqlite"):
+        kwargs["connect_args"] = sqlite_connect_args(timeout_s)
+        if parsed.database not in (None, "", ":memory:"):
+            kwargs["poolclass"] = WatchedPool  # a file database (in memory needs one connection)
     return kwargs
 
 
@@ -49,13 +59,13 @@ def _create_optuna_tables(url: str) -> None:
     optuna.storages.RDBStorage(url).engine.dispose()
 
 
-def _rdb_storage(live: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+def _rdb_storage(live: str, timeout_s: float, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage, whose first use creates its tables. Several drivers starting on a
     fresh database race to create them (CREATE TYPE/TABLE is not idempotent on PostgreSQL);
     the losers see the winner's objects as duplicates, and trying again finds them made."""
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(live, engine_kwargs_for(live))
+            return optuna.storages.RDBStorage(live, engine_kwargs_for(live, timeout_s))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
             text = str(error)
             if attempt == attempts or not ("already exists" in text or "duplicate key" in text):
@@ -71,7 +81,7 @@ def storage_for(url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S) -> Retry
     live = expand_env_references(url, "study.storage")
     create_sqlite_atomically(live, _create_optuna_tables)  # folder included
     retrier = StorageRetrier(url, timeout_s)
-    rdb = retrier.call("connect", lambda _attempt: _rdb_storage(live))
+    rdb = retrier.call("connect", lambda _attempt: _rdb_storage(live, timeout_s))
     # The cache Optuna itself puts over an RDBStorage (see retry.py for why it sits inside).
     return RetryingStorage(optuna.storages._CachedStorage(rdb), retrier, TRIAL_UUID_ATTR)
 
