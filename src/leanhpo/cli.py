@@ -16,7 +16,7 @@ from typing import Any
 
 from leanhpo import paths
 from leanhpo.config import load_config_file
-from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, exit_code_for
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_code_for
 from leanhpo.workflow import describe
 
 
@@ -174,12 +174,21 @@ def _cmd_cleanup(config: dict[str, Any], args: argparse.Namespace) -> Any:
 
 def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
     from leanhpo.study.publish import has_export, publish_model
+    from leanhpo.study.runids import settle_run_ids
     from leanhpo.tracking import open_tracker
 
     folder = paths.study_dir(config["study"]["name"])
     tracker = open_tracker(config["tracking"], folder)
-    replayed = tracker.drain()
-    result = {"replayed": replayed, **tracker.spool_stats()}
+    if args.show_dead:
+        return {"dead_letters": tracker.dead_letters()}
+    if args.drop_dead:
+        return {"dropped": tracker.drop_dead()}
+    retried = tracker.retry_dead() if args.retry_dead else None
+    replayed = tracker.drain(every_host=True)
+    if tracker.busy is None:
+        settle_run_ids(folder, tracker)  # study.json and trial states: placeholders made real
+    result: dict[str, Any] = {"replayed": replayed, "retried": retried, "busy": tracker.busy}
+    result.update(tracker.spool_stats())
     if has_export(folder):  # the MLflow model an outage kept from the export step
         result["model"] = publish_model(folder, folder / "best_model", config["tracking"])
     return result
@@ -219,7 +228,8 @@ COMMANDS = {
     ),
     "sync-tracking": (
         _cmd_sync_tracking,
-        "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down)",
+        "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down, 75 "
+        "while another process replays them); settle dead letters (--show-dead, ...)",
     ),
     "summary": (
         _cmd_summary,
@@ -260,6 +270,52 @@ def _predict_arguments(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _dead_letter_arguments(cmd: argparse.ArgumentParser) -> None:
+    dead = cmd.add_mutually_exclusive_group()
+    dead.add_argument(
+        "--show-dead",
+        action="store_true",
+        help="list the entries MLflow refused for good (dead letters) and exit",
+    )
+    dead.add_argument(
+        "--retry-dead",
+        action="store_true",
+        help="put the dead letters back in the spool, in their original order, then replay",
+    )
+    dead.add_argument("--drop-dead", action="store_true", help="delete the dead letters")
+
+
+def _print_dead_letters(result: dict[str, Any]) -> None:
+    total = 0
+    for path, dead in result["dead_letters"]:
+        print(f"{path}:")
+        for entry in dead:
+            print(f"  {entry.seq:>6}  {entry.run_ref}  {entry.kind:<7}  {entry.summary()}")
+            print(f"          error: {entry.error}")
+        total += len(dead)
+    print(f"{total} dead MLflow entries")
+
+
+def _sync_tracking_exit(result: dict[str, Any]) -> int:
+    if result["retried"] is not None:
+        print(f"put {result['retried']} dead MLflow entries back in the spool")
+    print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
+    if result["dead"]:
+        print(
+            f"{result['dead']} MLflow entries were refused for good (dead letters): list them "
+            "with --show-dead, then --retry-dead or --drop-dead"
+        )
+    model = result.get("model")
+    if model is not None:
+        print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
+    if result["busy"] is not None:
+        print(f"leanhpo: busy: another process is draining {result['busy']}", file=sys.stderr)
+        return EXIT_LOCKED  # not an outage: rerun once that drain is done
+    if result["pending"] or (model is not None and model["status"] == "pending"):
+        return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leanhpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also strip the optimizer state of finished trials' checkpoints (weights only)",
             )
+        if name == "sync-tracking":
+            _dead_letter_arguments(cmd)
         if name == "export":
             cmd.add_argument(
                 "--out", type=Path, help="folder to write (default experiments/<study>/best_model)"
@@ -331,10 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "stdout" if result["output"] == "-" else result["output"]
         print(f"leanhpo: wrote {result['posts']} predictions to {where}", file=sys.stderr)
     elif args.command == "sync-tracking":
-        print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
-        model = result.get("model")
-        if model is not None:
-            print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
-        if result["pending"] or (model is not None and model["status"] == "pending"):
-            return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
+        if "dead_letters" in result:
+            _print_dead_letters(result)
+        elif "dropped" in result:
+            print(f"dropped {result['dropped']} dead MLflow entries")
+        else:
+            return _sync_tracking_exit(result)
     return 0

@@ -8,10 +8,17 @@ from typing import Any
 
 from leanhpo.tracking.client import DEFAULT_WRITE_TIMEOUT_S, Tracker
 from leanhpo.tracking.errors import TrackingAuthError, TrackingUnavailable
-from leanhpo.tracking.spool import is_placeholder
+from leanhpo.tracking.spool import (
+    LEGACY_SPOOL_FILE,
+    is_placeholder,
+    placeholder_id,
+    spool_file_name,
+)
 from leanhpo.tracking.upload import flatten
 
-SPOOL_FILE = "tracking_spool.sqlite"
+# This host's spool file in the study folder; the other hosts' (and LEGACY_SPOOL_FILE) are
+# read and replayed too, never written.
+SPOOL_FILE = spool_file_name()
 
 
 def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
@@ -28,6 +35,7 @@ def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
 
 
 __all__ = [
+    "LEGACY_SPOOL_FILE",
     "SPOOL_FILE",
     "Tracker",
     "TrackingAuthError",
@@ -35,4 +43,5 @@ __all__ = [
     "flatten",
     "is_placeholder",
     "open_tracker",
+    "placeholder_id",
 ]

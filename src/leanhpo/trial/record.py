@@ -15,6 +15,7 @@ from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
 from leanhpo.paths import trial_label
 from leanhpo.study.create import STUDY_UUID_TAG
+from leanhpo.study.runids import settle_run_ids
 from leanhpo.study.setup import progress, progress_tags
 from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
 
@@ -112,6 +113,7 @@ def close_tracking(
         tracker.set_status(run_id, status)
         event(log, f"MLflow run closed as {status}", kind="tracking_closed", run_id=run_id)
     tracker.drain()
+    settle_run_ids(state_path.parent.parent, tracker)  # study.json, finished trials' states
     spool = tracker.spool_stats()
     record.update(
         {
