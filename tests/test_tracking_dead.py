@@ -25,7 +25,7 @@ from leanhpo.tracking import (
     open_tracker,
     replay,
 )
-from leanhpo.tracking.spool import spool_file_name
+from leanhpo.tracking.spool import PendingRun, now_ms, placeholder_id, spool_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,3 +217,26 @@ def test_sync_tracking_waits_for_a_busy_drain_lock_and_then_says_busy(
         waited = time.monotonic() - started
     assert code == EXIT_UNAVAILABLE and "busy:" not in err  # waited, then found MLflow down
     assert 0.4 < waited < 30.0
+
+
+@pytest.mark.slow
+def test_a_run_mlflow_will_not_create_is_set_aside_with_its_entries(mlflow_server, tmp_path):
+    """A placeholder run spooled for an experiment MLflow refuses to make (an empty name: a
+    spool written by a bug, say), and a metric point of it behind it in the spool."""
+    tracker = _tracker(mlflow_server.uri, tmp_path, "refused")
+    assert tracker.spool is not None
+    tags = {"k": "v"}
+    run = placeholder_id("", tags)
+    tracker.spool.add_run(PendingRun(run, "", "run", tags, None, now_ms()))
+    tracker.spool.append(run, "metrics", {"step": 0, "ts": now_ms(), "values": {"a": 1.0}})
+    assert tracker.backlog() == {"entries": 1, "runs": 1, "dead": 0}
+    tracker.drain()  # no exception: set aside
+    assert tracker.backlog() == {"entries": 0, "runs": 0, "dead": 2}
+    [(path, dead)] = tracker.dead_letters()
+    assert path == tmp_path / SPOOL_FILE
+    assert [(d.run_ref, d.kind) for d in dead] == [(run, "run"), (run, "metrics")]
+    assert "400" in dead[0].error or "INVALID_PARAMETER_VALUE" in dead[0].error, dead[0].error
+    assert dead[1].error.startswith("its run could not be created")
+    assert dead[0].summary() == 'run {"k": "v"}' and dead[1].summary() == "step 0: a"
+    assert tracker.retry_dead() == 2
+    assert tracker.backlog() == {"entries": 1, "runs": 1, "dead": 0}
