@@ -17,6 +17,7 @@ from test_tracking_spool import TIMEOUT_S, answering, outage
 from leanhpo import cli
 from leanhpo.exit_codes import EXIT_LOCKED, EXIT_UNAVAILABLE
 from leanhpo.fsutil import atomic_write_json, read_json
+from leanhpo.study.runids import settle_trial_run
 from leanhpo.tracking import (
     LEGACY_SPOOL_FILE,
     SPOOL_FILE,
@@ -240,3 +241,27 @@ def test_a_run_mlflow_will_not_create_is_set_aside_with_its_entries(mlflow_serve
     assert dead[0].summary() == 'run {"k": "v"}' and dead[1].summary() == "step 0: a"
     assert tracker.retry_dead() == 2
     assert tracker.backlog() == {"entries": 1, "runs": 1, "dead": 0}
+
+
+@pytest.mark.slow
+def test_a_trial_placeholder_no_spool_holds_is_found_again_by_its_tags(mlflow_server, tmp_path):
+    """What close_tracking does with state.json's run id (the spool deleted since)."""
+    tracker = _tracker(mlflow_server.uri, tmp_path, "lost")
+    study_tags = {"leanhpo.study_uuid": "u1", "leanhpo.role": "study"}
+    parent = tracker.find_or_create_run(study_tags, "study-lost")
+    info = {"study_id": "u1", "name": "lost", "mlflow": {"parent_run_id": parent}}
+    tags = {"leanhpo.study_uuid": "u1", "leanhpo.slot": "2"}
+    lost = placeholder_id("lost", tags)
+    real = settle_trial_run(tracker, info, {"slot": 2}, lost)
+    assert not is_placeholder(real) and tracker.find_run(tags) == real
+    assert tracker.client.get_run(real).data.tags["mlflow.parentRunId"] == parent
+    assert tracker.real_run_id(lost) == real  # kept in the spool for other processes
+    assert _tracker(mlflow_server.uri, tmp_path, "lost").real_run_id(lost) == real
+    # A confirm run is keyed by its seed too; one with no id in state.json is found by tags.
+    confirm = {"confirm": {"source_slot": 2, "seed_index": 1}}
+    seed_run = settle_trial_run(tracker, info, confirm, None)
+    assert seed_run != real
+    assert tracker.find_run({**tags, "leanhpo.confirm_seed": "1"}) == seed_run
+    # An id that is not this study's placeholder is left as it is, with a warning.
+    stranger = placeholder_id("lost", {"made": "elsewhere"})
+    assert settle_trial_run(tracker, info, {"slot": 3}, stranger) == stranger

@@ -81,6 +81,18 @@ def _settle(
     return real
 
 
+def settle_trial_run(
+    tracker: Tracker, info: dict[str, Any], state: dict[str, Any], run_id: str | None
+) -> str:
+    """The run a trial's (or confirm run's) records go to: the one state.json names, settled,
+    or when it names none, the one its tags find (made if absent)."""
+    tags, name = trial_run_key(info, state)
+    parent = info["mlflow"]["parent_run_id"]
+    if not run_id:
+        return tracker.find_or_create_run(tags, name, parent_run_id=parent)
+    return _settle(tracker, run_id, tags, name, parent)
+
+
 def settle_parent_run(study_json: Path, info: dict[str, Any], tracker: Tracker) -> dict[str, Any]:
     """study.json with its parent run settled (rewritten if that changed it); return it."""
     record = info["mlflow"]

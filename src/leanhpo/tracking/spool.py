@@ -9,8 +9,9 @@ work. A run's placeholder id stays mapped to its MLflow id here for good, so any
 handed a placeholder (from state.json or study.json) finds the real run.
 
 One file per host (tracking_spool.<host>.sqlite): SQLite's locks are not to be trusted across
-machines on a network file system, so no file is ever written from two. Readers merge every
-spool file of the study folder (spool_files), the older single tracking_spool.sqlite included.
+machines on a network file system, so while a study runs no file is written from two. A job
+reads every spool file of the study folder (spool_files, the older single tracking_spool.sqlite
+included) and replays its own; `sync-tracking` replays them all (see replay.py).
 
 Dead letters: an entry MLflow refuses for good (HTTP 400 or 404: its run was deleted, or the
 tracking database is not the one the entry was written for) moves to the `dead` table with the
