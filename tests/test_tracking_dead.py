@@ -252,11 +252,18 @@ def test_a_trial_placeholder_no_spool_holds_is_found_again_by_its_tags(mlflow_se
     info = {"study_id": "u1", "name": "lost", "mlflow": {"parent_run_id": parent}}
     tags = {"leanhpo.study_uuid": "u1", "leanhpo.slot": "2"}
     lost = placeholder_id("lost", tags)
+    # Issue 26: a write under it was "MLflow run pending-... is not in the spool" for good.
+    tracker.set_tags(lost, {"leanhpo.status": "completed"})
+    tracker.drain()
+    [(_, [dead])] = tracker.dead_letters()
+    assert dead.run_ref == lost and "in no spool file" in dead.error
     real = settle_trial_run(tracker, info, {"slot": 2}, lost)
     assert not is_placeholder(real) and tracker.find_run(tags) == real
     assert tracker.client.get_run(real).data.tags["mlflow.parentRunId"] == parent
     assert tracker.real_run_id(lost) == real  # kept in the spool for other processes
     assert _tracker(mlflow_server.uri, tmp_path, "lost").real_run_id(lost) == real
+    assert tracker.retry_dead() == 1 and tracker.drain() == 1
+    assert tracker.client.get_run(real).data.tags["leanhpo.status"] == "completed"
     # A confirm run is keyed by its seed too; one with no id in state.json is found by tags.
     confirm = {"confirm": {"source_slot": 2, "seed_index": 1}}
     seed_run = settle_trial_run(tracker, info, confirm, None)
