@@ -248,6 +248,21 @@ def test_mlflow_down_for_the_whole_study_then_sync_tracking(mlflow_server, tmp_p
     )
     assert model.status == LoggedModelStatus.READY and model.name == "model"
     assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+    # Issue 26: study.json and the trials' state.json hold the real run ids, not placeholders,
+    # and a rerun with the spool deleted finds the same parent run.
+    study_dir = tmp_path / "experiments" / "tiny"
+    assert json.loads((study_dir / "study.json").read_text())["mlflow"]["parent_run_id"] == (
+        parent.info.run_id
+    )
+    for state in study_dir.glob("trial_*/state.json"):
+        run_id = json.loads(state.read_text())["mlflow"]["run_id"]
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for spool in study_dir.glob("tracking_spool*"):
+        spool.unlink()
+    _finish(_start(tmp_path, overlay, dict(os.environ)))
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "0 remain" in rerun.stdout, rerun.stdout + rerun.stderr
+    _assert_exactly_once(tracker, n_trials=2)
 
 
 FINAL_DRAIN_S = 2  # the test's tracking.final_drain_s: MLflow is down, so the drain gives up

@@ -16,7 +16,7 @@ from typing import Any
 
 from leanhpo import paths
 from leanhpo.config import load_config_file
-from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, exit_code_for
+from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_code_for
 from leanhpo.workflow import describe
 
 
@@ -176,10 +176,17 @@ def _cmd_sync_tracking(config: dict[str, Any], args: argparse.Namespace) -> Any:
     from leanhpo.logs import mask_secrets
     from leanhpo.study.publish import has_export, publish_model
     from leanhpo.study.sync import drain_spool
+    from leanhpo.tracking import open_tracker
     from leanhpo.tracking.quiet import quiet_mlflow
 
     folder = paths.study_dir(config["study"]["name"])
-    result = drain_spool(folder, config["tracking"])
+    if args.show_dead or args.drop_dead:
+        tracker = open_tracker(config["tracking"], folder)
+        if args.show_dead:
+            return {"dead_letters": tracker.dead_letters()}
+        return {"dropped": tracker.drop_dead()}
+    # Every host's spool file: run by hand, best once the other hosts' jobs have ended.
+    result = drain_spool(folder, config["tracking"], every_host=True, retry_dead=args.retry_dead)
     result["uri"] = mask_secrets(config["tracking"]["uri"])
     if has_export(folder):  # the MLflow model an outage kept from the export step
         with quiet_mlflow():
@@ -221,7 +228,8 @@ COMMANDS = {
     ),
     "sync-tracking": (
         _cmd_sync_tracking,
-        "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down)",
+        "replay the MLflow writes buffered during an outage (exit 69 while MLflow is down, 75 "
+        "while another process replays them); settle dead letters (--show-dead, ...)",
     ),
     "summary": (
         _cmd_summary,
@@ -262,6 +270,58 @@ def _predict_arguments(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _dead_letter_arguments(cmd: argparse.ArgumentParser) -> None:
+    dead = cmd.add_mutually_exclusive_group()
+    dead.add_argument(
+        "--show-dead",
+        action="store_true",
+        help="list the entries MLflow refused for good (dead letters) and exit",
+    )
+    dead.add_argument(
+        "--retry-dead",
+        action="store_true",
+        help="put the dead letters back in the spool, in their original order, then replay",
+    )
+    dead.add_argument("--drop-dead", action="store_true", help="delete the dead letters")
+
+
+def _print_dead_letters(result: dict[str, Any]) -> None:
+    total = 0
+    for path, dead in result["dead_letters"]:
+        print(f"{path}:")
+        for entry in dead:
+            print(f"  {entry.seq:>6}  {entry.run_ref}  {entry.kind:<7}  {entry.summary()}")
+            print(f"          error: {entry.error}")
+        total += len(dead)
+    print(f"{total} dead MLflow entries")
+
+
+def _sync_tracking_exit(result: dict[str, Any]) -> int:
+    from leanhpo.study.sync import run_lines
+
+    if result["retried"] is not None:
+        print(f"put {result['retried']} dead MLflow entries back in the spool")
+    if result["runs"]:
+        print("\n".join(run_lines(result["runs"])))
+    if not result["online"]:
+        print(f"MLflow at {result['uri']} did not answer")
+    print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
+    if result["dead"]:
+        print(
+            f"{result['dead']} MLflow entries were refused for good (dead letters): list them "
+            "with --show-dead, then --retry-dead or --drop-dead"
+        )
+    model = result.get("model")
+    if model is not None:
+        print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
+    if result["busy"] is not None:
+        print(f"leanhpo: busy: another process is draining {result['busy']}", file=sys.stderr)
+        return EXIT_LOCKED  # not an outage: rerun once that drain is done
+    if result["pending"] or (model is not None and model["status"] == "pending"):
+        return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leanhpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also strip the optimizer state of finished trials' checkpoints (weights only)",
             )
+        if name == "sync-tracking":
+            _dead_letter_arguments(cmd)
         if name == "export":
             cmd.add_argument(
                 "--out", type=Path, help="folder to write (default experiments/<study>/best_model)"
@@ -333,16 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = "stdout" if result["output"] == "-" else result["output"]
         print(f"leanhpo: wrote {result['posts']} predictions to {where}", file=sys.stderr)
     elif args.command == "sync-tracking":
-        from leanhpo.study.sync import run_lines
-
-        if result["runs"]:
-            print("\n".join(run_lines(result["runs"])))
-        if not result["online"]:
-            print(f"MLflow at {result['uri']} did not answer")
-        print(f"replayed {result['replayed']} MLflow entries; {result['pending']} remain")
-        model = result.get("model")
-        if model is not None:
-            print(f"MLflow model: {model['status']} ({model['model_uri'] or model['reason']})")
-        if result["pending"] or (model is not None and model["status"] == "pending"):
-            return EXIT_UNAVAILABLE  # MLflow is still down: rerun later
+        if "dead_letters" in result:
+            _print_dead_letters(result)
+        elif "dropped" in result:
+            print(f"dropped {result['dropped']} dead MLflow entries")
+        else:
+            return _sync_tracking_exit(result)
     return 0

@@ -148,12 +148,22 @@ def _tracking_lines(study_dir: Path, invocation: Invocation) -> list[str]:
     left = study_backlog(study_dir)
     if not (left["entries"] or left["runs"] or left["dead"]):
         return ["  tracking: all writes in MLflow"]
-    dead = f", {left['dead']} refused by MLflow" if left["dead"] else ""
-    return [
-        f"  tracking: {left['entries']} MLflow writes of {left['runs']} runs not in MLflow yet"
-        f"{dead} (it was down at the end); once it is up, run:",
-        f"    {invocation.leanhpo('sync-tracking')}",
-    ]
+    lines = []
+    if left["entries"] or left["runs"]:
+        lines += [
+            f"  tracking: {left['entries']} MLflow writes of {left['runs']} runs not in MLflow "
+            "yet (it was down at the end); once it is up, run:",
+            f"    {invocation.leanhpo('sync-tracking')}",
+        ]
+    if left["dead"]:
+        lines += [
+            f"  tracking: {left['dead']} MLflow writes refused by MLflow for good (dead letters,"
+            " e.g. their run was deleted); see them, then retry (after restoring the run) or drop:",
+            f"    {invocation.leanhpo('sync-tracking', '--show-dead')}",
+            f"    {invocation.leanhpo('sync-tracking', '--retry-dead')}",
+            f"    {invocation.leanhpo('sync-tracking', '--drop-dead')}",
+        ]
+    return lines
 
 
 def closing_summary(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leanhpo.study.runids import settle_run_ids
 from leanhpo.tracking import open_tracker, study_backlog
 from leanhpo.tracking.quiet import quiet_mlflow
 
@@ -19,28 +20,44 @@ DEFAULT_FINAL_DRAIN_S = 60.0
 
 
 def drain_spool(
-    study_dir: Path, tracking: dict[str, Any], within_s: float | None = None
+    study_dir: Path,
+    tracking: dict[str, Any],
+    within_s: float | None = None,
+    *,
+    every_host: bool = False,
+    retry_dead: bool = False,
 ) -> dict[str, Any]:
-    """Replay the spool (for at most `within_s` seconds, or all of it); return
-    {"replayed": entries and runs that went up, "runs": [{"run_id", "name", "entries"}],
-    "backlog": what is left (Tracker.backlog), "pending": entries and runs not yet made,
-    "online": whether MLflow answered, "seconds": the drain's wall time}."""
+    """Replay the spool (for at most `within_s` seconds, or all of it): this host's file, or
+    with `every_host` every host's (sync-tracking); with `retry_dead` the dead letters first go
+    back in their places. Then the placeholders made real are written into study.json and the
+    finished trials' state.json (study/runids.py). Return {"replayed": entries and runs that
+    went up, "runs": [{"run_id", "name", "entries"}], "backlog": what is left
+    (Tracker.backlog), "pending": entries and runs not yet made, "dead": dead letters,
+    "retried": dead letters put back (None without retry_dead), "busy": a spool file another
+    process was draining (None), "online": whether MLflow answered, "seconds": wall time}."""
     started = time.monotonic()
     # Also the tracker's own "did not answer; buffering its writes" warning: this replays
     # them, and the caller says what is left.
     with quiet_mlflow("leanhpo.tracking"):
         tracker = open_tracker(tracking, study_dir)
-        replayed = tracker.drain(within_s)
+        retried = tracker.retry_dead() if retry_dead else None
+        replayed = tracker.drain(within_s, every_host=every_host)
+        if tracker.busy is None:
+            settle_run_ids(study_dir, tracker)
         runs = [
             {"run_id": run_id, "name": tracker.run_name(run_id), "entries": count}
             for run_id, count in tracker.replayed_runs.items()
         ]
+    stats = tracker.spool_stats()
     return {
         "replayed": replayed,
         "runs": runs,
         "backlog": tracker.backlog(),
-        "pending": tracker.spool_stats()["pending"],
-        "online": tracker.spool_stats()["online"],
+        "pending": stats["pending"],
+        "dead": stats["dead"],
+        "retried": retried,
+        "busy": tracker.busy,
+        "online": stats["online"],
         "seconds": round(time.monotonic() - started, 3),
     }
 
@@ -59,6 +76,9 @@ def final_drain(study_dir: Path, tracking: dict[str, Any]) -> dict[str, Any] | N
             "runs": [],
             "backlog": left,
             "pending": pending,
+            "dead": left["dead"],
+            "retried": None,
+            "busy": None,
             "online": None,
             "seconds": 0.0,
         }

@@ -8,10 +8,20 @@ from typing import Any
 
 from leanhpo.tracking.client import DEFAULT_WRITE_TIMEOUT_S, Tracker
 from leanhpo.tracking.errors import TrackingAuthError, TrackingUnavailable
-from leanhpo.tracking.spool import Spool, is_placeholder
+from leanhpo.tracking.spool import (
+    LEGACY_SPOOL_FILE,
+    Spool,
+    backlog_of,
+    is_placeholder,
+    placeholder_id,
+    spool_file_name,
+    spool_files,
+)
 from leanhpo.tracking.upload import flatten
 
-SPOOL_FILE = "tracking_spool.sqlite"
+# This host's spool file in the study folder; the other hosts' (and LEGACY_SPOOL_FILE) are
+# read and replayed too, never written.
+SPOOL_FILE = spool_file_name()
 
 
 def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
@@ -28,14 +38,12 @@ def open_tracker(tracking: dict[str, Any], study_dir: Path) -> Tracker:
 
 
 def study_backlog(study_dir: Path) -> dict[str, int]:
-    """What the study's spool still holds (Spool.backlog), read without asking MLflow."""
-    path = study_dir / SPOOL_FILE
-    if not path.is_file():
-        return {"entries": 0, "runs": 0, "dead": 0}
-    return Spool(path).backlog()
+    """What the study's spool files (every host's) still hold, read without asking MLflow."""
+    return backlog_of([Spool(path) for path in spool_files(study_dir)])
 
 
 __all__ = [
+    "LEGACY_SPOOL_FILE",
     "SPOOL_FILE",
     "Tracker",
     "TrackingAuthError",
@@ -43,5 +51,6 @@ __all__ = [
     "flatten",
     "is_placeholder",
     "open_tracker",
+    "placeholder_id",
     "study_backlog",
 ]

@@ -35,9 +35,11 @@ from leanhpo.tracking.errors import (
     classify,
     client_uri,
     http_status,
+    is_refusal,
     make_client,
+    reason_of,
 )
-from leanhpo.tracking.replay import ReplayMixin
+from leanhpo.tracking.replay import ReplayMixin, warn_dead
 from leanhpo.tracking.spool import PendingRun, Spool, is_placeholder, now_ms, placeholder_id
 from leanhpo.tracking.upload import StepCache, flatten, upload
 
@@ -71,6 +73,7 @@ class Tracker(ReplayMixin, ArtifactMixin):
         self.timeout = write_timeout_s
         self._client: MlflowClient | None = None
         self.spool = Spool(spool_path) if spool_path is not None else None
+        self._spool_cache: dict[Path, Spool] = {}  # other hosts' spool files, read to merge
         self.experiment_id: str | None = None
         self._points: StepCache = {}
         self._real: dict[str, str] = {}  # placeholder -> MLflow run id, once known
@@ -209,8 +212,8 @@ class Tracker(ReplayMixin, ArtifactMixin):
         """The MLflow id of a run, or None for a placeholder not yet turned into a run."""
         if not is_placeholder(run_id):
             return run_id
-        if run_id not in self._real and self.spool is not None:
-            real = self.spool.real_id(run_id)
+        if run_id not in self._real:
+            real = self._mapped(run_id)
             if real is not None:
                 self._real[run_id] = real
         return self._real.get(run_id)
@@ -232,7 +235,7 @@ class Tracker(ReplayMixin, ArtifactMixin):
                     )
             except TrackingUnavailable as error:
                 self._go_offline(error)
-        if self.spool is not None and self.spool.has_run(placeholder):
+        if self._spool_with_run(placeholder) is not None:
             return self._known_real_id(placeholder) or placeholder
         raise TrackingUnavailable(f"MLflow is down ({self._offline_reason}) and has no run {tags}")
 
@@ -270,7 +273,7 @@ class Tracker(ReplayMixin, ArtifactMixin):
                 known = self._known_real_id(run.placeholder)
                 if known is not None:
                     return known
-                if self.spool is not None and self.spool.has_run(run.placeholder):
+                if self._spool_with_run(run.placeholder) is not None:
                     return None  # another process is turning it into a run right now
                 parent = self._known_real_id(run.parent) if run.parent else None
                 if run.parent and parent is None:
@@ -295,10 +298,10 @@ class Tracker(ReplayMixin, ArtifactMixin):
                         # and one whose budget went on replaying waits for the next write.
                         if (
                             real is not None
-                            and not (self.spool is not None and self.spool.holds_entries_for(real))
+                            and not any(s.holds_entries_for(real) for s in self.spools())
                             and time.monotonic() < started + self.timeout
                         ):
-                            return upload(self.client, real, kind, [payload], self._points)
+                            return self._upload_or_bury(real, kind, payload)
                 except TrackingUnavailable as error:
                     self._go_offline(error)
             self._require_spool()
@@ -307,6 +310,18 @@ class Tracker(ReplayMixin, ArtifactMixin):
             return None
         finally:
             self._timed(started)
+
+    def _upload_or_bury(self, run_id: str, kind: str, payload: dict[str, Any]) -> int | None:
+        """A live upload; one MLflow refuses for good (its run deleted in the UI, say) becomes
+        a dead letter at once, so training goes on."""
+        try:
+            return upload(self.client, run_id, kind, [payload], self._points)
+        except MlflowException as error:
+            if self.spool is None or not is_refusal(error, self.uri):
+                raise
+            self.spool.bury([self.spool.append(run_id, kind, payload)], reason_of(error))
+            warn_dead(sum(spool.dead_count() for spool in self.spools()))
+            return None
 
     def log_metrics_once(self, run_id: str, metrics: dict[str, float], step: int) -> int:
         """Log every finite metric whose (key, step) the run does not hold yet; return the count
@@ -376,20 +391,15 @@ class Tracker(ReplayMixin, ArtifactMixin):
         except (TrackingUnavailable, MlflowException):
             return ""
 
-    def backlog(self) -> dict[str, int]:
-        """The spool's pending entries, the runs they belong to, and dead letters (none yet)."""
-        if self.spool is None:
-            return {"entries": 0, "runs": 0, "dead": 0}
-        return self.spool.backlog()
-
     def spool_stats(self) -> dict[str, Any]:
-        """For the trial report: entries still waiting, the spool's size, the longest wait of
-        one Tracker call in this process, and whether MLflow was answering at the last call."""
-        pending = self.spool.pending_count() if self.spool is not None else 0
-        size = self.spool.size_bytes() if self.spool is not None else 0
+        """For the trial report: entries still waiting and dead letters (in every spool file of
+        the study), the spool files' size, the longest wait of one Tracker call in this
+        process, and whether MLflow was answering at the last call."""
+        spools = self.spools()
         return {
-            "pending": pending,
-            "bytes": size,
+            "pending": sum(spool.pending_count() for spool in spools),
+            "dead": sum(spool.dead_count() for spool in spools),
+            "bytes": sum(spool.size_bytes() for spool in spools),
             "max_wait_s": round(self._max_wait_s, 3),
             "online": self._offline_reason is None,
         }

@@ -173,3 +173,14 @@ def client_uri(uri: str) -> str:
         register_secret(password)
         os.environ["MLFLOW_TRACKING_PASSWORD"] = password
     return bare
+
+
+def is_refusal(error: BaseException, uri: str) -> bool:
+    """MLflow answered and refused this request for good: an HTTP 4xx that is neither about
+    who we are (401, 403) nor an outage (408, 429). Sending it again cannot help (its run was
+    deleted, or the server is not the one the request was meant for), so a spooled entry that
+    gets one becomes a dead letter instead of blocking every entry behind it."""
+    if not isinstance(error, MlflowException) or classify(error, uri) is not error:
+        return False
+    status = http_status(error)
+    return status is not None and 400 <= status < 500

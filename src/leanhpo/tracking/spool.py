@@ -7,6 +7,16 @@ durable before the training goes on. The default rollback journal, not WAL: a st
 sit on a network file system shared by cluster nodes, where WAL's shared-memory index does not
 work. A run's placeholder id stays mapped to its MLflow id here for good, so any later process
 handed a placeholder (from state.json or study.json) finds the real run.
+
+One file per host (tracking_spool.<host>.sqlite): SQLite's locks are not to be trusted across
+machines on a network file system, so while a study runs no file is written from two. A job
+reads every spool file of the study folder (spool_files, the older single tracking_spool.sqlite
+included) and replays its own; `sync-tracking` replays them all (see replay.py).
+
+Dead letters: an entry MLflow refuses for good (HTTP 400 or 404: its run was deleted, or the
+tracking database is not the one the entry was written for) moves to the `dead` table with the
+error, so that the entries behind it still go up; `sync-tracking --show-dead / --retry-dead /
+--drop-dead` settle them.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import fcntl
 import hashlib
 import json
 import logging
+import re
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -29,6 +41,9 @@ LOG = logging.getLogger("leanhpo.tracking")
 BUSY_TIMEOUT_S = 30.0  # appends from other jobs wait this long for the write lock
 WARN_BYTES = 100 * 1024 * 1024
 PLACEHOLDER_PREFIX = "pending-"
+LEGACY_SPOOL_FILE = "tracking_spool.sqlite"  # one file for all hosts, before per-host spools
+SPOOL_GLOB = "tracking_spool*.sqlite"
+DEAD_RUN_KIND = "run"  # a dead letter that is a placeholder run MLflow would not create
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     placeholder TEXT PRIMARY KEY,
@@ -47,6 +62,15 @@ CREATE TABLE IF NOT EXISTS entries (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_by_run ON entries (run_ref);
+CREATE TABLE IF NOT EXISTS dead (
+    seq INTEGER PRIMARY KEY,
+    run_ref TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL
+);
 """
 
 
@@ -66,6 +90,47 @@ class Entry:
     run_ref: str
     kind: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeadEntry:
+    seq: int
+    run_ref: str
+    kind: str
+    payload: dict[str, Any]
+    error: str
+    failed_ms: int
+
+    def summary(self, width: int = 60) -> str:
+        """What the entry would have written, in a few words."""
+        payload = self.payload
+        if self.kind == "metrics":
+            text = f"step {payload['step']}: {', '.join(sorted(payload['values']))}"
+        elif self.kind in ("params", "tags"):
+            text = ", ".join(sorted(payload[self.kind]))
+        elif self.kind == "status":
+            text = str(payload["status"])
+        elif self.kind == "dict":
+            text = str(payload["file"])
+        else:  # a run
+            text = f"{payload.get('name')} {json.dumps(payload.get('tags'), sort_keys=True)}"
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def spool_file_name(host: str | None = None) -> str:
+    """This host's spool file: tracking_spool.<host>.sqlite, the host name cut to characters
+    that are safe in a file name on any file system."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", host or socket.gethostname()).strip("_")
+    return f"tracking_spool.{name or 'host'}.sqlite"
+
+
+def spool_files(folder: Path, own: Path | None = None) -> list[Path]:
+    """Every spool file in a study folder (LEGACY_SPOOL_FILE included), in name order, and
+    `own` too even before it exists or when its name is not a spool name."""
+    found = sorted(folder.glob(SPOOL_GLOB)) if folder.is_dir() else []
+    if own is not None and own not in found:
+        found.append(own)
+    return found
 
 
 def now_ms() -> int:
@@ -115,13 +180,15 @@ class Spool:
         db = self._open(create=False)
         return db.execute(sql, args).fetchall() if db is not None else []
 
-    def append(self, run_ref: str, kind: str, payload: dict[str, Any]) -> None:
+    def append(self, run_ref: str, kind: str, payload: dict[str, Any]) -> int:
+        """Queue one entry; return its seq."""
         with self._write() as db:
-            db.execute(
+            seq = db.execute(
                 "INSERT INTO entries (run_ref, kind, payload, created_ms) VALUES (?, ?, ?, ?)",
                 (run_ref, kind, json.dumps(payload, separators=(",", ":")), now_ms()),
-            )
+            ).lastrowid
         self._warn_if_large()
+        return int(seq or 0)
 
     def add_run(self, run: PendingRun) -> None:
         """Record a run created while MLflow is down; a second call for the same tags keeps
@@ -201,17 +268,95 @@ class Spool:
         )
         return int(rows[0][0]) if rows else 0
 
-    def backlog(self) -> dict[str, int]:
-        """What the spool still holds: entries, and the runs they belong to (a placeholder and
-        the run it became count once; a placeholder not yet a run counts too)."""
+    def entry_count(self) -> int:
+        rows = self._rows("SELECT COUNT(*) FROM entries")
+        return int(rows[0][0]) if rows else 0
+
+    def backlog_refs(self) -> set[str]:
+        """The runs with something to replay: entries waiting, or a placeholder not yet a run."""
         rows = self._rows(
-            "SELECT (SELECT COUNT(*) FROM entries), (SELECT COUNT(*) FROM ("
-            " SELECT COALESCE(runs.run_id, entries.run_ref) FROM entries"
-            " LEFT JOIN runs ON runs.placeholder = entries.run_ref"
-            " UNION SELECT placeholder FROM runs WHERE run_id IS NULL))"
+            "SELECT DISTINCT run_ref FROM entries"
+            " UNION SELECT placeholder FROM runs WHERE run_id IS NULL"
         )
-        entries, runs = rows[0] if rows else (0, 0)
-        return {"entries": int(entries), "runs": int(runs), "dead": 0}
+        return {str(row[0]) for row in rows}
+
+    def mapped_runs(self) -> dict[str, str]:
+        """placeholder -> MLflow run id, for the placeholders that became runs."""
+        rows = self._rows("SELECT placeholder, run_id FROM runs WHERE run_id IS NOT NULL")
+        return {str(placeholder): str(run_id) for placeholder, run_id in rows}
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    def bury(self, seqs: list[int], error: str) -> None:
+        """Move entries MLflow refused for good to `dead`, with the error, in one transaction."""
+        failed = now_ms()
+        with self._write() as db:
+            for seq in seqs:
+                db.execute(
+                    "INSERT OR REPLACE INTO dead SELECT seq, run_ref, kind, payload, created_ms,"
+                    " ?, ? FROM entries WHERE seq = ?",
+                    (error, failed, seq),
+                )
+                db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+
+    def bury_run(self, placeholder: str, error: str) -> int:
+        """Move a placeholder run MLflow would not create, and every entry of it, to `dead`;
+        return how many rows moved. The run's dead letter gets a negative seq (runs have
+        none), so it lists, and comes back, before its entries."""
+        failed = now_ms()
+        with self._write() as db:
+            moved = db.execute(
+                "INSERT OR REPLACE INTO dead SELECT -rowid, placeholder, ?, json_object("
+                "'experiment', experiment, 'name', name, 'tags', json(tags), 'parent', parent),"
+                " created_ms, ?, ? FROM runs WHERE placeholder = ? AND run_id IS NULL",
+                (DEAD_RUN_KIND, error, failed, placeholder),
+            ).rowcount
+            db.execute("DELETE FROM runs WHERE placeholder = ? AND run_id IS NULL", (placeholder,))
+            moved += db.execute(
+                "INSERT OR REPLACE INTO dead SELECT seq, run_ref, kind, payload, created_ms,"
+                " ?, ? FROM entries WHERE run_ref = ?",
+                (f"its run could not be created: {error}", failed, placeholder),
+            ).rowcount
+            db.execute("DELETE FROM entries WHERE run_ref = ?", (placeholder,))
+        return int(moved)
+
+    def dead_count(self) -> int:
+        rows = self._rows("SELECT COUNT(*) FROM dead")
+        return int(rows[0][0]) if rows else 0
+
+    def dead_entries(self) -> list[DeadEntry]:
+        rows = self._rows(
+            "SELECT seq, run_ref, kind, payload, error, failed_ms FROM dead ORDER BY seq"
+        )
+        return [
+            DeadEntry(seq, ref, kind, json.loads(payload), error, failed)
+            for seq, ref, kind, payload, error, failed in rows
+        ]
+
+    def retry_dead(self) -> int:
+        """Put every dead letter back where it was (entries keep their seq, so the original
+        order holds); return how many."""
+        if not self.path.exists():
+            return 0
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs SELECT run_ref, json_extract(payload, '$.experiment'),"
+                " json_extract(payload, '$.name'), json(json_extract(payload, '$.tags')),"
+                " json_extract(payload, '$.parent'), created_ms, NULL FROM dead WHERE kind = ?",
+                (DEAD_RUN_KIND,),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO entries SELECT seq, run_ref, kind, payload, created_ms"
+                " FROM dead WHERE kind != ?",
+                (DEAD_RUN_KIND,),
+            )
+            return int(db.execute("DELETE FROM dead").rowcount)
+
+    def drop_dead(self) -> int:
+        if not self.path.exists():
+            return 0
+        with self._write() as db:
+            return int(db.execute("DELETE FROM dead").rowcount)
 
     def size_bytes(self) -> int:
         files = (self.path, self.path.with_name(self.path.name + "-journal"))
@@ -249,3 +394,18 @@ class Spool:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def backlog_of(spools: list[Spool]) -> dict[str, int]:
+    """What spool files still hold: entries waiting, the distinct runs they concern (a
+    placeholder and the run it became, in any of the files, count once; a placeholder not yet
+    a run counts too), and dead letters. Read from the files alone, without MLflow."""
+    real: dict[str, str] = {}
+    for spool in spools:
+        real.update(spool.mapped_runs())
+    runs = {real.get(ref, ref) for spool in spools for ref in spool.backlog_refs()}
+    return {
+        "entries": sum(spool.entry_count() for spool in spools),
+        "runs": len(runs),
+        "dead": sum(spool.dead_count() for spool in spools),
+    }

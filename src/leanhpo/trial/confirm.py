@@ -41,6 +41,7 @@ from leanhpo.study.prune import (
     retention_lock,
     settle_trial,
 )
+from leanhpo.study.runids import CONFIRM_SEED_TAG, settle_parent_run
 from leanhpo.tracking import open_tracker
 from leanhpo.trial.fingerprint import check_trial_fingerprint, fingerprint, training_sections
 from leanhpo.trial.job import data_report_summary, mark_failed, mark_trained, train_recorded
@@ -50,8 +51,6 @@ from leanhpo.trial.record import close_tracking
 from leanhpo.trial.report import build_report
 from leanhpo.trial.runner import TrialSpec
 from leanhpo.workflow import job, to_terminal, with_planned_study
-
-CONFIRM_SEED_TAG = "leanhpo.confirm_seed"  # with the study uuid and slot: the run's MLflow key
 
 
 def confirm_seed(study_seed: int, seed_index: int) -> int:
@@ -149,6 +148,7 @@ def _run_locked(
     }
     state.update({"status": "running", "params": params, "config": resolved.to_dict()})
     tracker = open_tracker(config["tracking"], study_dir)
+    study_info = settle_parent_run(study_dir / "study.json", study_info, tracker)
     run_id = tracker.find_or_create_run(
         {
             STUDY_UUID_TAG: study_info["study_id"],

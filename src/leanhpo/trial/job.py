@@ -43,6 +43,7 @@ from leanhpo.study.prune import (
     prune_study_checkpoints,
 )
 from leanhpo.study.pruners import recorded_decisions
+from leanhpo.study.runids import settle_parent_run
 from leanhpo.study.setup import (
     OWNER_ATTR,
     TRIAL_UUID_ATTR,
@@ -173,6 +174,8 @@ def _run_owned(
     }
     state.update({"status": "running", "params": params, "config": resolved.to_dict()})
     tracker = open_tracker(config["tracking"], trial_dir.parent)
+    # A parent run made while MLflow was down: real by now, or made again if the spool is gone.
+    study_info = settle_parent_run(trial_dir.parent / "study.json", study_info, tracker)
     run_id = tracker.find_or_create_run(
         {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(slot)},
         name=trial_label(slot),  # "trial 3"; the folder, trial_0002, is the leanhpo.folder tag

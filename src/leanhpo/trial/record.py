@@ -13,8 +13,7 @@ from leanhpo.commands import current_invocation
 from leanhpo.config import Config
 from leanhpo.fsutil import atomic_write_json
 from leanhpo.logs import event
-from leanhpo.paths import trial_label
-from leanhpo.study.create import STUDY_UUID_TAG
+from leanhpo.study.runids import settle_run_ids, settle_trial_run
 from leanhpo.study.setup import progress, progress_tags
 from leanhpo.tracking import SPOOL_FILE, Tracker, open_tracker
 
@@ -74,11 +73,8 @@ def close_tracking(
     would otherwise leave the run RUNNING forever, without its score."""
     record = state.setdefault("mlflow", {})
     tracker = tracker or open_tracker(config["tracking"], state_path.parent.parent)
-    run_id = record.get("run_id") or tracker.find_or_create_run(
-        {STUDY_UUID_TAG: study_info["study_id"], "leanhpo.slot": str(state["slot"])},
-        name=trial_label(state["slot"]),  # the folder (trial_0002 for trial 3) is a tag
-        parent_run_id=study_info["mlflow"]["parent_run_id"],
-    )
+    # Found (or made) by its tags when state.json has no id, or a placeholder no spool holds.
+    run_id = settle_trial_run(tracker, study_info, state, record.get("run_id"))
     if not record.get("closed"):
         if state["status"] == "completed":
             best = state["outcome"]["best_value"]
@@ -112,6 +108,7 @@ def close_tracking(
         tracker.set_status(run_id, status)
         event(log, f"MLflow run closed as {status}", kind="tracking_closed", run_id=run_id)
     tracker.drain()
+    settle_run_ids(state_path.parent.parent, tracker)  # study.json, finished trials' states
     spool = tracker.spool_stats()
     record.update(
         {
