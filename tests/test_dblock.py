@@ -58,3 +58,46 @@ def test_postgresql_advisory_lock_is_exclusive_bounded_and_reentrant(postgres) -
     # Another name is another key: both held at once on one database.
     with database_lock(postgres.url, "study:s", 1), database_lock(postgres.url, "study:t", 1):
         pass
+
+
+def _check_together(studies: list, config: dict) -> dict[str, str]:
+    """check_study_fingerprint on every study (value-<index>) at once: who recorded, who not."""
+    from leanhpo.trial.fingerprint import StudyConfigMismatchError, check_study_fingerprint
+
+    barrier = threading.Barrier(len(studies))
+    outcomes: dict[str, str] = {}
+
+    def check(index: int) -> None:
+        barrier.wait()
+        try:
+            check_study_fingerprint(studies[index], f"value-{index}", config)
+            outcomes[f"value-{index}"] = "recorded"
+        except StudyConfigMismatchError:
+            outcomes[f"value-{index}"] = "refused"
+
+    threads = [threading.Thread(target=check, args=(i,)) for i in range(len(studies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_slots_starting_together_record_one_study_fingerprint(tmp_path: Path) -> None:
+    """The first slot records the study's fingerprint: four slots that start together with four
+    different configs (threads, each with its own storage connection) leave exactly one
+    recorded, and the other three are refused against it."""
+    from conftest import tiny_config_dict
+
+    from leanhpo.study.setup import create_or_load_study, open_study
+    from leanhpo.trial.fingerprint import STUDY_FINGERPRINT_ATTR
+
+    for attempt in range(5):
+        config = tiny_config_dict(tmp_path / f"try{attempt}")
+        name, storage = config["study"]["name"], config["study"]["storage"]
+        create_or_load_study(name, storage, timeout_s=30)
+        studies = [open_study(name, storage, 7, timeout_s=30) for _ in range(4)]
+        outcomes = _check_together(studies, config)
+        recorded = open_study(name, storage, 7, timeout_s=30).user_attrs[STUDY_FINGERPRINT_ATTR]
+        assert sorted(outcomes.values()) == ["recorded", "refused", "refused", "refused"]
+        assert outcomes[recorded] == "recorded"
