@@ -219,13 +219,12 @@ def test_postgresql_study_mlflow_server(
     )
 
 
-@pytest.mark.workflow
-def test_two_snakemake_drivers_on_new_postgresql_databases(postgres_cluster, tmp_path: Path):
-    """The issue's case end to end: two real Snakemake drivers started together on a new
-    PostgreSQL study database, tracking.uri a new PostgreSQL database. Both create the study
-    (no traceback, the same study.json); the slots one driver found held by the other are
-    finished as docs/scale.md says (trial folders copied, the same command run again); then
-    every slot is COMPLETE once, no (key, step) is logged twice, no run is left RUNNING."""
+def _snakemake_drivers(count: int, storage: str, tracking: str, tmp_path: Path) -> None:
+    """`count` real Snakemake drivers started together, each in its own working folder, on new
+    stores. All create the study (no traceback, the same study.json); the slots a driver found
+    held by another are finished as docs/scale.md says (trial folders copied, the same command
+    run again); then every slot is COMPLETE once, no (key, step) is logged twice, no run is
+    left RUNNING."""
     from test_scale_workflow import (
         _assert_metrics_once,
         _assert_one_complete_trial_per_slot,
@@ -234,16 +233,16 @@ def test_two_snakemake_drivers_on_new_postgresql_databases(postgres_cluster, tmp
         _start,
     )
 
-    storage = postgres_cluster.create_database().url
-    tracking = postgres_cluster.create_database().url
-    folders = [tmp_path / "host-a", tmp_path / "host-b"]
+    folders = [tmp_path / f"host-{index}" for index in range(count)]
     processes = []
     for folder in folders:
         folder.mkdir()
         overlay = _overlay(folder, storage, tracking, epochs=1)
         processes.append(_start(folder, overlay, "--cores", "1", "--keep-going"))
     outputs = [p.communicate(timeout=1200)[0] for p in processes]
-    # A driver that reached a slot the other one trains ends non-zero (exit 75, docs/scale.md):
+    for folder, output in zip(folders, outputs, strict=True):
+        (folder / "snakemake.out").write_text(output)  # for a person reading a failure
+    # A driver that reached a slot another one trains ends non-zero (exit 75, docs/scale.md):
     # the study is finished below, as on hosts without a shared filesystem.
     print(f"driver exit codes {[p.returncode for p in processes]}")
     for output in outputs:
@@ -252,10 +251,27 @@ def test_two_snakemake_drivers_on_new_postgresql_databases(postgres_cluster, tmp
     assert len(infos) == 1, infos
 
     target = folders[0] / "experiments" / "tiny"
-    for trial in (folders[1] / "experiments" / "tiny").glob("trial_*"):
-        if (trial / "state.json").is_file() and not (target / trial.name / "state.json").is_file():
-            shutil.copytree(trial, target / trial.name, dirs_exist_ok=True)
+    for folder in folders[1:]:
+        for trial in (folder / "experiments" / "tiny").glob("trial_*"):
+            if (trial / "state.json").is_file() and not (
+                target / trial.name / "state.json"
+            ).is_file():
+                shutil.copytree(trial, target / trial.name, dirs_exist_ok=True)
     _run(folders[0], folders[0] / "scale.yaml", "--cores", "1")
     study = _assert_one_complete_trial_per_slot(storage)
     assert {json.loads(infos.pop())["study_id"]} == {study.user_attrs[STUDY_UUID_ATTR]}
     _assert_metrics_once(Tracker(tracking, tmp_path.name), epochs=1)
+
+
+@pytest.mark.workflow
+def test_two_snakemake_drivers_on_new_postgresql_databases(postgres_cluster, tmp_path: Path):
+    """The issue's case: tracking.uri a new PostgreSQL database too (MLflow's migrations)."""
+    storage = postgres_cluster.create_database().url
+    _snakemake_drivers(2, storage, postgres_cluster.create_database().url, tmp_path)
+
+
+@pytest.mark.workflow
+def test_four_snakemake_drivers_on_new_sqlite_databases(tmp_path: Path):
+    """Four drivers on one host, a new SQLite study and a new SQLite tracking database."""
+    stores = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    _snakemake_drivers(4, *stores, tmp_path)
