@@ -20,6 +20,7 @@ from leanhpo.study.setup import (
     STUDY_UUID_ATTR,
     create_or_load_study,
     slot_lease,
+    study_lock,
 )
 from leanhpo.tracking import open_tracker
 
@@ -31,19 +32,22 @@ def create_study(config: dict[str, Any], study_json: Path) -> dict[str, Any]:
     config = validate_config(config)
     log = setup_logging()
     study_cfg, tracking = config["study"], config["tracking"]
-    study = create_or_load_study(
-        study_cfg["name"], study_cfg["storage"], timeout_s=study_cfg["storage_timeout_s"]
-    )
-    study_uuid = study.user_attrs[STUDY_UUID_ATTR]
-    tracker = open_tracker(tracking, study_json.parent)
-    # Drivers on other hosts may create the same study at the same instant: one at a time, so
-    # the second finds the first's parent run instead of making another.
-    lease = slot_lease(study, STUDY_LEASE_SLOT, study_cfg["lease_grace_s"], log)
-    with lease.acquire(wait_for_live_s=study_cfg["lease_grace_s"]):
-        parent = tracker.find_or_create_run(
-            {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"},
-            name=f"study-{study_cfg['name']}",
+    # Any number of drivers on any hosts may create the same study at the same instant. The
+    # study, its UUID, the tracking store's tables and the parent run are made under the study
+    # lock: one driver at a time, and each later one finds what the first made.
+    with study_lock(study_cfg["name"], study_cfg["storage"], study_cfg["storage_timeout_s"]):
+        study = create_or_load_study(
+            study_cfg["name"], study_cfg["storage"], timeout_s=study_cfg["storage_timeout_s"]
         )
+        study_uuid = study.user_attrs[STUDY_UUID_ATTR]
+        tracker = open_tracker(tracking, study_json.parent)
+        # The lease stays for a driver of an earlier leanhpo, which takes no study lock.
+        lease = slot_lease(study, STUDY_LEASE_SLOT, study_cfg["lease_grace_s"], log)
+        with lease.acquire(wait_for_live_s=study_cfg["lease_grace_s"]):
+            parent = tracker.find_or_create_run(
+                {STUDY_UUID_TAG: study_uuid, STUDY_ROLE_TAG: "study"},
+                name=f"study-{study_cfg['name']}",
+            )
     tracker.log_params_once(parent, {"study": study_cfg})
     tracker.set_tags(
         parent, {"leanhpo.study_name": study_cfg["name"], "leanhpo.code_version": __version__}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import optuna
@@ -19,6 +22,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from leanhpo.config.strategy import grid_points
+from leanhpo.dblock import database_lock
 from leanhpo.fsutil import create_sqlite_atomically
 from leanhpo.logs import mask_secrets
 from leanhpo.paths import trial_label
@@ -33,6 +37,7 @@ STUDY_UUID_ATTR = "leanhpo.study_uuid"
 CREATED_AT_ATTR = "leanhpo.created_at"
 OWNER_ATTR = "leanhpo.trained_by"  # host, pid, process start, working folder
 STUDY_LEASE_SLOT = -1  # the lease that serialises study-wide set-up across drivers
+STUDY_LOCK_NAME = "study:{name}"  # the cold-start lock (study_lock), one per study name
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 DEFAULT_STORAGE_TIMEOUT_S = 600.0  # study.storage_timeout_s's default
@@ -125,23 +130,44 @@ def open_study(
     return study
 
 
+@contextmanager
+def study_lock(
+    name: str, storage_url: str, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S
+) -> Iterator[None]:
+    """Study `name`'s cold-start lock, in its own database (see leanhpo/dblock.py): every
+    driver on every host that creates the study, or records what it was started with, does so
+    one at a time, and each finds what the first one made. Waits at most `timeout_s`
+    (study.storage_timeout_s); a database that cannot be reached is retried as any call is."""
+    live = expand_env_references(storage_url, "study.storage")
+    retrier = StorageRetrier(storage_url, timeout_s)
+    with ExitStack() as stack:
+        lock = partial(database_lock, live, STUDY_LOCK_NAME.format(name=name), timeout_s)
+        retrier.call(
+            "the study lock", lambda _attempt: stack.enter_context(lock(engine_kwargs_for(live)))
+        )
+        yield
+
+
 def create_or_load_study(
     name: str, storage_url: str, *, timeout_s: float = DEFAULT_STORAGE_TIMEOUT_S
 ) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage_for(storage_url, timeout_s),
-        direction=DIRECTION,
-        load_if_exists=True,
-    )
-    if study.direction != DIRECTION:
-        raise RuntimeError(
-            f"Optuna study {name!r} in {mask_secrets(storage_url)} is not a maximising study; "
-            "leanhpo always maximises study.metric, so choose another study.name"
+    """The study, its UUID and creation time: made by the first driver, found by the others,
+    under the study lock (the attrs are checked, then set, so never without it)."""
+    with study_lock(name, storage_url, timeout_s):
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage_for(storage_url, timeout_s),
+            direction=DIRECTION,
+            load_if_exists=True,
         )
-    if STUDY_UUID_ATTR not in study.user_attrs:
-        study.set_user_attr(STUDY_UUID_ATTR, str(uuid.uuid4()))
-        study.set_user_attr(CREATED_AT_ATTR, datetime.now(UTC).isoformat())
+        if study.direction != DIRECTION:
+            raise RuntimeError(
+                f"Optuna study {name!r} in {mask_secrets(storage_url)} is not a maximising "
+                "study; leanhpo always maximises study.metric, so choose another study.name"
+            )
+        if STUDY_UUID_ATTR not in study.user_attrs:
+            study.set_user_attr(STUDY_UUID_ATTR, str(uuid.uuid4()))
+            study.set_user_attr(CREATED_AT_ATTR, datetime.now(UTC).isoformat())
     return study
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from leanhpo.dblock import database_lock
 from leanhpo.exit_codes import EXIT_BAD_INPUT, EXIT_UNAVAILABLE
 from leanhpo.fsutil import create_sqlite_atomically, sqlite_path
 from leanhpo.logs import mask_secrets, register_secret
@@ -28,6 +29,10 @@ AUTH_STATUS = frozenset({401, 403})
 # Database URIs MLflow reaches over the network (SQLite is a local file).
 NETWORK_DB_SCHEMES = ("postgresql", "mysql")
 REASON_CHARS = 300
+SCHEMA_LOCK_NAME = "mlflow-schema"  # one per tracking database, whatever the study
+# How long a driver waits for another one's migrations: a one-time step of seconds, which
+# tracking.write_timeout_s (a few seconds for one write) would cut short.
+SCHEMA_WAIT_S = 120.0
 
 
 class TrackingAuthError(RuntimeError):
@@ -141,19 +146,30 @@ def _create_mlflow_tables(url: str) -> None:
 
 def make_client(uri: str, timeout_s: float) -> MlflowClient:
     """An MlflowClient, but first one bounded connection attempt for a database URI: MLflow's
-    constructor retries a dead database 10 times with backoff (about 100 s) before it raises."""
-    create_sqlite_atomically(uri, _create_mlflow_tables)
+    constructor retries a dead database 10 times with backoff (about 100 s) before it raises.
+
+    With a database URI the first client makes MLflow's tables, and MLflow's migrations are not
+    safe to run twice at once (two drivers on a new PostgreSQL database: UniqueViolation on
+    alembic_version). So they run under the database's schema lock (leanhpo/dblock.py), and a
+    driver that waited finds the tables made. A server (http) makes its own tables."""
+    if not uri.startswith(("sqlite", *NETWORK_DB_SCHEMES)):
+        return MlflowClient(tracking_uri=uri)
+    seconds = max(1, math.ceil(timeout_s))
+    engine_kwargs = (
+        {"connect_args": {"connect_timeout": seconds}} if uri.startswith("postgresql") else {}
+    )
     if uri.startswith(NETWORK_DB_SCHEMES):
         import sqlalchemy
 
-        seconds = max(1, math.ceil(timeout_s))
-        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": seconds})
+        engine = sqlalchemy.create_engine(uri, **engine_kwargs)
         try:
             with engine.connect():
                 pass
         finally:
             engine.dispose()
-    return MlflowClient(tracking_uri=uri)
+    with database_lock(uri, SCHEMA_LOCK_NAME, max(timeout_s, SCHEMA_WAIT_S), engine_kwargs):
+        create_sqlite_atomically(uri, _create_mlflow_tables)
+        return MlflowClient(tracking_uri=uri)  # makes the tables of a new network database
 
 
 def client_uri(uri: str) -> str:

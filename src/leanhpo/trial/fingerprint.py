@@ -11,6 +11,7 @@ import optuna
 
 from leanhpo.config.introduced import as_before, continue_hint
 from leanhpo.exit_codes import EXIT_BAD_INPUT
+from leanhpo.study.setup import study_lock
 from leanhpo.tracking import flatten
 
 # Sections whose change makes a finished trial meaningless for the study (fingerprinted).
@@ -56,13 +57,18 @@ def check_study_fingerprint(study: optuna.Study, value: str, config: dict[str, A
 
     The study keeps its fingerprint (and the sections it covers) as Optuna user attrs, so the
     check holds for a new slot too, on any host that shares the storage; the first slot to
-    run records it."""
+    run records it. Slots start together on several drivers, so it is recorded under the study
+    lock and read again there: a slot that lost the race is checked against the winner's."""
     sections = training_sections(config)
     recorded = study.user_attrs.get(STUDY_FINGERPRINT_ATTR)
     if recorded is None:
-        study.set_user_attr(STUDY_FINGERPRINT_ATTR, value)
-        study.set_user_attr(STUDY_FINGERPRINT_CONFIG_ATTR, sections)
-        return
+        study_cfg = config["study"]
+        with study_lock(study_cfg["name"], study_cfg["storage"], study_cfg["storage_timeout_s"]):
+            recorded = study.user_attrs.get(STUDY_FINGERPRINT_ATTR)
+            if recorded is None:
+                study.set_user_attr(STUDY_FINGERPRINT_ATTR, value)
+                study.set_user_attr(STUDY_FINGERPRINT_CONFIG_ATTR, sections)
+                return
     if recorded != value:
         old = study.user_attrs.get(STUDY_FINGERPRINT_CONFIG_ATTR) or {}
         changed = changed_keys(old, sections)
