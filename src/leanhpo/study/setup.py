@@ -143,7 +143,8 @@ def study_lock(
     with ExitStack() as stack:
         lock = partial(database_lock, live, STUDY_LOCK_NAME.format(name=name), timeout_s)
         retrier.call(
-            "the study lock", lambda _attempt: stack.enter_context(lock(engine_kwargs_for(live)))
+            "the study lock",
+            lambda _attempt: stack.enter_context(lock(engine_kwargs_for(live, timeout_s))),
         )
         yield
 
