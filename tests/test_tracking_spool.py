@@ -307,3 +307,33 @@ def test_a_bounded_drain_stops_at_its_deadline_and_counts_entries_per_run(mlflow
     assert dict(tracker.replayed_runs) == {runs[0]: 3, runs[1]: 3, real_late: 1}
     assert tracker.run_name(real_late) == "late"
     assert tracker.client.get_run(real_late).info.status == "FINISHED"
+
+
+def test_the_summary_counts_every_hosts_spool_and_names_the_dead_letters(tmp_path):
+    """The closing summary reads the study's spool files alone (no MLflow): entries of two
+    hosts summed, a placeholder that host a made real and host b still writes under counted as
+    one run, and dead letters with the commands that show, retry and drop them."""
+    from leanhpo.commands import Invocation
+    from leanhpo.summary import _tracking_lines
+    from leanhpo.tracking.spool import PendingRun, Spool, placeholder_id, spool_file_name
+
+    host_a = Spool(tmp_path / spool_file_name("node-a"))
+    host_b = Spool(tmp_path / spool_file_name("node-b"))
+    parent = placeholder_id("exp", {"role": "study"})
+    host_a.add_run(PendingRun(parent, "exp", "study", {"role": "study"}, None, 1))
+    host_a.map_run(parent, "run-parent")
+    host_a.append("run-parent", "tags", {"tags": {"a": "1"}})
+    host_b.append(parent, "metrics", {"step": 0, "ts": 1, "values": {"x": 1.0}})
+    refused = host_b.append("run-deleted", "metrics", {"step": 0, "ts": 1, "values": {"x": 2.0}})
+    host_b.bury([refused], "RESOURCE_DOES_NOT_EXIST: run-deleted")
+    assert study_backlog(tmp_path) == {"entries": 2, "runs": 1, "dead": 1}
+
+    lines = "\n".join(_tracking_lines(tmp_path, Invocation()))
+    assert "2 MLflow writes of 1 runs not in MLflow yet" in lines
+    assert "1 MLflow writes refused by MLflow for good" in lines
+    for flag in ("--show-dead", "--retry-dead", "--drop-dead"):
+        assert f"sync-tracking {flag}" in lines
+    host_a.delete([e.seq for e in host_a.next_entries(10)])
+    host_b.delete([e.seq for e in host_b.next_entries(10)])
+    host_b.drop_dead()
+    assert _tracking_lines(tmp_path, Invocation()) == ["  tracking: all writes in MLflow"]
