@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,12 @@ def test_paths_are_shown_relative_to_the_repository(tmp_path):
     benchenv = _benchenv()
     assert benchenv.relative_path(BENCH / "results" / "x.json") == "bench/results/x.json"
     assert benchenv.relative_path(REPO) == "."
-    outside = REPO.parent / "leanhpo-bench-x"
+    # Neither in the repository nor under the temporary folder, wherever the clone lies (a CI
+    # clone may itself be under /tmp, so not beside the repository).
+    outside = Path("/leanhpo-bench-x")
     assert benchenv.relative_path(outside) == "<outside>/leanhpo-bench-x"
+    under_tmp = Path(tempfile.gettempdir()) / "run-1" / "study"
+    assert benchenv.relative_path(under_tmp) == "<tmp>/run-1/study"
     assert benchenv.relative_path(outside, temporary=True) == "<tmp>/leanhpo-bench-x"
     text = benchenv.hide_folder(f"working folder {outside}/trial_0003", outside)
     assert text == "working folder <tmp>/leanhpo-bench-x/trial_0003"

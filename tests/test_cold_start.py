@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVERS = 4
-TRIES = int(os.environ.get("LEANHPO_COLD_START_TRIES", "8"))
+TRIES = int(os.environ.get("LEANHPO_COLD_START_TRIES", "5"))
 RELEASE_AHEAD_S = 1.0  # the start instant, this far after the zygote is told (forks included)
 SPREAD_S = 0.05  # every driver starts within this of the others, or the try is made again
 
