@@ -18,7 +18,6 @@ process, so a step may call another step that takes the same lock.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.exit_codes import EXIT_UNAVAILABLE
-from leanhpo.fsutil import sqlite_path
+from leanhpo.fsutil import flock_within, sqlite_path
 from leanhpo.logs import mask_secrets
 
 POLL_S = 0.05  # how often a waiting driver tries the lock again
@@ -119,15 +118,8 @@ def _file_lock(lock_file: Path, name: str, timeout_s: float) -> Iterator[None]:
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise _timed_out(name, str(lock_file), timeout_s) from None
-                time.sleep(POLL_S)
+        if not flock_within(fd, timeout_s, POLL_S):
+            raise _timed_out(name, str(lock_file), timeout_s)
         yield  # closing the file descriptor releases the lock
     finally:
         os.close(fd)

@@ -7,10 +7,12 @@ same folder, fsync, rename, then fsync the folder so that the rename survives a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,3 +121,18 @@ def create_sqlite_atomically(url: str, initialise: Callable[[str], None]) -> Non
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def flock_within(handle: IO[Any] | int, wait_s: float, poll_s: float = 0.1) -> bool:
+    """Take an exclusive flock on an open file (or descriptor), trying again every `poll_s`
+    for at most `wait_s`; whether it was taken. The kernel drops it with the descriptor, so a
+    process killed while holding it leaves no stale lock."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)

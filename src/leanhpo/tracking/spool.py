@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from leanhpo.commands import current_invocation
+from leanhpo.fsutil import flock_within
 
 LOG = logging.getLogger("leanhpo.tracking")
 BUSY_TIMEOUT_S = 30.0  # appends from other jobs wait this long for the write lock
@@ -380,16 +381,9 @@ class Spool:
         client would mix up with ours) dies with its process, so a kill -9 leaves no stale lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.1)
+            if not flock_within(handle, wait_s):
+                yield False
+                return
             try:
                 yield True
             finally:
