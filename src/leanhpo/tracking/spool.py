@@ -262,16 +262,19 @@ class Spool:
         with self._write() as db:
             db.executemany("DELETE FROM entries WHERE seq = ?", [(seq,) for seq in seqs])
 
+    def _count(self, sql: str) -> int:
+        """The one number `sql` selects; 0 while the spool file does not exist."""
+        rows = self._rows(sql)
+        return int(rows[0][0]) if rows else 0
+
     def pending_count(self) -> int:
-        rows = self._rows(
+        return self._count(
             "SELECT (SELECT COUNT(*) FROM entries)"
             " + (SELECT COUNT(*) FROM runs WHERE run_id IS NULL)"
         )
-        return int(rows[0][0]) if rows else 0
 
     def entry_count(self) -> int:
-        rows = self._rows("SELECT COUNT(*) FROM entries")
-        return int(rows[0][0]) if rows else 0
+        return self._count("SELECT COUNT(*) FROM entries")
 
     def backlog_refs(self) -> set[str]:
         """The runs with something to replay: entries waiting, or a placeholder not yet a run."""
@@ -322,8 +325,7 @@ class Spool:
         return int(moved)
 
     def dead_count(self) -> int:
-        rows = self._rows("SELECT COUNT(*) FROM dead")
-        return int(rows[0][0]) if rows else 0
+        return self._count("SELECT COUNT(*) FROM dead")
 
     def dead_entries(self) -> list[DeadEntry]:
         rows = self._rows(
